@@ -1,0 +1,40 @@
+//! RemoteMedia core: the foundation every other crate builds on.
+//!
+//! - [`data`]: [`RuntimeData`] and [`Packet`], the values flowing between nodes.
+//! - [`manifest`] and [`pipeline`]: pipeline definitions and their validation.
+//! - [`node`] and [`registry`]: the [`Node`] trait and the table of native node types.
+//! - [`executor`]: which executor (native, Python, remote) runs each node type.
+//! - [`session`]: the per-session router that runs a pipeline.
+//! - [`metrics`] and [`retry`]: observability and resilience.
+//!
+//! The core knows no transport, no Python and no ML library.
+
+pub mod data;
+pub mod edge;
+pub mod executor;
+pub mod manifest;
+pub mod metrics;
+pub mod node;
+pub mod nodes;
+pub mod pipeline;
+pub mod registry;
+pub mod retry;
+pub mod session;
+pub mod testing;
+
+pub use data::{AudioFrame, Control, ImageFrame, MediaType, Packet, RuntimeData, TextFrame};
+pub use executor::{Executor, ExecutorKind, ExecutorRegistry};
+pub use manifest::{Manifest, RuntimeHint};
+pub use node::{ErrorKind, Node, NodeContext, NodeError, NodeType, NodeTypeInfo, Outputs, Ports};
+pub use pipeline::{ManifestError, Pipeline};
+pub use registry::{NodeFactory, NodeRegistry};
+pub use session::{NodeFailure, Runtime, Session, SessionError, SessionInput, SessionOutput};
+
+use std::sync::Arc;
+
+/// A runtime with only the native executor holding `registry`.
+pub fn native_runtime(registry: NodeRegistry) -> Runtime {
+    let mut executors = ExecutorRegistry::new();
+    executors.add_executor(Arc::new(registry));
+    Runtime::new(executors)
+}

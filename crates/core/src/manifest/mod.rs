@@ -1,0 +1,171 @@
+//! Manifest v1: the pipeline as the user writes it, in YAML or JSON.
+//!
+//! The types here are the single source of truth: serde reads them (rejecting unknown fields)
+//! and schemars turns them into the JSON Schema printed by `remotemedia schema`.
+
+pub mod source;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use source::{Pos, SourceMap};
+
+use crate::retry::{CircuitBreakerConfig, RetryConfig};
+
+/// A pipeline definition.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "RemoteMedia pipeline manifest v1")]
+pub struct Manifest {
+    /// Manifest format version: `v1` (also written `1` or `1.0`).
+    #[schemars(regex(pattern = r"^v?1(\.0)?$"))]
+    pub version: String,
+    /// Who and what the pipeline is for; ignored by the runtime.
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// The processing steps.
+    pub nodes: Vec<NodeDecl>,
+    /// Edges between node ports. Inputs nobody feeds take the session's input; outputs that
+    /// lead nowhere go to the session's output stream.
+    #[serde(default)]
+    pub connections: Vec<Connection>,
+    /// Runtime behaviour shared by all nodes of the pipeline.
+    #[serde(default)]
+    pub config: PipelineConfig,
+}
+
+/// Descriptive fields.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One node of the pipeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDecl {
+    /// Unique name within the pipeline: letters, digits, `_` and `-`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]+$"))]
+    pub id: String,
+    /// Node type, as listed by `remotemedia nodes`.
+    #[serde(rename = "type")]
+    pub node_type: String,
+    /// Node-type specific settings, checked against the type's JSON Schema.
+    #[serde(default = "empty_object")]
+    pub params: serde_json::Value,
+    /// Where the node should run.
+    #[serde(default)]
+    pub runtime_hint: RuntimeHint,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// Which executor should run a node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeHint {
+    /// The executor chosen by the registry's rules, falling back (with a warning) to any
+    /// other executor that has the node type.
+    #[default]
+    Auto,
+    /// Native Rust only; an error if the type has no native implementation.
+    Rust,
+    /// A Python worker process only; an error if no Python executor has the type.
+    Python,
+}
+
+impl fmt::Display for RuntimeHint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RuntimeHint::Auto => "auto",
+            RuntimeHint::Rust => "rust",
+            RuntimeHint::Python => "python",
+        })
+    }
+}
+
+/// An edge `from: node[.port]` → `to: node[.port]`. The port may be left out when the node has
+/// only one port on that side.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Connection {
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)?$"))]
+    pub from: String,
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)?$"))]
+    pub to: String,
+    /// Overrides `config.edges.capacity` for this edge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub capacity: Option<usize>,
+    /// Overrides `config.edges.drop_policy` for this edge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_policy: Option<DropPolicy>,
+}
+
+/// What a full edge does with a new packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DropPolicy {
+    /// The sender waits: backpressure, nothing lost.
+    #[default]
+    Block,
+    /// Real-time: the oldest queued packet is dropped (and counted) to make room.
+    DropOldest,
+}
+
+/// Defaults for every edge.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// Packets an edge holds before its policy applies.
+    #[schemars(range(min = 1))]
+    pub capacity: usize,
+    pub drop_policy: DropPolicy,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 64,
+            drop_policy: DropPolicy::Block,
+        }
+    }
+}
+
+/// Runtime behaviour of the pipeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Collect per-node counts and latency histograms.
+    pub metrics: bool,
+    pub retry: RetryConfig,
+    pub circuit_breaker: CircuitBreakerConfig,
+    pub edges: EdgeConfig,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            metrics: true,
+            retry: RetryConfig::default(),
+            circuit_breaker: CircuitBreakerConfig::default(),
+            edges: EdgeConfig::default(),
+        }
+    }
+}
+
+/// The JSON Schema of manifest v1, generated from the types above.
+pub fn json_schema() -> serde_json::Value {
+    crate::node::params_schema::<Manifest>()
+}

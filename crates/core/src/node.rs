@@ -1,0 +1,236 @@
+//! The node contract: what one processing step implements.
+//!
+//! A node file holds a params struct, the node's state and two small trait impls: [`Node`] (how
+//! it processes) and [`NodeType`] (its name, params and ports). Registering it in a
+//! [`crate::NodeRegistry`] is all it takes to use it in manifests; the router never changes.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+
+use crate::data::{Control, MediaType, Packet, RuntimeData};
+
+/// Whether trying again can help, which decides what the retry policy does with an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Transient (a timeout, a busy model): retried with backoff, then reported and skipped.
+    Retryable,
+    /// Bad input or broken state: never retried; ends the session.
+    Fatal,
+}
+
+/// Why a node could not process a packet, or could not be created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl NodeError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Retryable,
+            message: message.into(),
+        }
+    }
+
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Fatal,
+            message: message.into(),
+        }
+    }
+
+    /// The error for an input of a kind the node cannot handle.
+    pub fn unsupported(node: &str, data: &RuntimeData) -> Self {
+        Self::fatal(format!("{node} cannot process {} data", data.media_type()))
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.kind == ErrorKind::Retryable
+    }
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+/// What a node emits while processing one input. The router turns each entry into a packet on
+/// every connection leaving that port; buffering here lets the router retry a failed call
+/// without having sent partial output.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    items: Vec<Output>,
+}
+
+/// One emitted value, before the router stamps it into a packet.
+#[derive(Debug)]
+pub struct Output {
+    /// Index into the node type's declared output ports.
+    pub port: usize,
+    pub data: RuntimeData,
+    /// Media timestamp; `None` inherits the input packet's.
+    pub timestamp: Option<Duration>,
+}
+
+impl Outputs {
+    /// Emits on the first (usually only) output port.
+    pub fn push(&mut self, data: RuntimeData) {
+        self.push_to(0, data);
+    }
+
+    /// Emits on output port `port` (its index in [`Ports::outputs`]).
+    pub fn push_to(&mut self, port: usize, data: RuntimeData) {
+        self.items.push(Output {
+            port,
+            data,
+            timestamp: None,
+        });
+    }
+
+    /// Emits on port 0 with an explicit media timestamp.
+    pub fn push_at(&mut self, data: RuntimeData, timestamp: Duration) {
+        self.items.push(Output {
+            port: 0,
+            data,
+            timestamp: Some(timestamp),
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.items.clear();
+    }
+
+    /// Takes the emitted values out, leaving the buffer empty for reuse.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Output> {
+        self.items.drain(..)
+    }
+}
+
+/// Identity of the node instance being created, for logs and per-session resources.
+#[derive(Clone, Debug)]
+pub struct NodeContext {
+    pub session_id: Arc<str>,
+    pub node_id: Arc<str>,
+}
+
+/// One processing step. Each instance lives for one session and runs in its own task, so it
+/// may keep state across inputs without locks. Heavy CPU or model work must leave the async
+/// reactor (`tokio::task::spawn_blocking`), so other sessions keep flowing.
+#[async_trait]
+pub trait Node: Send + 'static {
+    /// Handles one input packet, emitting zero or more outputs. `port` is the index of the input
+    /// port it arrived on. The packet is borrowed so that a retry can offer it again; cloning its
+    /// data is cheap (shared buffers).
+    async fn process(
+        &mut self,
+        port: usize,
+        input: &Packet,
+        out: &mut Outputs,
+    ) -> Result<(), NodeError>;
+
+    /// Emits anything still buffered: called at end of stream (upstream nodes first) and on a
+    /// [`Control::Flush`].
+    async fn flush(&mut self, _out: &mut Outputs) -> Result<(), NodeError> {
+        Ok(())
+    }
+
+    /// Reacts to other in-band control (barge-in). The router passes the control on afterwards.
+    async fn control(&mut self, _control: &Control, _out: &mut Outputs) -> Result<(), NodeError> {
+        Ok(())
+    }
+
+    /// Releases resources when the session ends, normally or not.
+    async fn close(&mut self) -> Result<(), NodeError> {
+        Ok(())
+    }
+}
+
+/// A named port and the media types it takes or gives.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PortSpec {
+    pub name: String,
+    pub media: Vec<MediaType>,
+}
+
+/// A node type's input and output ports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Ports {
+    pub inputs: Vec<PortSpec>,
+    pub outputs: Vec<PortSpec>,
+}
+
+impl Ports {
+    /// No ports yet; add them with [`Ports::input`] and [`Ports::output`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn input(mut self, name: &str, media: &[MediaType]) -> Self {
+        self.inputs.push(PortSpec {
+            name: name.to_string(),
+            media: media.to_vec(),
+        });
+        self
+    }
+
+    pub fn output(mut self, name: &str, media: &[MediaType]) -> Self {
+        self.outputs.push(PortSpec {
+            name: name.to_string(),
+            media: media.to_vec(),
+        });
+        self
+    }
+
+    /// The usual shape: one input `in` and one output `out`.
+    pub fn one_to_one(input: &[MediaType], output: &[MediaType]) -> Self {
+        Self::new().input("in", input).output("out", output)
+    }
+}
+
+/// Everything the registry, validator and `remotemedia nodes` know about a node type.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NodeTypeInfo {
+    #[serde(rename = "type")]
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the `params` object.
+    pub params_schema: serde_json::Value,
+    pub inputs: Vec<PortSpec>,
+    pub outputs: Vec<PortSpec>,
+}
+
+/// The static side of a native node: its manifest name, params and ports, and how to build it.
+pub trait NodeType: Node + Sized {
+    /// Params as written in the manifest; unknown fields should be denied.
+    type Params: DeserializeOwned + JsonSchema;
+    /// Name used as `type:` in manifests.
+    const NAME: &'static str;
+    /// One line for `remotemedia nodes`.
+    const DESCRIPTION: &'static str;
+
+    fn ports() -> Ports;
+
+    fn new(params: Self::Params, ctx: &NodeContext) -> Result<Self, NodeError>;
+}
+
+/// The JSON Schema of a params type, as a plain value.
+pub fn params_schema<P: JsonSchema>() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(P)).unwrap_or(serde_json::Value::Bool(true))
+}
