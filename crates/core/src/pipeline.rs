@@ -227,6 +227,25 @@ impl<'a> Checker<'a> {
         });
     }
 
+    /// Reports a JSON Schema error; an unknown field is reported at the field itself.
+    fn report_schema_error(
+        &mut self,
+        pointer: &str,
+        err: &jsonschema::ValidationError<'_>,
+        prefix: &str,
+    ) {
+        if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
+            err.kind()
+        {
+            for field in unexpected {
+                let at = format!("{pointer}/{}", field.replace('~', "~0").replace('/', "~1"));
+                self.report(&at, format!("{prefix}unknown field `{field}`"));
+            }
+            return;
+        }
+        self.report(pointer, format!("{prefix}{err}"));
+    }
+
     fn finish(mut self) -> Vec<Diagnostic> {
         self.diagnostics
             .sort_by_key(|d| d.pos.map(|p| (p.line, p.col)).unwrap_or((usize::MAX, 0)));
@@ -239,7 +258,7 @@ impl<'a> Checker<'a> {
             return None;
         }
         for err in manifest_validator().iter_errors(value) {
-            self.report(err.instance_path().as_str(), err.to_string());
+            self.report_schema_error(err.instance_path().as_str(), &err, "");
         }
         if !self.diagnostics.is_empty() {
             return None;
@@ -417,17 +436,9 @@ impl<'a> Checker<'a> {
             }
         };
         let base = format!("/nodes/{i}/params");
-        let errors: Vec<(String, String)> = validator
-            .iter_errors(params)
-            .map(|e| {
-                (
-                    format!("{base}{}", e.instance_path().as_str()),
-                    e.to_string(),
-                )
-            })
-            .collect();
-        for (pointer, msg) in errors {
-            self.report(&pointer, format!("invalid params: {msg}"));
+        for err in validator.iter_errors(params) {
+            let pointer = format!("{base}{}", err.instance_path().as_str());
+            self.report_schema_error(&pointer, &err, "invalid params: ");
         }
     }
 

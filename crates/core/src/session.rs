@@ -8,11 +8,15 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use atomic_waker::AtomicWaker;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -234,15 +238,17 @@ impl Runtime {
         });
         process.session_started(Arc::clone(&metrics));
 
-        let mut wakers: Vec<Arc<Notify>> = inboxes.iter().map(Inbox::waker).collect();
-        wakers.push(output.waker());
+        let task_wakers: Vec<Arc<AtomicWaker>> = inboxes
+            .iter()
+            .map(|_| Arc::new(AtomicWaker::new()))
+            .collect();
         let state = Arc::new(SessionState {
             id: Arc::clone(&session_id),
             cancelled: AtomicBool::new(false),
             failures: Mutex::new(VecDeque::new()),
             fatal: Mutex::new(None),
             suppressed: AtomicU64::new(0),
-            wakers,
+            task_wakers: task_wakers.clone(),
             output_wake: output.waker(),
             process: Arc::clone(process),
         });
@@ -273,6 +279,7 @@ impl Runtime {
                 retry: config.retry,
                 breaker: CircuitBreaker::new(config.circuit_breaker),
                 state: Arc::clone(&state),
+                cancel_waker: Arc::clone(&task_wakers[i]),
                 last: (Duration::ZERO, Instant::now()),
             };
             tasks.push(tokio::spawn(task.run()));
@@ -333,8 +340,8 @@ struct SessionState {
     failures: Mutex<VecDeque<NodeFailure>>,
     fatal: Mutex<Option<NodeFailure>>,
     suppressed: AtomicU64,
-    /// Every inbox's wake-up, so cancellation reaches idle tasks.
-    wakers: Vec<Arc<Notify>>,
+    /// Every node task's waker, so cancellation interrupts whatever a node is awaiting.
+    task_wakers: Vec<Arc<AtomicWaker>>,
     output_wake: Arc<Notify>,
     process: Arc<ProcessMetrics>,
 }
@@ -342,9 +349,10 @@ struct SessionState {
 impl SessionState {
     fn cancel(&self) {
         if !self.cancelled.swap(true, Relaxed) {
-            for w in &self.wakers {
-                w.notify_one();
+            for w in &self.task_wakers {
+                w.wake();
             }
+            self.output_wake.notify_one();
         }
     }
 
@@ -460,8 +468,32 @@ struct NodeTask {
     retry: RetryConfig,
     breaker: CircuitBreaker,
     state: Arc<SessionState>,
+    cancel_waker: Arc<AtomicWaker>,
     /// Timestamp and capture instant of the last input, inherited by flush output.
     last: (Duration, Instant),
+}
+
+/// Resolves when the session is cancelled; polled before each step of a node's loop, so a
+/// cancel interrupts a node even while it awaits something slow.
+struct Cancelled {
+    state: Arc<SessionState>,
+    waker: Arc<AtomicWaker>,
+}
+
+impl Future for Cancelled {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.state.cancelled.load(Relaxed) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.state.cancelled.load(Relaxed) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// How a node's loop ended.
@@ -475,7 +507,15 @@ enum Stop {
 
 impl NodeTask {
     async fn run(mut self) {
-        let stop = self.drive().await;
+        let cancelled = Cancelled {
+            state: Arc::clone(&self.state),
+            waker: Arc::clone(&self.cancel_waker),
+        };
+        let stop = tokio::select! {
+            biased;
+            _ = cancelled => Stop::Halted,
+            stop = self.drive() => stop,
+        };
         // Close outgoing edges first so downstream can finish while this node closes.
         self.outs.clear();
         let closed = self.node.close().await;
@@ -765,19 +805,22 @@ pub struct SessionReport {
 }
 
 impl SessionOutput {
-    /// Next output packet, or a node failure; `None` once every node has finished.
+    /// Next output packet, or a node failure; `None` once every node has finished. Outputs
+    /// already queued come before a failure reported after them.
     pub async fn recv(&mut self) -> Option<Result<Packet, NodeFailure>> {
         loop {
-            if let Some(f) = self.state.pop_failure() {
-                return Some(Err(f));
-            }
             match self.output.try_recv() {
                 TryRecv::Item(_, p) => {
                     self.metrics.outputs.fetch_add(1, Relaxed);
                     return Some(Ok(p));
                 }
                 TryRecv::Closed => return self.state.pop_failure().map(Err),
-                TryRecv::Empty => self.output.waker().notified().await,
+                TryRecv::Empty => {
+                    if let Some(f) = self.state.pop_failure() {
+                        return Some(Err(f));
+                    }
+                    self.output.waker().notified().await;
+                }
             }
         }
     }

@@ -71,17 +71,16 @@ fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(Default::default())
 }
 
-/// Which executor should run a node.
+/// Which executor should run a node. `auto`: the executor chosen by the registry's rules,
+/// falling back (with a warning) to any other executor that has the node type. `rust`: native
+/// only, an error if the type has no native implementation. `python`: a Python worker process
+/// only, an error if no Python executor has the type.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeHint {
-    /// The executor chosen by the registry's rules, falling back (with a warning) to any
-    /// other executor that has the node type.
     #[default]
     Auto,
-    /// Native Rust only; an error if the type has no native implementation.
     Rust,
-    /// A Python worker process only; an error if no Python executor has the type.
     Python,
 }
 
@@ -113,14 +112,14 @@ pub struct Connection {
     pub drop_policy: Option<DropPolicy>,
 }
 
-/// What a full edge does with a new packet.
+/// What a full edge does with a new packet. `block`: the sender waits (backpressure, nothing
+/// lost). `drop_oldest`: real-time; the oldest queued packet is dropped, and counted, to make
+/// room.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DropPolicy {
-    /// The sender waits: backpressure, nothing lost.
     #[default]
     Block,
-    /// Real-time: the oldest queued packet is dropped (and counted) to make room.
     DropOldest,
 }
 

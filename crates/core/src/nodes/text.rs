@@ -9,20 +9,18 @@ use serde::Deserialize;
 use crate::data::{MediaType, Packet, RuntimeData, TextFrame};
 use crate::node::{Node, NodeContext, NodeError, NodeType, Outputs, Ports};
 
-/// What [`TextTransform`] does to each text.
+/// What [`TextTransform`] does to each text: `identity` (only prefix and suffix apply),
+/// `uppercase`, `lowercase`, `trim` (leading and trailing whitespace), `reverse` (characters),
+/// `split_words` (one output per whitespace-separated word).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TextOp {
-    /// Unchanged (only prefix and suffix apply).
     #[default]
     Identity,
     Uppercase,
     Lowercase,
-    /// Removes leading and trailing whitespace.
     Trim,
-    /// Reverses the characters.
     Reverse,
-    /// Emits one output per whitespace-separated word.
     SplitWords,
 }
 
