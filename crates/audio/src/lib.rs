@@ -1,1 +1,13 @@
+//! RemoteMedia audio: reading and writing audio files and native audio nodes.
 
+pub mod gain;
+pub mod wav;
+
+pub use gain::AudioGain;
+
+use remotemedia_core::NodeRegistry;
+
+/// Adds this crate's nodes to a registry.
+pub fn register(registry: &mut NodeRegistry) {
+    registry.register::<AudioGain>();
+}
