@@ -154,7 +154,7 @@ impl ExecutorRegistry {
             kind,
             priority,
         });
-        self.rules.sort_by(|a, b| b.priority.cmp(&a.priority));
+        self.rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
         Ok(self)
     }
 

@@ -608,7 +608,8 @@ impl NodeTask {
                 }
                 Err(e) if e.is_retryable() && attempt < self.retry.max_retries => {
                     counters.retries.fetch_add(1, Relaxed);
-                    tokio::time::sleep(self.retry.backoff(attempt)).await;
+                    // Boxed: a timer in the hot future's state would be copied on every call.
+                    Box::pin(tokio::time::sleep(self.retry.backoff(attempt))).await;
                     attempt += 1;
                     if self.state.cancelled.load(Relaxed) {
                         return Err(e);
