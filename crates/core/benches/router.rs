@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use remotemedia_core::{Pipeline, Runtime, RuntimeData, native_runtime, NodeRegistry};
+use remotemedia_core::{NodeRegistry, Pipeline, Runtime, RuntimeData, native_runtime};
 
 const HOPS: usize = 5;
 
