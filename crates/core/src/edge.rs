@@ -90,11 +90,6 @@ impl EdgeSender {
             edge.space.notified().await;
         }
     }
-
-    /// Packets waiting in the queue now.
-    pub fn queued(&self) -> usize {
-        self.edge.lock().queue.len()
-    }
 }
 
 impl Drop for EdgeSender {
@@ -201,13 +196,18 @@ impl Inbox {
         }
     }
 
+    /// Waits until a sender signals (a packet, a closed edge or a cancel).
+    pub async fn changed(&self) {
+        self.wake.notified().await;
+    }
+
     /// Waits for the next packet; `None` once every edge is closed and drained.
     pub async fn recv(&mut self) -> Option<(usize, Packet)> {
         loop {
             match self.try_recv() {
                 TryRecv::Item(i, p) => return Some((i, p)),
                 TryRecv::Closed => return None,
-                TryRecv::Empty => self.wake.notified().await,
+                TryRecv::Empty => self.changed().await,
             }
         }
     }

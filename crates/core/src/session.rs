@@ -820,7 +820,7 @@ impl SessionOutput {
                     if let Some(f) = self.state.pop_failure() {
                         return Some(Err(f));
                     }
-                    self.output.waker().notified().await;
+                    self.output.changed().await;
                 }
             }
         }

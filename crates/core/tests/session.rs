@@ -334,7 +334,7 @@ nodes:
   - {id: n, type: Script, params: {fail_on: bad}}
 config:
   retry: {max_retries: 0}
-  circuit_breaker: {failure_threshold: 3, reset_timeout_ms: 100}
+  circuit_breaker: {failure_threshold: 3, reset_timeout_ms: 500}
 ",
             "breaker.yaml",
         )
@@ -364,7 +364,7 @@ config:
             .starts_with("circuit breaker open")
     );
     // After the reset timeout a probe goes through and closes the breaker.
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     s.send(RuntimeData::text("good")).await.unwrap();
     assert_eq!(texts(&[s.recv().await.unwrap().unwrap()]), ["good"]);
     s.send(RuntimeData::text("good")).await.unwrap();
