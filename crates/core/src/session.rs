@@ -691,6 +691,13 @@ struct Entry {
     tx: EdgeSender,
 }
 
+impl Entry {
+    /// Control reaches every input; other data only the inputs that take its media type.
+    fn accepts(&self, media: MediaType) -> bool {
+        media == MediaType::Control || self.media.contains(&media)
+    }
+}
+
 /// The sending half of a session. Dropping it ends the input (end of stream).
 pub struct SessionInput {
     entries: Vec<Entry>,
@@ -715,24 +722,16 @@ impl SessionInput {
         timestamp: Duration,
     ) -> Result<(), SessionError> {
         let media = data.media_type();
-        let targets: Vec<&Entry> = self
-            .entries
-            .iter()
-            .filter(|e| media == MediaType::Control || e.media.contains(&media))
-            .collect();
-        if targets.is_empty() {
+        if !self.entries.iter().any(|e| e.accepts(media)) {
             return Err(SessionError::NoInput {
                 media,
                 inputs: self.describe_inputs(),
             });
         }
-        let senders: Vec<&EdgeSender> = targets.iter().map(|e| &e.tx).collect();
+        // Each target gets a clone: the data itself is shared, so this costs refcounts only.
         let packet = self.packet(data, timestamp);
-        if let Some((last, rest)) = senders.split_last() {
-            for tx in rest {
-                tx.send(packet.clone()).await.map_err(|_| self.ended())?;
-            }
-            last.send(packet).await.map_err(|_| self.ended())?;
+        for e in self.entries.iter().filter(|e| e.accepts(media)) {
+            e.tx.send(packet.clone()).await.map_err(|_| self.ended())?;
         }
         self.metrics.inputs.fetch_add(1, Relaxed);
         Ok(())
@@ -749,7 +748,7 @@ impl SessionInput {
             .entries
             .iter()
             .filter(|e| &*e.node == node && port.is_none_or(|p| &*e.port == p))
-            .find(|e| media == MediaType::Control || e.media.contains(&media))
+            .find(|e| e.accepts(media))
             .ok_or_else(|| SessionError::UnknownInput(target.to_string()))?;
         let packet = self.packet(data, self.started.elapsed());
         entry.tx.send(packet).await.map_err(|_| self.ended())?;
@@ -842,7 +841,15 @@ impl SessionOutput {
 
     /// Waits for every node to finish (discarding outputs not yet read) and reports how the
     /// session went: an error if a node failed fatally.
-    pub async fn finish(mut self) -> Result<SessionReport, SessionError> {
+    pub async fn finish(self) -> Result<SessionReport, SessionError> {
+        match self.wind_down().await {
+            (_, Some(f)) => Err(SessionError::Node(f)),
+            (report, None) => Ok(report),
+        }
+    }
+
+    /// Drains, joins every task and reports, with the fatal failure if there was one.
+    async fn wind_down(mut self) -> (SessionReport, Option<NodeFailure>) {
         while self.recv().await.is_some() {}
         let deadline = tokio::time::Instant::now() + CANCEL_GRACE;
         for task in self.tasks.drain(..) {
@@ -860,10 +867,7 @@ impl SessionOutput {
             metrics: self.metrics.snapshot(),
             suppressed_failures: self.state.suppressed.load(Relaxed),
         };
-        match self.state.fatal() {
-            Some(f) => Err(SessionError::Node(f)),
-            None => Ok(report),
-        }
+        (report, self.state.fatal())
     }
 }
 
@@ -944,14 +948,6 @@ impl Session {
     pub async fn cancel(self) -> SessionReport {
         let (_, output) = self.split();
         output.cancel();
-        let state = Arc::clone(&output.state);
-        let metrics = Arc::clone(&output.metrics);
-        match output.finish().await {
-            Ok(r) => r,
-            Err(_) => SessionReport {
-                metrics: metrics.snapshot(),
-                suppressed_failures: state.suppressed.load(Relaxed),
-            },
-        }
+        output.wind_down().await.0
     }
 }
