@@ -1,9 +1,11 @@
 //! RemoteMedia audio: reading and writing audio files and native audio nodes.
 
 pub mod gain;
+pub mod vad;
 pub mod wav;
 
 pub use gain::AudioGain;
+pub use vad::{VadEvent, VadTiming, VadTracker};
 
 use remotemedia_core::NodeRegistry;
 

@@ -145,6 +145,7 @@ fn init_logging(filter: &str, json: bool) {
 fn runtime() -> Runtime {
     let mut nodes = NodeRegistry::with_builtins();
     remotemedia_audio::register(&mut nodes);
+    remotemedia_speech::register(&mut nodes);
     let mut executors = ExecutorRegistry::new();
     executors.add_executor(Arc::new(nodes));
     Runtime::new(executors)
