@@ -1,0 +1,109 @@
+//! Silero VAD figures for BENCHMARKS.md: cost per 32 ms frame (512 samples at 16 kHz) of
+//!
+//! - `model_window`: one model run with context and state handling ([`SileroVad::probability`]),
+//!   the part the Python package's `OnnxWrapper.__call__` does;
+//! - `node_frame/multi_thread`: the whole `SileroVAD` node per frame (validation, pass-through,
+//!   windowing, decisions, events) on a multi-thread runtime, where inference runs in place
+//!   (`block_in_place`);
+//! - `node_frame/current_thread`: the same on a current-thread runtime, where inference is
+//!   handed to the blocking pool (`spawn_blocking`), to show what that hand-off costs.
+//!
+//! One intra-op thread, real speech (the `beckett.wav` recording) so the model sees both speech
+//! and silence. Needs `./scripts/setup-models.sh`.
+//!
+//! Run: `cargo bench -p remotemedia-speech --bench silero_vad`
+//! The side-by-side comparison with the Python package is `bench/silero_vad.sh`.
+
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use remotemedia_core::RuntimeData;
+use remotemedia_core::testing::NodeHarness;
+use remotemedia_speech::{SileroVADNode, SileroVad};
+
+const WINDOW: usize = 512;
+
+fn recording() -> Vec<f32> {
+    let path = remotemedia_speech::models::models_dir().join("samples/beckett.wav");
+    let mut reader = hound::WavReader::open(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {}: {e}; install the models with ./scripts/setup-models.sh",
+            path.display()
+        )
+    });
+    reader
+        .samples::<i16>()
+        .map(|s| f32::from(s.unwrap()) / 32768.0)
+        .collect()
+}
+
+fn frames(audio: &[f32]) -> Vec<RuntimeData> {
+    audio
+        .chunks_exact(WINDOW)
+        .map(|c| RuntimeData::audio(c.to_vec(), 16_000, 1))
+        .collect()
+}
+
+fn model_window(c: &mut Criterion) {
+    let audio = recording();
+    let model = SileroVad::default_model();
+    let mut vad = SileroVad::new(&model, 16_000, 1).unwrap_or_else(|e| panic!("{e}"));
+    let windows: Vec<&[f32]> = audio.chunks_exact(WINDOW).collect();
+    let mut i = 0;
+    let mut g = c.benchmark_group("silero_vad");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("model_window", |b| {
+        b.iter(|| {
+            let p = vad.probability(windows[i % windows.len()]).unwrap();
+            i += 1;
+            p
+        })
+    });
+    g.finish();
+}
+
+fn node_frame(c: &mut Criterion) {
+    let frames = frames(&recording());
+    let mut g = c.benchmark_group("silero_vad/node_frame");
+    g.throughput(Throughput::Elements(1));
+    for (name, rt) in [
+        (
+            "multi_thread",
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap(),
+        ),
+        (
+            "current_thread",
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        ),
+    ] {
+        let mut h = NodeHarness::new::<SileroVADNode>(serde_json::json!({}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut i = 0;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let out = rt
+                    .block_on(h.push(frames[i % frames.len()].clone()))
+                    .unwrap();
+                i += 1;
+                out
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(8));
+    targets = model_window, node_frame
+}
+criterion_main!(benches);

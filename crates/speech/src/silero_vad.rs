@@ -1,0 +1,450 @@
+//! Voice activity detection with the Silero VAD model on ONNX Runtime.
+//!
+//! The model scores one window of 512 samples at 16 kHz (256 at 8 kHz) at a time. It needs the
+//! last 64 (32) samples of the previous window in front of each window and its recurrent state
+//! carried from one window to the next; skipping either makes it miss speech mid-utterance. The
+//! loaded model is shared by the whole process ([`crate::models::shared_session`]); the state
+//! and context live in each [`SileroVad`], so every stream has its own.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ort::session::Session;
+use ort::value::TensorRef;
+use remotemedia_audio::{VadEvent, VadTiming, VadTracker};
+use remotemedia_core::node::{NodeType, Ports};
+use remotemedia_core::{
+    AudioFrame, Control, MediaType, Node, NodeContext, NodeError, Outputs, Packet,
+};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::models::{self, ModelError, SharedSession};
+
+/// Floats in the model's recurrent state (`[2, 1, 128]`).
+const STATE_LEN: usize = 2 * 128;
+
+/// Window and context sizes the model was trained with, per sample rate.
+pub fn window_size(sample_rate: u32) -> Option<(usize, usize)> {
+    match sample_rate {
+        16_000 => Some((512, 64)),
+        8_000 => Some((256, 32)),
+        _ => None,
+    }
+}
+
+/// One stream's view of the shared Silero model: its context and recurrent state.
+pub struct SileroVad {
+    session: Arc<SharedSession>,
+    window: usize,
+    context: usize,
+    sr: [i64; 1],
+    /// Context followed by the window, reused for every run; after a run its tail is the next
+    /// window's context.
+    input: Vec<f32>,
+    state: Vec<f32>,
+}
+
+impl SileroVad {
+    /// Opens the model at `model` (shared with every other stream of the process that uses the
+    /// same file and thread count) for audio at `sample_rate` (16000 or 8000).
+    pub fn new(model: &Path, sample_rate: u32, threads: usize) -> Result<Self, ModelError> {
+        let Some((window, context)) = window_size(sample_rate) else {
+            return Err(ModelError::Load {
+                path: model.to_path_buf(),
+                reason: format!("Silero VAD runs at 16000 or 8000 Hz, not {sample_rate} Hz"),
+            });
+        };
+        let session = models::shared_session(model, threads)?;
+        check_signature(&session.lock(), model)?;
+        Ok(Self {
+            session,
+            window,
+            context,
+            sr: [i64::from(sample_rate)],
+            input: vec![0.0; context + window],
+            state: vec![0.0; STATE_LEN],
+        })
+    }
+
+    /// The default model in the models directory.
+    pub fn default_model() -> PathBuf {
+        models::models_dir().join(models::SILERO_VAD_MODEL)
+    }
+
+    /// Samples per window.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// Forgets context and state, as at the start of a stream.
+    pub fn reset(&mut self) {
+        self.input.fill(0.0);
+        self.state.fill(0.0);
+    }
+
+    /// Speech probability of the next window, which must hold exactly [`Self::window`] samples.
+    pub fn probability(&mut self, window: &[f32]) -> Result<f32, ModelError> {
+        if window.len() != self.window {
+            return Err(self.session.inference_error(format!(
+                "window of {} samples, expected {}",
+                window.len(),
+                self.window
+            )));
+        }
+        // The previous input's last `context` samples move to the front.
+        self.input.copy_within(self.window.., 0);
+        self.input[self.context..].copy_from_slice(window);
+        let session = Arc::clone(&self.session);
+        let mut guard = session.lock();
+        self.run(&mut guard)
+            .map_err(|e| self.session.inference_error(e))
+    }
+
+    fn run(&mut self, session: &mut Session) -> ort::Result<f32> {
+        let outputs = session.run(ort::inputs![
+            TensorRef::from_array_view(([1usize, self.input.len()], self.input.as_slice()))?,
+            TensorRef::from_array_view(([2usize, 1, 128], self.state.as_slice()))?,
+            TensorRef::from_array_view(((), self.sr.as_slice()))?,
+        ])?;
+        let (_, p) = outputs[0].try_extract_tensor::<f32>()?;
+        let p = p.first().copied().unwrap_or(0.0);
+        let (_, state) = outputs[1].try_extract_tensor::<f32>()?;
+        if state.len() != STATE_LEN {
+            return Err(ort::Error::new(format!(
+                "state output has {} values, expected {STATE_LEN}",
+                state.len()
+            )));
+        }
+        self.state.copy_from_slice(state);
+        Ok(p)
+    }
+}
+
+/// Rejects a file that is not a Silero VAD model up front, rather than on the first frame.
+fn check_signature(session: &Session, path: &Path) -> Result<(), ModelError> {
+    let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+    let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    if inputs == ["input", "state", "sr"] && outputs.len() == 2 {
+        Ok(())
+    } else {
+        Err(ModelError::Load {
+            path: path.to_path_buf(),
+            reason: format!(
+                "not a Silero VAD model: inputs {inputs:?}, outputs {outputs:?} \
+                 (expected inputs [\"input\", \"state\", \"sr\"] and two outputs)"
+            ),
+        })
+    }
+}
+
+/// Settings of [`SileroVADNode`].
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SileroVadParams {
+    /// A window whose speech probability is at or above this is speech.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub threshold: f32,
+    /// A window below this is silence; between the two keeps the current state. Default:
+    /// `threshold - 0.15` (at least 0.01), as in the Silero reference implementation.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub neg_threshold: Option<f32>,
+    /// Speech must last this long before a start is reported (filters clicks).
+    #[schemars(range(max = 10_000))]
+    pub min_speech_ms: u32,
+    /// Silence must last this long before an end is reported (the hangover).
+    #[schemars(range(max = 10_000))]
+    pub min_silence_ms: u32,
+    /// Widens each speech region by this much on both sides.
+    #[schemars(range(max = 2_000))]
+    pub speech_pad_ms: u32,
+    /// Rate of the incoming mono audio: 16000 (512-sample windows) or 8000 (256-sample windows).
+    /// Other rates must be resampled upstream.
+    pub sample_rate: u32,
+    /// ONNX Runtime intra-op threads for the shared model; 1 suits many concurrent streams.
+    #[schemars(range(min = 1, max = 16))]
+    pub threads: usize,
+    /// Also emit each window's speech probability as a `probability` event.
+    pub emit_probability: bool,
+    /// Model file; default `silero-vad/silero_vad.onnx` in the models directory.
+    pub model: Option<PathBuf>,
+}
+
+impl Default for SileroVadParams {
+    fn default() -> Self {
+        let timing = VadTiming::default();
+        Self {
+            threshold: 0.5,
+            neg_threshold: None,
+            min_speech_ms: timing.min_speech_ms,
+            min_silence_ms: timing.min_silence_ms,
+            speech_pad_ms: timing.speech_pad_ms,
+            sample_rate: 16_000,
+            threads: 1,
+            emit_probability: false,
+            model: None,
+        }
+    }
+}
+
+/// Finds speech in mono audio with the Silero model.
+///
+/// Every input frame is passed on unchanged (same shared buffer) and, right after the frame
+/// during which it was decided, `speech_start` / `speech_end` events ([`VadEvent`] as JSON,
+/// stamped with the event's own stream time) follow on the same port. Audio is cut into windows
+/// regardless of how it was framed, so results do not depend on the frame size. At a flush the
+/// final partial window is zero-padded and scored (as the reference implementation does), and an
+/// open speech region is closed at the end of the audio.
+pub struct SileroVADNode {
+    engine: Option<Box<Engine>>,
+    tracker: VadTracker,
+    sample_rate: u32,
+    emit_probability: bool,
+    /// Stream time of the first sample seen since the start or the last cancel.
+    origin: Option<Duration>,
+    /// Samples since `origin` already scored.
+    consumed: u64,
+}
+
+/// What inference needs, boxed so it can move to a blocking thread and back cheaply.
+struct Engine {
+    vad: SileroVad,
+    /// Samples waiting for a full window.
+    pending: Vec<f32>,
+    /// Probabilities of the windows completed by the last call to [`Engine::feed`].
+    probs: Vec<f32>,
+}
+
+impl Engine {
+    /// Scores every window that `samples` completes, keeping the rest for next time.
+    fn feed(&mut self, mut samples: &[f32]) -> Result<(), ModelError> {
+        self.probs.clear();
+        let w = self.vad.window();
+        if !self.pending.is_empty() {
+            let take = (w - self.pending.len()).min(samples.len());
+            self.pending.extend_from_slice(&samples[..take]);
+            samples = &samples[take..];
+            if self.pending.len() < w {
+                return Ok(());
+            }
+            let p = self.vad.probability(&self.pending)?;
+            self.probs.push(p);
+            self.pending.clear();
+        }
+        let mut windows = samples.chunks_exact(w);
+        for window in &mut windows {
+            let p = self.vad.probability(window)?;
+            self.probs.push(p);
+        }
+        self.pending.extend_from_slice(windows.remainder());
+        Ok(())
+    }
+
+    /// Scores the final partial window, zero-padded; returns how many real samples it held.
+    fn finish(&mut self) -> Result<usize, ModelError> {
+        self.probs.clear();
+        let real = self.pending.len();
+        if real > 0 {
+            self.pending.resize(self.vad.window(), 0.0);
+            let p = self.vad.probability(&self.pending)?;
+            self.probs.push(p);
+            self.pending.clear();
+        }
+        Ok(real)
+    }
+}
+
+impl SileroVADNode {
+    fn fatal(e: impl std::fmt::Display) -> NodeError {
+        NodeError::fatal(format!("{}: {e}", Self::NAME))
+    }
+
+    fn time_of(&self, samples: u64) -> Duration {
+        let nanos = u128::from(samples) * 1_000_000_000 / u128::from(self.sample_rate);
+        self.origin.unwrap_or_default() + Duration::from_nanos(nanos as u64)
+    }
+
+    fn check_format(&self, frame: &AudioFrame) -> Result<(), NodeError> {
+        if frame.channels == 1 && frame.sample_rate == self.sample_rate {
+            return Ok(());
+        }
+        let channels = if frame.channels == 1 {
+            "1 channel".to_string()
+        } else {
+            format!("{} channels", frame.channels)
+        };
+        Err(NodeError::fatal(format!(
+            "{} expects mono {} Hz audio, got {channels} at {} Hz; {}",
+            Self::NAME,
+            self.sample_rate,
+            frame.sample_rate,
+            if frame.channels == 1 {
+                "resample first"
+            } else {
+                "downmix and resample first"
+            }
+        )))
+    }
+
+    /// Runs `job` on the engine without stalling the async reactor: in place on a multi-thread
+    /// runtime (cheaper than a hand-off for sub-millisecond work), on the blocking pool on a
+    /// current-thread runtime, and directly when there is no runtime at all.
+    async fn with_engine<R: Send + 'static>(
+        &mut self,
+        job: impl FnOnce(&mut Engine) -> Result<R, ModelError> + Send + 'static,
+    ) -> Result<R, NodeError> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let flavor = Handle::try_current().map(|h| h.runtime_flavor());
+        let Some(engine) = self.engine.as_mut() else {
+            return Err(Self::fatal("state lost after an earlier failure"));
+        };
+        match flavor {
+            Ok(RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| job(engine)).map_err(Self::fatal)
+            }
+            Err(_) => job(engine).map_err(Self::fatal),
+            Ok(_) => {
+                let Some(mut engine) = self.engine.take() else {
+                    return Err(Self::fatal("state lost after an earlier failure"));
+                };
+                let (engine, result) = tokio::task::spawn_blocking(move || {
+                    let r = job(&mut engine);
+                    (engine, r)
+                })
+                .await
+                .map_err(|e| Self::fatal(format!("inference task failed: {e}")))?;
+                self.engine = Some(engine);
+                result.map_err(Self::fatal)
+            }
+        }
+    }
+
+    /// Turns the probabilities of the windows just scored into events; `last_len` is the number
+    /// of real samples in the last window (less than a window only at a flush).
+    fn emit(&mut self, out: &mut Outputs, last_len: Option<usize>) {
+        let Some(engine) = self.engine.as_ref() else {
+            return;
+        };
+        let w = engine.vad.window() as u64;
+        let n = engine.probs.len();
+        for (i, &p) in engine.probs.iter().enumerate() {
+            let len = match last_len {
+                Some(l) if i + 1 == n => l as u64,
+                _ => w,
+            };
+            let start = self.time_of(self.consumed);
+            let end = self.time_of(self.consumed + len);
+            self.consumed += len;
+            if self.emit_probability {
+                let ev = VadEvent::Probability {
+                    time: start.as_secs_f64(),
+                    probability: p,
+                };
+                out.push_at(ev.to_data(), start);
+            }
+            if let Some(ev) = self.tracker.frame(start, end, p) {
+                out.push_at(ev.to_data(), ev.time());
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Node for SileroVADNode {
+    async fn process(
+        &mut self,
+        _: usize,
+        input: &Packet,
+        out: &mut Outputs,
+    ) -> Result<(), NodeError> {
+        let Some(frame) = input.data.as_audio() else {
+            return Err(NodeError::unsupported(Self::NAME, &input.data));
+        };
+        self.check_format(frame)?;
+        self.origin.get_or_insert(input.timestamp);
+        out.push(input.data.clone());
+        let samples = Arc::clone(frame.shared_samples());
+        self.with_engine(move |e| e.feed(&samples)).await?;
+        self.emit(out, None);
+        Ok(())
+    }
+
+    async fn flush(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
+        let real = self.with_engine(Engine::finish).await?;
+        self.emit(out, Some(real));
+        if let Some(ev) = self.tracker.finish() {
+            out.push_at(ev.to_data(), ev.time());
+        }
+        Ok(())
+    }
+
+    async fn control(&mut self, control: &Control, _: &mut Outputs) -> Result<(), NodeError> {
+        if let Control::Cancel { .. } = control {
+            if let Some(engine) = self.engine.as_mut() {
+                engine.vad.reset();
+                engine.pending.clear();
+                engine.probs.clear();
+            }
+            self.tracker.reset();
+            self.origin = None;
+            self.consumed = 0;
+        }
+        Ok(())
+    }
+}
+
+impl NodeType for SileroVADNode {
+    type Params = SileroVadParams;
+    const NAME: &'static str = "SileroVAD";
+    const DESCRIPTION: &'static str = "Detects speech with the Silero VAD model; passes audio through and adds speech start/end events";
+
+    fn ports() -> Ports {
+        Ports::one_to_one(&[MediaType::Audio], &[MediaType::Audio, MediaType::Json])
+    }
+
+    fn new(p: SileroVadParams, _: &NodeContext) -> Result<Self, NodeError> {
+        if window_size(p.sample_rate).is_none() {
+            return Err(Self::fatal(format!(
+                "sample_rate must be 16000 or 8000, not {}",
+                p.sample_rate
+            )));
+        }
+        if !(0.0..=1.0).contains(&p.threshold) {
+            return Err(Self::fatal(format!(
+                "threshold must be between 0 and 1, not {}",
+                p.threshold
+            )));
+        }
+        if !(1..=16).contains(&p.threads) {
+            return Err(Self::fatal(format!(
+                "threads must be between 1 and 16, not {}",
+                p.threads
+            )));
+        }
+        let neg = p
+            .neg_threshold
+            .unwrap_or_else(|| (p.threshold - 0.15).max(0.01));
+        let timing = VadTiming {
+            min_speech_ms: p.min_speech_ms,
+            min_silence_ms: p.min_silence_ms,
+            speech_pad_ms: p.speech_pad_ms,
+        };
+        let model = p.model.unwrap_or_else(SileroVad::default_model);
+        let vad = SileroVad::new(&model, p.sample_rate, p.threads).map_err(Self::fatal)?;
+        let window = vad.window();
+        Ok(Self {
+            engine: Some(Box::new(Engine {
+                vad,
+                pending: Vec::with_capacity(window),
+                probs: Vec::new(),
+            })),
+            tracker: VadTracker::new(p.threshold, neg, &timing),
+            sample_rate: p.sample_rate,
+            emit_probability: p.emit_probability,
+            origin: None,
+            consumed: 0,
+        })
+    }
+}
