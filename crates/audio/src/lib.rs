@@ -1,5 +1,6 @@
 //! RemoteMedia audio: reading and writing audio files and native audio nodes.
 
+pub mod decode;
 pub mod gain;
 pub mod vad;
 pub mod wav;

@@ -1,16 +1,19 @@
-//! WAV files in and out: the audio source and sink of `remotemedia run`.
+//! WAV output (the audio sink of `remotemedia run`); reading lives in [`crate::decode`].
 
 use std::io::{Seek, Write};
 use std::path::Path;
-use std::time::Duration;
 
 use remotemedia_core::AudioFrame;
 
-/// Errors reading or writing audio files.
+pub use crate::decode::Decoded;
+
+/// Errors writing audio files (and reading them through [`read_wav`]).
 #[derive(Debug, thiserror::Error)]
 pub enum WavError {
     #[error("{path}: {source}")]
     Io { path: String, source: hound::Error },
+    #[error(transparent)]
+    Decode(#[from] crate::decode::DecodeError),
     #[error(
         "audio changed format mid-stream: {found_rate} Hz × {found_channels} ch after {rate} Hz × {channels} ch"
     )]
@@ -22,65 +25,10 @@ pub enum WavError {
     },
 }
 
-/// A whole decoded file: interleaved f32 samples in [-1, 1].
-#[derive(Clone, Debug)]
-pub struct Decoded {
-    pub samples: Vec<f32>,
-    pub sample_rate: u32,
-    pub channels: u16,
-}
-
-impl Decoded {
-    /// Splits into frames of `frame_ms` (the last one may be shorter), each with its media
-    /// timestamp.
-    pub fn frames(&self, frame_ms: u32) -> Vec<(Duration, AudioFrame)> {
-        let ch = usize::from(self.channels.max(1));
-        let per_frame =
-            ((self.sample_rate as u64 * u64::from(frame_ms.max(1))) / 1000).max(1) as usize;
-        self.samples
-            .chunks(per_frame * ch)
-            .enumerate()
-            .map(|(i, chunk)| {
-                let start = Duration::from_secs_f64(
-                    (i * per_frame) as f64 / f64::from(self.sample_rate.max(1)),
-                );
-                (
-                    start,
-                    AudioFrame::new(chunk.to_vec(), self.sample_rate, self.channels),
-                )
-            })
-            .collect()
-    }
-
-    pub fn duration(&self) -> Duration {
-        let frames = self.samples.len() / usize::from(self.channels.max(1));
-        Duration::from_secs_f64(frames as f64 / f64::from(self.sample_rate.max(1)))
-    }
-}
-
-/// Reads a PCM (8/16/24/32-bit integer) or float WAV file.
+/// Reads a whole audio file (any format [`crate::decode`] knows, despite the name): kept for
+/// callers that want all samples at once. Streaming callers use [`crate::decode::FileDecoder`].
 pub fn read_wav(path: &Path) -> Result<Decoded, WavError> {
-    let io = |source| WavError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut reader = hound::WavReader::open(path).map_err(io)?;
-    let spec = reader.spec();
-    let samples: Result<Vec<f32>, hound::Error> = match spec.sample_format {
-        hound::SampleFormat::Float => reader.samples::<f32>().collect(),
-        hound::SampleFormat::Int => {
-            let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
-            reader
-                .samples::<i32>()
-                .map(|s| s.map(|v| v as f32 * scale))
-                .collect()
-        }
-    };
-    Ok(Decoded {
-        samples: samples.map_err(io)?,
-        sample_rate: spec.sample_rate,
-        channels: spec.channels,
-    })
+    Ok(crate::decode::read_all(path)?)
 }
 
 /// Writes 16-bit PCM WAV, taking its format from the first frame.
@@ -196,7 +144,7 @@ mod tests {
         }
         let frames = d.frames(20);
         assert_eq!(frames.len(), 5);
-        assert_eq!(frames[1].0, Duration::from_millis(20));
+        assert_eq!(frames[1].0, std::time::Duration::from_millis(20));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -6,9 +6,11 @@ use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use remotemedia_audio::decode::{DecodeError, FileDecoder, PcmFormat, PcmReader, TimedFrame};
 use remotemedia_core::{ExecutorRegistry, NodeRegistry, Pipeline, Runtime, RuntimeData};
 
 use crate::output::{Format, Printer};
@@ -28,13 +30,53 @@ struct Cli {
     log_json: bool,
 }
 
+/// Raw PCM sample formats (little-endian, interleaved).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PcmArg {
+    /// Signed 16-bit.
+    S16le,
+    /// Signed 32-bit.
+    S32le,
+    /// 32-bit float.
+    F32le,
+}
+
+impl From<PcmArg> for PcmFormat {
+    fn from(p: PcmArg) -> Self {
+        match p {
+            PcmArg::S16le => PcmFormat::S16Le,
+            PcmArg::S32le => PcmFormat::S32Le,
+            PcmArg::F32le => PcmFormat::F32Le,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline over an input and print or write what it produces.
     ///
-    /// Inputs: a `.wav` file is cut into audio frames of --frame-ms; any other file, or `-`
-    /// for stdin, is read as one text input per line. Text outputs are printed; audio outputs
-    /// go to --output when it ends in `.wav`.
+    /// Inputs (-i):
+    ///   audio file   WAV, FLAC, MP3 or Ogg Vorbis (.wav .flac .mp3 .ogg .oga, or any file whose
+    ///                content is one of these), decoded as it plays and cut into audio frames of
+    ///                --frame-ms; any sample rate (1..=384000 Hz) and channel count (1..=64)
+    ///   raw PCM      --pcm s16le|s32le|f32le --rate HZ [--channels N]: headerless interleaved
+    ///                PCM from stdin (`-i -`, the default) or from a file
+    ///   text         any other file, or stdin without --pcm: one text input per line
+    ///
+    /// --realtime sends each frame when a live source would have captured it, so a file plays
+    /// at the speed of the clock (for honest streaming tests); otherwise input goes as fast as
+    /// the pipeline takes it.
+    ///
+    /// Outputs (-o): text results are printed (or written to a file); audio results go to a
+    /// `.wav` file (16-bit, at the rate and channels the pipeline produces).
+    ///
+    /// Examples:
+    ///   remotemedia run examples/gain.yaml -i speech.flac -o quieter.wav
+    ///   ffmpeg -i talk.mp4 -f s16le -ac 1 -ar 16000 - | remotemedia run pipeline.yaml --pcm s16le --rate 16000 --realtime
+    ///
+    /// Unreadable input (unsupported or corrupt file, no audio, absurd rate or channels) exits
+    /// with code 2 and a message naming the input and the problem.
+    #[command(verbatim_doc_comment)]
     Run {
         /// Pipeline manifest (YAML or JSON).
         manifest: PathBuf,
@@ -47,9 +89,21 @@ enum Command {
         /// How text results are printed.
         #[arg(short, long, value_enum, default_value_t = Format::Text)]
         format: Format,
-        /// Audio frame length when reading audio files.
+        /// Audio frame length when reading audio (the last frame may be shorter).
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         frame_ms: u32,
+        /// Read the input as headerless PCM of this sample format (needs --rate).
+        #[arg(long, value_enum, requires = "rate")]
+        pcm: Option<PcmArg>,
+        /// Sample rate of --pcm input, in Hz.
+        #[arg(long, requires = "pcm")]
+        rate: Option<u32>,
+        /// Interleaved channels of --pcm input.
+        #[arg(long, default_value_t = 1, requires = "pcm")]
+        channels: u16,
+        /// Pace input at the speed of the clock, as a live source would deliver it.
+        #[arg(long)]
+        realtime: bool,
         /// Write the session's metrics as JSON to this file (`-` for stderr) at the end.
         #[arg(long)]
         metrics: Option<String>,
@@ -95,16 +149,26 @@ fn main() -> ExitCode {
             output,
             format,
             frame_ms,
+            pcm,
+            rate,
+            channels,
+            realtime,
             metrics,
-        } => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")
-            .and_then(|rt| {
-                rt.block_on(run(
-                    &runtime, &manifest, &input, &output, format, frame_ms, metrics,
-                ))
-            }),
+        } => {
+            let spec = InputSpec {
+                input,
+                frame_ms,
+                pcm: pcm.map(|p| (p.into(), rate.unwrap_or(0), channels)),
+                realtime,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")
+                .and_then(|rt| {
+                    rt.block_on(run(&runtime, &manifest, &spec, &output, format, metrics))
+                })
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -128,9 +192,12 @@ struct Invalid(String);
 
 fn init_logging(filter: &str, json: bool) {
     use tracing_subscriber::EnvFilter;
+    // The decoder library logs an error for every file its probe does not recognise; we
+    // report that ourselves (or fall back to text), so its line is noise.
+    let quiet = "symphonia_core::formats::probe=off";
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(filter))
-        .unwrap_or_else(|_| EnvFilter::new("warn"));
+        .or_else(|_| EnvFilter::try_new(format!("{filter},{quiet}")))
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,{quiet}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -229,23 +296,30 @@ fn list_nodes(runtime: &Runtime, json: bool) -> anyhow::Result<()> {
 async fn run(
     runtime: &Runtime,
     manifest: &Path,
-    input: &str,
+    input: &InputSpec,
     output: &str,
     format: Format,
-    frame_ms: u32,
     metrics: Option<String>,
 ) -> anyhow::Result<u8> {
     let pipeline = load(runtime, manifest)?;
-    let inputs = read_inputs(input, frame_ms)?;
+    // Opening checks the input (format, rate, channels, first samples) before a session starts.
+    let source = open_input(input)?;
+    let mut items = source.spawn();
     let mut printer = Printer::new(output, format)?;
     let session = runtime.open(&pipeline).await?;
     let (tx, mut rx) = session.split();
 
+    let realtime = input.realtime;
     let feed = async move {
-        for (ts, data) in inputs {
+        let mut pacer = Pacer::default();
+        while let Some(item) = items.recv().await {
+            let (ts, data) = item?;
+            if realtime {
+                pacer.wait(ts, &data).await;
+            }
             tx.send_at(data, ts).await?;
         }
-        Ok::<_, remotemedia_core::SessionError>(())
+        Ok::<_, anyhow::Error>(())
     };
     let drain = async {
         let mut failures = 0usize;
@@ -282,41 +356,155 @@ async fn run(
     Ok(0)
 }
 
-/// Reads the whole input into timed data: audio frames from a WAV, lines of text otherwise.
-fn read_inputs(
-    input: &str,
+/// What `run` reads and how.
+struct InputSpec {
+    /// A path, or `-` for stdin.
+    input: String,
     frame_ms: u32,
-) -> anyhow::Result<Vec<(std::time::Duration, RuntimeData)>> {
-    let is_wav = Path::new(input)
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("wav"));
-    if is_wav {
-        let decoded = remotemedia_audio::wav::read_wav(Path::new(input))
-            .map_err(|e| Invalid(format!("cannot read input: {e}")))?;
-        return Ok(decoded
-            .frames(frame_ms)
-            .into_iter()
-            .map(|(ts, f)| (ts, RuntimeData::Audio(f)))
-            .collect());
+    /// Raw PCM: sample format, rate and channels.
+    pcm: Option<(PcmFormat, u32, u16)>,
+    realtime: bool,
+}
+
+/// Extensions that are always audio: a broken file with one of these is an error, never text.
+const AUDIO_EXTENSIONS: &[&str] = &["wav", "wave", "flac", "mp3", "ogg", "oga"];
+/// Extensions that are always text, so they are never probed as audio.
+const TEXT_EXTENSIONS: &[&str] = &[
+    "txt", "text", "md", "csv", "tsv", "json", "jsonl", "ndjson", "yaml", "yml", "log",
+];
+
+type Frames = Box<dyn Iterator<Item = Result<TimedFrame, DecodeError>> + Send>;
+
+/// An opened input, ready to be read on its own thread.
+enum Source {
+    Audio(Frames),
+    Text {
+        reader: Box<dyn BufRead + Send>,
+        name: String,
+    },
+}
+
+/// A bad input file or stream: exit code 2, like a bad manifest.
+fn unreadable(e: DecodeError) -> anyhow::Error {
+    Invalid(format!("cannot read input: {e}")).into()
+}
+
+fn open_input(spec: &InputSpec) -> anyhow::Result<Source> {
+    let input = spec.input.as_str();
+    if let Some((format, rate, channels)) = spec.pcm {
+        let (reader, name): (Box<dyn std::io::Read + Send>, &str) = if input == "-" {
+            if std::io::stdin().is_terminal() {
+                eprintln!("reading raw {format} PCM from the terminal; pipe audio in instead");
+            }
+            (Box::new(std::io::stdin()), "stdin")
+        } else {
+            let file = std::fs::File::open(input)
+                .map_err(|e| Invalid(format!("cannot open input {input}: {e}")))?;
+            (Box::new(file), input)
+        };
+        let pcm = PcmReader::new(reader, name, format, rate, channels, spec.frame_ms)
+            .map_err(unreadable)?;
+        return Ok(Source::Audio(Box::new(pcm)));
     }
-    let reader: Box<dyn BufRead> = if input == "-" {
+    if input == "-" {
         if std::io::stdin().is_terminal() {
             eprintln!("reading text from the terminal, one input per line; end with Ctrl-D");
         }
-        Box::new(std::io::stdin().lock())
-    } else {
-        let file = std::fs::File::open(input)
-            .map_err(|e| Invalid(format!("cannot open input {input}: {e}")))?;
-        Box::new(std::io::BufReader::new(file))
-    };
-    let mut out = Vec::new();
-    let start = std::time::Instant::now();
-    for line in reader.lines() {
-        let line = line.with_context(|| format!("reading {input}"))?;
-        out.push((start.elapsed(), RuntimeData::text(line)));
+        return Ok(Source::Text {
+            reader: Box::new(std::io::BufReader::new(std::io::stdin())),
+            name: "stdin".into(),
+        });
     }
-    if out.is_empty() {
-        bail!(Invalid(format!("input {input} is empty")));
+    let path = Path::new(input);
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let is = |list: &[&str]| list.contains(&ext.as_str());
+    if !is(TEXT_EXTENSIONS) {
+        match FileDecoder::open(path, spec.frame_ms) {
+            Ok(decoder) => {
+                let info = decoder.info();
+                tracing::info!(
+                    input,
+                    format = %info.format,
+                    sample_rate = info.sample_rate,
+                    channels = info.channels,
+                    duration = ?info.duration,
+                    "decoding audio"
+                );
+                return Ok(Source::Audio(Box::new(decoder)));
+            }
+            // Not audio after all: an unknown extension falls back to text lines.
+            Err(DecodeError::UnsupportedFormat { .. } | DecodeError::Empty { .. })
+                if !is(AUDIO_EXTENSIONS) => {}
+            Err(e) => return Err(unreadable(e)),
+        }
     }
-    Ok(out)
+    let file = std::fs::File::open(input)
+        .map_err(|e| Invalid(format!("cannot open input {input}: {e}")))?;
+    Ok(Source::Text {
+        reader: Box::new(std::io::BufReader::new(file)),
+        name: input.to_string(),
+    })
+}
+
+type Item = anyhow::Result<(Duration, RuntimeData)>;
+
+impl Source {
+    /// Reads on a thread of its own (file and pipe reads block), handing items over a small
+    /// bounded channel: the session's backpressure reaches the reader, and the first frame
+    /// flows as soon as it is decoded. A plain thread, not the runtime's blocking pool, so a
+    /// read stuck on a silent stdin never holds the process open at exit.
+    fn spawn(self) -> tokio::sync::mpsc::Receiver<Item> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        std::thread::spawn(move || match self {
+            Source::Audio(frames) => {
+                for item in frames {
+                    let item = item
+                        .map(|(ts, frame)| (ts, RuntimeData::Audio(frame)))
+                        .map_err(unreadable);
+                    if tx.blocking_send(item).is_err() {
+                        return; // the session ended; stop reading
+                    }
+                }
+            }
+            Source::Text { reader, name } => {
+                let start = Instant::now();
+                let mut any = false;
+                for line in reader.lines() {
+                    let item = line
+                        .map(|l| (start.elapsed(), RuntimeData::text(l)))
+                        .with_context(|| format!("reading {name}"));
+                    any = true;
+                    if tx.blocking_send(item).is_err() {
+                        return;
+                    }
+                }
+                if !any {
+                    let _ = tx.blocking_send(Err(Invalid(format!("input {name} is empty")).into()));
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// Sends each item when a live source would have delivered it: an audio frame once its last
+/// sample was captured, text at its timestamp. Deadlines come from one clock started at the
+/// first item, so sleeping late once never shifts the ones after (no cumulative drift).
+#[derive(Default)]
+struct Pacer {
+    origin: Option<(tokio::time::Instant, Duration)>,
+}
+
+impl Pacer {
+    async fn wait(&mut self, ts: Duration, data: &RuntimeData) {
+        let (start, first) = *self
+            .origin
+            .get_or_insert_with(|| (tokio::time::Instant::now(), ts));
+        let end = ts + data.as_audio().map_or(Duration::ZERO, |a| a.duration());
+        tokio::time::sleep_until(start + end.saturating_sub(first)).await;
+    }
 }

@@ -24,6 +24,7 @@ pub struct Printer {
     text: Box<dyn Write>,
     wav: Option<WavSink<std::io::BufWriter<std::fs::File>>>,
     audio_frames: u64,
+    output: String,
 }
 
 impl Printer {
@@ -45,6 +46,7 @@ impl Printer {
             text,
             wav,
             audio_frames: 0,
+            output: output.to_string(),
         })
     }
 
@@ -63,8 +65,11 @@ impl Printer {
 
     pub fn finish(mut self) -> anyhow::Result<()> {
         self.text.flush()?;
-        if let Some(wav) = self.wav.take() {
-            wav.finish()?;
+        if let Some(wav) = self.wav.take()
+            && !wav.finish()?
+        {
+            // Likely a pipeline whose outputs are not audio: say why the file is empty.
+            eprintln!("warning: no audio reached {}; it is empty", self.output);
         }
         Ok(())
     }

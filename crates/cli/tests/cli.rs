@@ -89,7 +89,7 @@ fn run_processes_wav_to_wav() {
         metrics.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let d = remotemedia_audio::wav::read_wav(&output).unwrap();
+    let d = remotemedia_audio::decode::read_all(&output).unwrap();
     assert_eq!((d.sample_rate, d.samples.len()), (16_000, 16_000));
     assert!((d.samples[0] - 0.25).abs() < 0.01, "{}", d.samples[0]);
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&metrics).unwrap()).unwrap();
@@ -162,6 +162,249 @@ fn nodes_and_schema_are_machine_readable() {
 fn help_explains_the_commands() {
     let o = run(&["run", "--help"]);
     let help = stdout(&o);
-    assert!(help.contains("a `.wav` file is cut into audio frames"));
-    assert!(help.contains("--frame-ms"));
+    assert!(help.contains("WAV, FLAC, MP3 or Ogg Vorbis"), "{help}");
+    assert!(
+        help.contains("cut into audio frames of\n               --frame-ms"),
+        "{help}"
+    );
+    assert!(help.contains("--pcm s16le|s32le|f32le --rate HZ [--channels N]"));
+    assert!(help.contains("--realtime sends each frame when a live source would have captured it"));
+    assert!(help.contains("exits\nwith code 2"));
+}
+
+fn audio(name: &str) -> PathBuf {
+    repo("crates/audio/tests/data").join(name)
+}
+
+/// Runs `examples/gain.yaml` (-6 dB) over `input` into a fresh WAV and decodes the result.
+fn gain_to_wav(input: &Path, extra: &[&str], out: &str) -> (Output, PathBuf) {
+    let output = temp(out);
+    let o = bin()
+        .arg("run")
+        .arg(repo("examples/gain.yaml"))
+        .arg("-i")
+        .arg(input)
+        .arg("-o")
+        .arg(&output)
+        .args(extra)
+        .output()
+        .unwrap();
+    (o, output)
+}
+
+#[test]
+fn flac_in_wav_out_keeps_length_rate_and_channels() {
+    let (o, out) = gain_to_wav(&audio("tone_440_660_44100_stereo.flac"), &[], "flac.wav");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d = remotemedia_audio::decode::read_all(&out).unwrap();
+    assert_eq!(
+        (d.sample_rate, d.channels, d.samples.len()),
+        (44_100, 2, 44_100)
+    );
+    // 0.5 peak at -6 dB.
+    let peak = d.samples.iter().fold(0.0f32, |m, s| m.max(s.abs()));
+    assert!((peak - 0.25).abs() < 0.01, "{peak}");
+}
+
+#[test]
+fn every_audio_format_runs_through_a_pipeline() {
+    for (name, rate, channels) in [
+        ("tone_440_22050_mono.wav", 22_050, 1),
+        ("tone_440_660_44100_stereo.mp3", 44_100, 2),
+        ("tone_440_22050_mono.ogg", 22_050, 1),
+        ("tone_440_660_48000_stereo.oga", 48_000, 2),
+    ] {
+        let (o, out) = gain_to_wav(&audio(name), &["--frame-ms", "10"], &format!("{name}.wav"));
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let d = remotemedia_audio::decode::read_all(&out).unwrap();
+        assert_eq!((d.sample_rate, d.channels), (rate, channels), "{name}");
+        assert_eq!(
+            d.samples.len(),
+            rate as usize / 2 * usize::from(channels),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn audio_is_recognised_by_content_when_the_extension_says_nothing() {
+    let clip = temp("clip.bin");
+    std::fs::copy(audio("tone_440_660_44100_stereo.flac"), &clip).unwrap();
+    let (o, out) = gain_to_wav(&clip, &[], "clip.wav");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        remotemedia_audio::decode::read_all(&out)
+            .unwrap()
+            .samples
+            .len(),
+        44_100
+    );
+    // And a text file without an extension is still text.
+    let notes = temp("notes");
+    std::fs::write(&notes, "quiet please\n").unwrap();
+    let o = run(&[
+        "run",
+        repo("examples/uppercase.yaml").to_str().unwrap(),
+        "-i",
+        notes.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "QUIET PLEASE!\n");
+    assert_eq!(stderr(&o), "");
+}
+
+#[test]
+fn realtime_takes_at_least_the_playing_time() {
+    let start = std::time::Instant::now();
+    let (o, out) = gain_to_wav(&audio("tone_440_22050_mono.wav"), &["--realtime"], "rt.wav");
+    let took = start.elapsed();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // 0.5 s of audio; only a lower bound, machines are noisy.
+    assert!(took >= std::time::Duration::from_millis(450), "{took:?}");
+    assert_eq!(
+        remotemedia_audio::decode::read_all(&out)
+            .unwrap()
+            .samples
+            .len(),
+        11_025
+    );
+}
+
+fn run_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = bin()
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let bytes = input.to_vec();
+    // Write from another thread so a full pipe cannot deadlock against our reads.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&bytes);
+    });
+    let o = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    o
+}
+
+#[test]
+fn raw_pcm_on_stdin_is_audio() {
+    // 0.25 s of 16 kHz stereo s16le: left +0.5, right -0.5.
+    let mut pcm = Vec::new();
+    for _ in 0..4000 {
+        pcm.extend_from_slice(&16_384i16.to_le_bytes());
+        pcm.extend_from_slice(&(-16_384i16).to_le_bytes());
+    }
+    let out = temp("pcm.wav");
+    let o = run_with_stdin(
+        &[
+            "run",
+            repo("examples/gain.yaml").to_str().unwrap(),
+            "--pcm",
+            "s16le",
+            "--rate",
+            "16000",
+            "--channels",
+            "2",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        &pcm,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d = remotemedia_audio::decode::read_all(&out).unwrap();
+    assert_eq!(
+        (d.sample_rate, d.channels, d.samples.len()),
+        (16_000, 2, 8_000)
+    );
+    assert!((d.samples[0] - 0.25).abs() < 0.01 && (d.samples[1] + 0.25).abs() < 0.01);
+
+    // f32le from the same pipe.
+    let floats: Vec<u8> = (0..1600).flat_map(|_| 0.5f32.to_le_bytes()).collect();
+    let o = run_with_stdin(
+        &[
+            "run",
+            repo("examples/gain.yaml").to_str().unwrap(),
+            "--pcm",
+            "f32le",
+            "--rate",
+            "8000",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        &floats,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let d = remotemedia_audio::decode::read_all(&out).unwrap();
+    assert_eq!(
+        (d.sample_rate, d.channels, d.samples.len()),
+        (8_000, 1, 1_600)
+    );
+}
+
+#[test]
+fn bad_audio_input_exits_2_naming_the_file_and_the_problem() {
+    for (name, problem) in [
+        (
+            "corrupt.flac",
+            "corrupt audio data: the file ends unexpectedly",
+        ),
+        (
+            "garbage_frames.flac",
+            "corrupt audio data: no audio could be decoded from it",
+        ),
+        ("not_audio.mp3", "not a supported audio format"),
+        ("empty.wav", "zero-length audio"),
+    ] {
+        let path = audio(name);
+        let (o, _) = gain_to_wav(&path, &[], "bad.wav");
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", stderr(&o));
+        let err = stderr(&o);
+        let expected = format!("error: cannot read input: {}: {problem}", path.display());
+        assert!(err.starts_with(&expected), "{name}: {err}");
+        // One clear line: no panic, no library log noise.
+        assert_eq!(err.lines().count(), 1, "{name}: {err}");
+    }
+}
+
+#[test]
+fn bad_pcm_input_exits_2() {
+    let gain = repo("examples/gain.yaml");
+    let gain = gain.to_str().unwrap();
+    let o = run_with_stdin(&["run", gain, "--pcm", "s16le", "--rate", "0"], b"");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("error: cannot read input: stdin: sample rate 0 Hz is outside the supported 1..=384000 Hz"), "{}", stderr(&o));
+    let o = run_with_stdin(
+        &[
+            "run",
+            gain,
+            "--pcm",
+            "s16le",
+            "--rate",
+            "16000",
+            "--channels",
+            "2",
+        ],
+        b"abc",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("stdin: input ends inside a sample frame (3 stray bytes)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run_with_stdin(&["run", gain, "--pcm", "s16le", "--rate", "16000"], b"");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("stdin: zero-length audio"),
+        "{}",
+        stderr(&o)
+    );
+    // --pcm without --rate is a usage error.
+    let o = run_with_stdin(&["run", gain, "--pcm", "s16le"], b"");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--rate <RATE>"), "{}", stderr(&o));
 }
