@@ -166,7 +166,8 @@ pub struct SileroVadParams {
     /// ONNX Runtime intra-op threads for the shared model; 1 suits many concurrent streams.
     #[schemars(range(min = 1, max = 16))]
     pub threads: usize,
-    /// Also emit each window's speech probability as a `probability` event.
+    /// Also emit each window's speech probability as a `probability` event, stamped with the
+    /// window's start (for plotting and tuning; off by default as it is one event per 32 ms).
     pub emit_probability: bool,
     /// Model file; default `silero-vad/silero_vad.onnx` in the models directory.
     pub model: Option<PathBuf>,
