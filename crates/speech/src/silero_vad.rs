@@ -449,3 +449,85 @@ impl NodeType for SileroVADNode {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> PathBuf {
+        let path = SileroVad::default_model();
+        if let Err(e) = models::require_file(&path) {
+            panic!("{e}");
+        }
+        path
+    }
+
+    /// A deterministic speech-like signal: a vowel-ish harmonic tone with a syllable envelope.
+    fn babble(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let t = i as f32 / 16_000.0;
+                let env = (std::f32::consts::PI * 4.0 * t).sin().abs();
+                let f0 = 120.0 + 30.0 * (2.0 * t).sin();
+                (1..8)
+                    .map(|k| (2.0 * std::f32::consts::PI * f0 * k as f32 * t).sin() / k as f32)
+                    .sum::<f32>()
+                    * 0.2
+                    * env
+            })
+            .collect()
+    }
+
+    #[test]
+    fn streams_share_the_model_but_not_the_state() {
+        let audio = babble(16_000);
+        let mut a = SileroVad::new(&model(), 16_000, 1).unwrap();
+        let mut b = SileroVad::new(&model(), 16_000, 1).unwrap();
+        assert!(Arc::ptr_eq(&a.session, &b.session));
+        let alone: Vec<f32> = audio
+            .chunks_exact(512)
+            .map(|w| a.probability(w).unwrap())
+            .collect();
+        a.reset();
+        // Interleaving another stream (fed silence) changes nothing for this one.
+        let mut interleaved = Vec::new();
+        for w in audio.chunks_exact(512) {
+            interleaved.push(a.probability(w).unwrap());
+            b.probability(&[0.0; 512]).unwrap();
+        }
+        assert_eq!(alone, interleaved);
+        // Carrying state and context matters: a fresh model per window scores differently.
+        let stateless: Vec<f32> = audio
+            .chunks_exact(512)
+            .map(|w| {
+                b.reset();
+                b.probability(w).unwrap()
+            })
+            .collect();
+        assert_ne!(alone, stateless);
+    }
+
+    #[test]
+    fn wrong_window_length_is_an_error_not_a_panic() {
+        let mut vad = SileroVad::new(&model(), 16_000, 1).unwrap();
+        let err = vad.probability(&[0.0; 100]).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("window of 100 samples, expected 512"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_model_is_reported() {
+        let path = std::env::temp_dir().join(format!("not-a-model-{}.onnx", std::process::id()));
+        std::fs::write(&path, b"not an onnx file").unwrap();
+        let err = SileroVad::new(&path, 16_000, 1).err().unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            err.to_string()
+                .starts_with(&format!("could not load model {}: ", path.display())),
+            "{err}"
+        );
+    }
+}
