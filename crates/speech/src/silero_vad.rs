@@ -366,6 +366,13 @@ impl Node for SileroVADNode {
         self.check_format(frame)?;
         self.origin.get_or_insert(input.timestamp);
         out.push(input.data.clone());
+        // A frame that completes no window is only buffered: no need to leave the reactor.
+        if let Some(e) = self.engine.as_mut()
+            && e.pending.len() + frame.samples().len() < e.vad.window()
+        {
+            e.pending.extend_from_slice(frame.samples());
+            return Ok(());
+        }
         let samples = Arc::clone(frame.shared_samples());
         self.with_engine(move |e| e.feed(&samples)).await?;
         self.emit(out, None);
