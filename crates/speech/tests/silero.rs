@@ -433,3 +433,43 @@ fn registered_with_its_params_in_the_schema() {
     }
     assert_eq!(info.outputs[0].media.len(), 2);
 }
+
+/// Outputs are checked directly (the harness returns data only): audio inherits the input's
+/// timestamp, each event is stamped with its own time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_packets_are_stamped_with_the_event_time() {
+    let audio = padded_recording();
+    let params = serde_json::from_value(json!({})).unwrap();
+    let ctx = NodeContext {
+        session_id: "t".into(),
+        node_id: "vad".into(),
+    };
+    let mut node = SileroVADNode::new(params, &ctx).unwrap();
+    let mut out = Outputs::default();
+    let mut stamped = Vec::new();
+    for (i, chunk) in audio[..5 * RATE as usize].chunks(320).enumerate() {
+        let packet = remotemedia_core::Packet {
+            data: RuntimeData::audio(chunk.to_vec(), RATE, 1),
+            session: Arc::from("t"),
+            source: Arc::from("in"),
+            port: Arc::from("out"),
+            seq: i as u64,
+            timestamp: Duration::from_millis(20 * i as u64),
+            captured: std::time::Instant::now(),
+        };
+        node.process(0, &packet, &mut out).await.unwrap();
+        stamped.extend(out.drain().map(|o| (o.port, o.data, o.timestamp)));
+    }
+    let mut events = 0;
+    for (port, data, ts) in &stamped {
+        assert_eq!(*port, 0);
+        match VadEvent::from_data(data) {
+            Some(e) => {
+                events += 1;
+                assert_eq!(*ts, Some(e.time()));
+            }
+            None => assert_eq!(*ts, None, "audio keeps the input's timestamp"),
+        }
+    }
+    assert!(events >= 2, "{events} events");
+}
