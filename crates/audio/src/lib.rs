@@ -1,16 +1,32 @@
 //! RemoteMedia audio: reading and writing audio files and native audio nodes.
 
+pub mod chunker;
 pub mod decode;
+pub mod energy_vad;
+pub mod format;
 pub mod gain;
+mod polyphase;
+pub mod resample;
+pub mod segmenter;
 pub mod vad;
 pub mod wav;
 
+pub use chunker::AudioChunker;
+pub use energy_vad::EnergyVad;
+pub use format::FormatConverter;
 pub use gain::AudioGain;
+pub use resample::AudioResample;
+pub use segmenter::SpeechSegmenter;
 pub use vad::{VadEvent, VadTiming, VadTracker};
 
 use remotemedia_core::NodeRegistry;
 
 /// Adds this crate's nodes to a registry.
 pub fn register(registry: &mut NodeRegistry) {
+    registry.register::<AudioChunker>();
     registry.register::<AudioGain>();
+    registry.register::<EnergyVad>();
+    registry.register::<FormatConverter>();
+    registry.register::<SpeechSegmenter>();
+    registry.register::<AudioResample>();
 }

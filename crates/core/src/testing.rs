@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::data::{Packet, RuntimeData};
-use crate::node::{Node, NodeContext, NodeError, NodeType, Outputs};
+use crate::node::{Node, NodeContext, NodeError, NodeType, Output, Outputs};
 
 /// Drives a single node instance.
 pub struct NodeHarness {
@@ -49,6 +49,17 @@ impl NodeHarness {
         port: usize,
         data: RuntimeData,
     ) -> Result<Vec<RuntimeData>, NodeError> {
+        let out = self.push_outputs(port, data).await?;
+        Ok(out.into_iter().map(|o| o.data).collect())
+    }
+
+    /// Like [`NodeHarness::push_to`], but keeps each output's port and media timestamp (an
+    /// inherited timestamp is filled in with the input's).
+    pub async fn push_outputs(
+        &mut self,
+        port: usize,
+        data: RuntimeData,
+    ) -> Result<Vec<Output>, NodeError> {
         let packet = Packet {
             data,
             session: Arc::from("test"),
@@ -61,21 +72,33 @@ impl NodeHarness {
         self.seq += 1;
         self.out.clear();
         self.node.process(port, &packet, &mut self.out).await?;
-        Ok(self.take())
+        Ok(self.take(packet.timestamp))
     }
 
     /// Ends the stream and returns what the node flushed.
     pub async fn flush(&mut self) -> Result<Vec<RuntimeData>, NodeError> {
+        let out = self.flush_outputs().await?;
+        Ok(out.into_iter().map(|o| o.data).collect())
+    }
+
+    /// Like [`NodeHarness::flush`], keeping ports and timestamps.
+    pub async fn flush_outputs(&mut self) -> Result<Vec<Output>, NodeError> {
         self.out.clear();
         self.node.flush(&mut self.out).await?;
-        Ok(self.take())
+        Ok(self.take(self.timestamp))
     }
 
     pub async fn close(mut self) -> Result<(), NodeError> {
         self.node.close().await
     }
 
-    fn take(&mut self) -> Vec<RuntimeData> {
-        self.out.drain().map(|o| o.data).collect()
+    fn take(&mut self, inherited: Duration) -> Vec<Output> {
+        self.out
+            .drain()
+            .map(|mut o| {
+                o.timestamp = Some(o.timestamp.unwrap_or(inherited));
+                o
+            })
+            .collect()
     }
 }

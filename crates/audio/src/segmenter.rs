@@ -1,0 +1,350 @@
+//! Turns a VAD's audio-plus-events stream into one audio frame per utterance, for recognisers
+//! that want whole phrases rather than a live stream.
+//!
+//! The segmenter keeps a short history of audio, so a start event that refers back in time (a
+//! VAD only decides "speech" after `min_speech_ms`, and pads the start) still gets the audio
+//! from that point, plus `pre_roll_ms` more. Each utterance is emitted with its start time as
+//! the packet timestamp; its end is the start plus the frame's duration.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use remotemedia_core::node::{NodeType, Ports};
+use remotemedia_core::{
+    Control, MediaType, Node, NodeContext, NodeError, Outputs, Packet, RuntimeData,
+};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::vad::VadEvent;
+
+/// How far back a start event may point, beyond the pre-roll.
+const LOOKBACK: Duration = Duration::from_secs(2);
+
+/// Settings of [`SpeechSegmenter`].
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeechSegmenterParams {
+    /// Audio kept before each speech start.
+    #[schemars(range(max = 5_000))]
+    pub pre_roll_ms: u32,
+    /// Longer utterances are cut into pieces of this length.
+    #[schemars(range(min = 100, max = 600_000))]
+    pub max_utterance_ms: u32,
+    /// Shorter utterances are dropped.
+    #[schemars(range(max = 60_000))]
+    pub min_utterance_ms: u32,
+}
+
+impl Default for SpeechSegmenterParams {
+    fn default() -> Self {
+        Self {
+            pre_roll_ms: 100,
+            max_utterance_ms: 20_000,
+            min_utterance_ms: 0,
+        }
+    }
+}
+
+/// Buffers audio between VAD start and end events and emits each utterance whole.
+pub struct SpeechSegmenter {
+    p: SpeechSegmenterParams,
+    format: Option<(u32, u16)>,
+    /// Media time of stream frame 0.
+    origin: Duration,
+    /// Stream frame index of `buf[0]`.
+    first: u64,
+    /// Interleaved history and open utterance.
+    buf: Vec<f32>,
+    /// Stream frame index where the open utterance starts.
+    open: Option<u64>,
+}
+
+impl SpeechSegmenter {
+    fn rate(&self) -> u32 {
+        self.format.map_or(1, |f| f.0)
+    }
+
+    fn channels(&self) -> usize {
+        self.format.map_or(1, |f| usize::from(f.1))
+    }
+
+    fn end(&self) -> u64 {
+        self.first + (self.buf.len() / self.channels()) as u64
+    }
+
+    fn frames_in(&self, ms: u32) -> u64 {
+        u64::from(self.rate()) * u64::from(ms) / 1000
+    }
+
+    /// Stream frame index of a media time.
+    fn index(&self, t: Duration) -> u64 {
+        (t.saturating_sub(self.origin).as_secs_f64() * f64::from(self.rate())).round() as u64
+    }
+
+    fn emit(&mut self, from: u64, to: u64, out: &mut Outputs) {
+        let (from, to) = (from.max(self.first), to.min(self.end()));
+        if to <= from || to - from < self.frames_in(self.p.min_utterance_ms).max(1) {
+            return;
+        }
+        let ch = self.channels();
+        let slice = &self.buf[(from - self.first) as usize * ch..(to - self.first) as usize * ch];
+        let at = self.origin + Duration::from_secs_f64(from as f64 / f64::from(self.rate()));
+        out.push_at(
+            RuntimeData::audio(slice.to_vec(), self.rate(), ch as u16),
+            at,
+        );
+    }
+
+    /// Forgets history before stream frame `idx`.
+    fn trim_to(&mut self, idx: u64) {
+        let n = idx.saturating_sub(self.first).min(self.end() - self.first);
+        self.buf.drain(..n as usize * self.channels());
+        self.first += n;
+    }
+
+    /// Emits full-length pieces of an over-long utterance, or trims idle history.
+    fn settle(&mut self, out: &mut Outputs) {
+        match self.open {
+            Some(start) => {
+                let max = self.frames_in(self.p.max_utterance_ms).max(1);
+                let mut start = start;
+                while self.end() - start >= max {
+                    self.emit(start, start + max, out);
+                    start += max;
+                }
+                self.open = Some(start);
+                self.trim_to(start);
+            }
+            None => {
+                let keep = self.frames_in(self.p.pre_roll_ms)
+                    + u64::from(self.rate()) * LOOKBACK.as_secs();
+                self.trim_to(self.end().saturating_sub(keep));
+            }
+        }
+    }
+
+    fn audio(&mut self, input: &Packet) -> Result<(), NodeError> {
+        let Some(frame) = input.data.as_audio() else {
+            return Err(NodeError::unsupported(Self::NAME, &input.data));
+        };
+        let format = (frame.sample_rate, frame.channels);
+        match self.format {
+            Some(f) if f != format => {
+                return Err(NodeError::fatal(format!(
+                    "{}: audio format changed mid-stream from {} Hz × {} ch to {} Hz × {} ch",
+                    Self::NAME,
+                    f.0,
+                    f.1,
+                    format.0,
+                    format.1
+                )));
+            }
+            Some(_) => {}
+            None if frame.sample_rate == 0 => {
+                return Err(NodeError::fatal(format!(
+                    "{}: audio with a sample rate of 0",
+                    Self::NAME
+                )));
+            }
+            None => {
+                self.format = Some(format);
+                self.origin = input.timestamp;
+            }
+        }
+        self.buf.extend_from_slice(frame.samples());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Node for SpeechSegmenter {
+    async fn process(
+        &mut self,
+        _: usize,
+        input: &Packet,
+        out: &mut Outputs,
+    ) -> Result<(), NodeError> {
+        match VadEvent::from_data(&input.data) {
+            Some(VadEvent::SpeechStart { .. }) if self.format.is_none() => {}
+            Some(VadEvent::SpeechStart { .. }) if self.open.is_some() => {}
+            Some(ev @ VadEvent::SpeechStart { .. }) => {
+                let idx = self.index(ev.time());
+                let start = idx.saturating_sub(self.frames_in(self.p.pre_roll_ms));
+                self.open = Some(start.max(self.first));
+            }
+            Some(ev @ VadEvent::SpeechEnd { .. }) => {
+                if let Some(start) = self.open.take() {
+                    let end = self.index(ev.time());
+                    self.emit(start, end, out);
+                }
+            }
+            Some(VadEvent::Probability { .. }) => {}
+            None if matches!(input.data, RuntimeData::Json(_)) => {}
+            None => self.audio(input)?,
+        }
+        self.settle(out);
+        Ok(())
+    }
+
+    async fn flush(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
+        if let Some(start) = self.open.take() {
+            self.emit(start, self.end(), out);
+        }
+        self.settle(out);
+        Ok(())
+    }
+
+    async fn control(&mut self, control: &Control, _: &mut Outputs) -> Result<(), NodeError> {
+        if matches!(control, Control::Cancel { .. }) {
+            self.open = None;
+            self.first = self.end();
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+impl NodeType for SpeechSegmenter {
+    type Params = SpeechSegmenterParams;
+    const NAME: &'static str = "SpeechSegmenter";
+    const DESCRIPTION: &'static str =
+        "Cuts a VAD's audio and speech events into one audio frame per utterance, with pre-roll";
+
+    fn ports() -> Ports {
+        Ports::one_to_one(&[MediaType::Audio, MediaType::Json], &[MediaType::Audio])
+    }
+
+    fn new(p: SpeechSegmenterParams, _: &NodeContext) -> Result<Self, NodeError> {
+        Ok(Self {
+            p,
+            format: None,
+            origin: Duration::ZERO,
+            first: 0,
+            buf: Vec::new(),
+            open: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use remotemedia_core::node::Output;
+    use remotemedia_core::testing::NodeHarness;
+    use serde_json::json;
+
+    const RATE: u32 = 1_000;
+
+    /// Pushes 100 ms frames whose samples are their own stream index, with events between
+    /// them: `events[i]` goes after frame `i`.
+    async fn run(
+        params: serde_json::Value,
+        frames: usize,
+        events: &[(usize, VadEvent)],
+    ) -> Vec<Output> {
+        let mut h = NodeHarness::new::<SpeechSegmenter>(params).unwrap();
+        h.timestamp = Duration::from_secs(10);
+        let mut out = Vec::new();
+        for i in 0..frames {
+            let samples: Vec<f32> = (i * 100..(i + 1) * 100).map(|s| s as f32).collect();
+            out.extend(
+                h.push_outputs(0, RuntimeData::audio(samples, RATE, 1))
+                    .await
+                    .unwrap(),
+            );
+            for (_, ev) in events.iter().filter(|(at, _)| *at == i) {
+                out.extend(h.push_outputs(0, ev.to_data()).await.unwrap());
+            }
+        }
+        out.extend(h.flush_outputs().await.unwrap());
+        out
+    }
+
+    fn span(o: &Output) -> (f32, f32, Duration) {
+        let a = o.data.as_audio().unwrap();
+        (
+            a.samples()[0],
+            *a.samples().last().unwrap(),
+            o.timestamp.unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn cuts_between_events_with_pre_roll_and_times() {
+        let events = [
+            (5, VadEvent::SpeechStart { time: 10.3 }),
+            (9, VadEvent::SpeechEnd { time: 10.8 }),
+        ];
+        let out = run(json!({"pre_roll_ms": 100}), 12, &events).await;
+        assert_eq!(out.len(), 1);
+        // Samples 200..800: 100 ms pre-roll before the start at 300, up to the end at 800.
+        assert_eq!(span(&out[0]), (200.0, 799.0, Duration::from_millis(10_200)));
+    }
+
+    #[tokio::test]
+    async fn long_utterances_are_split_and_an_open_one_is_flushed() {
+        let events = [(1, VadEvent::SpeechStart { time: 10.0 })];
+        let out = run(
+            json!({"pre_roll_ms": 0, "max_utterance_ms": 400}),
+            10,
+            &events,
+        )
+        .await;
+        let spans: Vec<_> = out.iter().map(span).collect();
+        assert_eq!(
+            spans,
+            vec![
+                (0.0, 399.0, Duration::from_millis(10_000)),
+                (400.0, 799.0, Duration::from_millis(10_400)),
+                (800.0, 999.0, Duration::from_millis(10_800)),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn short_utterances_are_dropped_and_history_is_bounded() {
+        let events = [
+            (40, VadEvent::SpeechStart { time: 14.0 }),
+            (40, VadEvent::SpeechEnd { time: 14.05 }),
+            (45, VadEvent::SpeechStart { time: 10.0 }),
+            (47, VadEvent::SpeechEnd { time: 14.75 }),
+        ];
+        let out = run(
+            json!({"pre_roll_ms": 0, "min_utterance_ms": 100}),
+            50,
+            &events,
+        )
+        .await;
+        // The 50 ms blip is dropped; the second start points before the kept history
+        // (2 s look-back), so the utterance starts where the history does.
+        assert_eq!(out.len(), 1);
+        let (first, last, at) = span(&out[0]);
+        assert_eq!(last, 4749.0);
+        assert!(first >= 2500.0 && at == Duration::from_millis(10_000 + first as u64));
+    }
+
+    #[tokio::test]
+    async fn other_json_is_ignored_and_a_format_change_is_an_error() {
+        let mut h = NodeHarness::new::<SpeechSegmenter>(json!({})).unwrap();
+        assert!(
+            h.push(RuntimeData::json(json!({"x": 1})))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        h.push(RuntimeData::audio(vec![0.0; 10], 16_000, 1))
+            .await
+            .unwrap();
+        let err = h
+            .push(RuntimeData::audio(vec![0.0; 10], 16_000, 2))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.message,
+            "SpeechSegmenter: audio format changed mid-stream from 16000 Hz × 1 ch to 16000 Hz × 2 ch"
+        );
+        let err = h.push(RuntimeData::text("x")).await.unwrap_err();
+        assert_eq!(err.message, "SpeechSegmenter cannot process text data");
+    }
+}
