@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every test of the workspace. Installs nothing beyond the Rust toolchain today; later parts
-# (models, Python, browser) add their setup here so this stays the one test command.
+# Every test of the workspace, with everything they need: the models (ONNX Runtime, Silero VAD,
+# the sample recordings) are installed first by the idempotent setup script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/setup-models.sh
 cargo test --workspace --locked "$@"

@@ -243,7 +243,15 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
         mac::<FMA>(&mut acc, x, y);
     }
-    acc.iter().sum()
+    // Pairwise, so the lanes add in a few vector steps instead of a 16-long scalar chain.
+    let mut width = LANES / 2;
+    while width > 0 {
+        for j in 0..width {
+            acc[j] += acc[j + width];
+        }
+        width /= 2;
+    }
+    acc[0]
 }
 
 #[cfg(test)]

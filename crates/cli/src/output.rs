@@ -88,8 +88,9 @@ fn text_line(p: &Packet) -> String {
             None => t.text.to_string(),
         },
         RuntimeData::Audio(a) => format!(
-            "[{}] audio from {}: {} samples, {} Hz, {} ch",
+            "[{} → {}] audio from {}: {} samples, {} Hz, {} ch",
             clock(p.timestamp),
+            clock(p.timestamp + a.duration()),
             p.source,
             a.frames(),
             a.sample_rate,
