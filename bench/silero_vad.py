@@ -7,10 +7,15 @@ Driven by bench/silero_vad.sh, which builds the Rust side and installs the Pytho
   python bench/silero_vad.py compare IN.wav RUST_BINARY WORK_DIR [ROUNDS]
 
 `compare` alternates the two sides ROUNDS times (so load from other processes hits both alike)
-and reports each side's best round. Python side:
+and reports each side's best round. Rust side: the node's default model at 16 kHz (the
+package's own 16 kHz export, `silero_vad_openvino_16k.onnx`, which scores like
+`silero_vad.onnx`: see the decisions below) and, for the same-file figure, `silero_vad.onnx`.
+Python side:
   model - `load_silero_vad(onnx=True)` (the package's OnnxWrapper on silero_vad.onnx), one call
           per 512-sample window, as the package's streaming API makes it;
-  iter  - the package's VADIterator (its streaming state machine) per window.
+  iter  - the package's VADIterator (its streaming state machine) per window;
+  jit   - `load_silero_vad()`, the package's default (the same network as TorchScript), one
+          call per window.
 Decisions: per-window speech/non-speech at threshold 0.5 from both sides' probabilities, and the
 speech segments from the package's get_speech_timestamps against the Rust node's events (both
 with min_speech 250 ms, min_silence 100 ms, pad 30 ms).
@@ -90,7 +95,18 @@ def python_round(audio, passes):
             t0 = time.perf_counter_ns()
             it(c, return_seconds=True)
             iter_t.append(time.perf_counter_ns() - t0)
-    return {"model_us": stats(model_t), "iter_us": stats(iter_t), "probs": probs}
+    jit = load_silero_vad()
+    jit_t, jit_probs = [], []
+    for p in range(passes):
+        jit.reset_states()
+        for c in chunks:
+            t0 = time.perf_counter_ns()
+            prob = jit(c, RATE).item()
+            jit_t.append(time.perf_counter_ns() - t0)
+            if p == 0:
+                jit_probs.append(prob)
+    return {"model_us": stats(model_t), "iter_us": stats(iter_t), "jit_us": stats(jit_t),
+            "probs": probs, "jit_probs": jit_probs}
 
 
 def python_segments(audio):
@@ -118,6 +134,7 @@ def compare(wav, rust_bin, work, rounds):
     rust_node = min(rust_runs, key=lambda r: r["node_us"]["median"])
     py = min(py_runs, key=lambda r: r["model_us"]["median"])
     py_iter = min(py_runs, key=lambda r: r["iter_us"]["median"])
+    py_jit = min(py_runs, key=lambda r: r["jit_us"]["median"])
 
     rp, pp = np.asarray(rust["probs"]), np.asarray(py["probs"])
     n = min(len(rp), len(pp))
@@ -131,10 +148,19 @@ def compare(wav, rust_bin, work, rounds):
     print(f"samples: {wav} ({len(audio) / RATE:.1f} s, {n} windows of 32 ms), "
           f"{rounds} rounds x {passes} passes, 1 thread each side; best round shown")
     print(f"rust   model (SileroVad::probability)     {fmt(rust['model_us'])}")
+    rust_same = min(rust_runs, key=lambda r: r["model_same_file_us"]["median"])
+    print(f"rust   model on silero_vad.onnx           {fmt(rust_same['model_same_file_us'])}")
     print(f"python model (silero_vad OnnxWrapper)     {fmt(py['model_us'])}")
     print(f"rust   node  (SileroVAD, 32 ms frame)     {fmt(rust_node['node_us'])}")
     print(f"python iter  (silero_vad VADIterator)     {fmt(py_iter['iter_us'])}")
+    print(f"python default (load_silero_vad(), TorchScript) {fmt(py_jit['jit_us'])}")
     print(f"speed-up, model per frame (median):  {py['model_us']['median'] / rust['model_us']['median']:.2f}x")
+    print(f"speed-up, model per frame, both on silero_vad.onnx (median):  "
+          f"{py['model_us']['median'] / rust_same['model_same_file_us']['median']:.2f}x")
+    print(f"speed-up, model vs the package default (median): {py_jit['jit_us']['median'] / rust['model_us']['median']:.2f}x")
+    jp = np.asarray(py_jit["jit_probs"])[:n]
+    print(f"per-window decisions vs the package default identical: "
+          f"{int(np.sum((rp[:n] >= 0.5) == (jp >= 0.5)))}/{n}; max |p diff| = {float(np.max(np.abs(rp[:n] - jp))):.2e}")
     print(f"speed-up, node vs VADIterator (median): {py_iter['iter_us']['median'] / rust_node['node_us']['median']:.2f}x")
     print(f"per-window decisions (p >= 0.5) identical: {agree}/{n}; "
           f"max |p_rust - p_python| = {float(np.max(np.abs(rp[:n] - pp[:n]))):.2e}")
@@ -145,7 +171,8 @@ def compare(wav, rust_bin, work, rounds):
         print(f"  rust {a[0]:7.3f}-{a[1]:7.3f}   python {b[0]:7.3f}-{b[1]:7.3f}")
     print(f"largest segment boundary difference: {worst * 1000:.0f} ms")
     for label, runs, key in (("rust model", rust_runs, "model_us"), ("python model", py_runs, "model_us"),
-                             ("rust node", rust_runs, "node_us"), ("python iter", py_runs, "iter_us")):
+                             ("rust node", rust_runs, "node_us"), ("python iter", py_runs, "iter_us"),
+                             ("python default", py_runs, "jit_us")):
         print(f"  {label} medians per round: " + ", ".join(f"{r[key]['median']:.1f}" for r in runs))
 
 

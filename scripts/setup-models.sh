@@ -30,6 +30,7 @@ ORT_FILES=(
 SILERO_PKG="silero-vad==$SILERO_VERSION"
 SILERO_FILES=(
     "silero_vad/data/silero_vad.onnx=silero-vad/silero_vad.onnx"
+    "silero_vad/data/silero_vad_openvino_16k.onnx=silero-vad/silero_vad_openvino_16k.onnx"
 )
 MOONSHINE_PKG="moonshine-voice==$MOONSHINE_VERSION"
 MOONSHINE_FILES=(

@@ -46,7 +46,7 @@ fn frames(audio: &[f32]) -> Vec<RuntimeData> {
 
 fn model_window(c: &mut Criterion) {
     let audio = recording();
-    let model = SileroVad::default_model();
+    let model = SileroVad::default_model(16_000);
     let mut vad = SileroVad::new(&model, 16_000, 1).unwrap_or_else(|e| panic!("{e}"));
     let windows: Vec<&[f32]> = audio.chunks_exact(WINDOW).collect();
     let mut i = 0;

@@ -5,10 +5,11 @@
 //!
 //! `cargo run --release -p remotemedia-speech --example silero_vad_compare -- IN.wav OUT.json [PASSES]`
 //!
-//! Two figures per window: `model` is one model run with context and state handling
-//! (`SileroVad::probability`, what the package's `OnnxWrapper.__call__` does); `node` is the
-//! whole `SileroVAD` node fed one 32 ms frame (pass-through, decisions, events) on a
-//! multi-thread runtime.
+//! Three figures per window: `model` is one model run with context and state handling
+//! (`SileroVad::probability`, what the package's `OnnxWrapper.__call__` does) on the node's
+//! default model (the 16 kHz export); `model_same_file` the same on `silero_vad.onnx`, the file
+//! the package loads; `node` is the whole `SileroVAD` node fed one 32 ms frame (pass-through,
+//! decisions, events) on a multi-thread runtime.
 
 use std::time::{Duration, Instant};
 
@@ -41,20 +42,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let windows: Vec<&[f32]> = audio.chunks_exact(WINDOW).collect();
 
     // Model alone: every window timed on its own, state carried, reset between passes.
-    let mut vad = SileroVad::new(&SileroVad::default_model(), 16_000, 1)?;
-    let mut model_times = Vec::new();
-    let mut probs = Vec::new();
-    for pass in 0..passes {
-        vad.reset();
-        for w in &windows {
-            let t = Instant::now();
-            let p = vad.probability(w)?;
-            model_times.push(t.elapsed());
-            if pass == 0 {
-                probs.push(p);
+    let model_run = |path: std::path::PathBuf| -> Result<_, Box<dyn std::error::Error>> {
+        let mut vad = SileroVad::new(&path, 16_000, 1)?;
+        let mut times = Vec::new();
+        let mut probs = Vec::new();
+        for pass in 0..passes {
+            vad.reset();
+            for w in &windows {
+                let t = Instant::now();
+                let p = vad.probability(w)?;
+                times.push(t.elapsed());
+                if pass == 0 {
+                    probs.push(p);
+                }
             }
         }
-    }
+        Ok((times, probs))
+    };
+    let (mut model_times, probs) = model_run(SileroVad::default_model(16_000))?;
+    let general =
+        remotemedia_speech::models::models_dir().join(remotemedia_speech::models::SILERO_VAD_MODEL);
+    let (mut same_file_times, _) = model_run(general)?;
 
     // The whole node, one 32 ms frame per push, as a router would drive it.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -102,6 +110,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "windows": windows.len(),
         "passes": passes,
         "model_us": stats(&mut model_times),
+        "model_same_file_us": stats(&mut same_file_times),
         "node_us": stats(&mut node_times),
         "probs": probs,
         "segments": segments,

@@ -30,8 +30,11 @@ pub const MODELS_DIR_NAME: &str = "models";
 pub const STAMP_FILE: &str = ".installed";
 /// ONNX Runtime shared library, relative to the models directory.
 pub const ORT_LIBRARY: &str = "onnxruntime/libonnxruntime.so";
-/// Silero VAD model, relative to the models directory.
+/// Silero VAD model (8 and 16 kHz), relative to the models directory.
 pub const SILERO_VAD_MODEL: &str = "silero-vad/silero_vad.onnx";
+/// The same network exported by its authors for 16 kHz only, with fixed shapes and no rate
+/// switch: same probabilities, a quarter less work per window (BENCHMARKS.md).
+pub const SILERO_VAD_16K_MODEL: &str = "silero-vad/silero_vad_openvino_16k.onnx";
 
 /// Why a model could not be found, loaded or run.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -40,7 +40,8 @@ pub struct SileroVad {
     session: Arc<SharedSession>,
     window: usize,
     context: usize,
-    sr: [i64; 1],
+    /// The rate input, for models that take one (the 16 kHz-only export does not).
+    sr: Option<[i64; 1]>,
     /// Context followed by the window, reused for every run; after a run its tail is the next
     /// window's context.
     input: Vec<f32>,
@@ -58,20 +59,32 @@ impl SileroVad {
             });
         };
         let session = models::shared_session(model, threads)?;
-        check_signature(&session.lock(), model)?;
+        let takes_rate = check_signature(&session.lock(), model)?;
+        if !takes_rate && sample_rate != 16_000 {
+            return Err(ModelError::Load {
+                path: model.to_path_buf(),
+                reason: format!("this model runs at 16000 Hz only, not {sample_rate} Hz"),
+            });
+        }
         Ok(Self {
             session,
             window,
             context,
-            sr: [i64::from(sample_rate)],
+            sr: takes_rate.then_some([i64::from(sample_rate)]),
             input: vec![0.0; context + window],
             state: vec![0.0; STATE_LEN],
         })
     }
 
-    /// The default model in the models directory.
-    pub fn default_model() -> PathBuf {
-        models::models_dir().join(models::SILERO_VAD_MODEL)
+    /// The default model in the models directory for a sample rate: the 16 kHz-only export
+    /// at 16 kHz, the general model otherwise.
+    pub fn default_model(sample_rate: u32) -> PathBuf {
+        let file = if sample_rate == 16_000 {
+            models::SILERO_VAD_16K_MODEL
+        } else {
+            models::SILERO_VAD_MODEL
+        };
+        models::models_dir().join(file)
     }
 
     /// Samples per window.
@@ -104,11 +117,17 @@ impl SileroVad {
     }
 
     fn run(&mut self, session: &mut Session) -> ort::Result<f32> {
-        let outputs = session.run(ort::inputs![
-            TensorRef::from_array_view(([1usize, self.input.len()], self.input.as_slice()))?,
-            TensorRef::from_array_view(([2usize, 1, 128], self.state.as_slice()))?,
-            TensorRef::from_array_view(((), self.sr.as_slice()))?,
-        ])?;
+        let input =
+            TensorRef::from_array_view(([1usize, self.input.len()], self.input.as_slice()))?;
+        let state = TensorRef::from_array_view(([2usize, 1, 128], self.state.as_slice()))?;
+        let outputs = match &self.sr {
+            Some(sr) => session.run(ort::inputs![
+                input,
+                state,
+                TensorRef::from_array_view(((), sr.as_slice()))?,
+            ])?,
+            None => session.run(ort::inputs![input, state])?,
+        };
         let (_, p) = outputs[0].try_extract_tensor::<f32>()?;
         let p = p.first().copied().unwrap_or(0.0);
         let (_, state) = outputs[1].try_extract_tensor::<f32>()?;
@@ -123,18 +142,21 @@ impl SileroVad {
     }
 }
 
-/// Rejects a file that is not a Silero VAD model up front, rather than on the first frame.
-fn check_signature(session: &Session, path: &Path) -> Result<(), ModelError> {
+/// Rejects a file that is not a Silero VAD model up front, rather than on the first frame;
+/// tells whether the model takes the sample rate as an input.
+fn check_signature(session: &Session, path: &Path) -> Result<bool, ModelError> {
     let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
     let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
     if inputs == ["input", "state", "sr"] && outputs.len() == 2 {
-        Ok(())
+        Ok(true)
+    } else if inputs == ["input", "state"] && outputs.len() == 2 {
+        Ok(false)
     } else {
         Err(ModelError::Load {
             path: path.to_path_buf(),
             reason: format!(
                 "not a Silero VAD model: inputs {inputs:?}, outputs {outputs:?} \
-                 (expected inputs [\"input\", \"state\", \"sr\"] and two outputs)"
+                 (expected inputs [\"input\", \"state\"(, \"sr\")] and two outputs)"
             ),
         })
     }
@@ -439,7 +461,9 @@ impl NodeType for SileroVADNode {
             min_silence_ms: p.min_silence_ms,
             speech_pad_ms: p.speech_pad_ms,
         };
-        let model = p.model.unwrap_or_else(SileroVad::default_model);
+        let model = p
+            .model
+            .unwrap_or_else(|| SileroVad::default_model(p.sample_rate));
         let vad = SileroVad::new(&model, p.sample_rate, p.threads).map_err(Self::fatal)?;
         let window = vad.window();
         Ok(Self {
@@ -462,7 +486,7 @@ mod tests {
     use super::*;
 
     fn model() -> PathBuf {
-        let path = SileroVad::default_model();
+        let path = SileroVad::default_model(16_000);
         if let Err(e) = models::require_file(&path) {
             panic!("{e}");
         }

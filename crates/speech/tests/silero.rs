@@ -359,11 +359,12 @@ fn missing_models_dir_names_the_file_and_the_setup_command() {
             Some(format!(
                 "SileroVAD: missing model file {}; install the models with \
                  ./scripts/setup-models.sh",
-                dir.join("silero-vad/silero_vad.onnx").display()
+                dir.join("silero-vad/silero_vad_openvino_16k.onnx")
+                    .display()
             ))
         );
         // With the model but without the runtime, the runtime is what is named.
-        let model = dir.join("silero-vad/silero_vad.onnx");
+        let model = dir.join("silero-vad/silero_vad_openvino_16k.onnx");
         std::fs::create_dir_all(model.parent().unwrap()).unwrap();
         std::fs::copy(std::env::var_os("REAL_MODEL").unwrap(), &model).unwrap();
         let err = NodeHarness::new::<SileroVADNode>(json!({}))
@@ -379,7 +380,7 @@ fn missing_models_dir_names_the_file_and_the_setup_command() {
         );
         return;
     }
-    let real_model = models_dir().join("silero-vad/silero_vad.onnx");
+    let real_model = models_dir().join("silero-vad/silero_vad_openvino_16k.onnx");
     assert!(
         real_model.is_file(),
         "missing model file {}; install the models with ./scripts/setup-models.sh",
@@ -472,4 +473,25 @@ async fn event_packets_are_stamped_with_the_event_time() {
         }
     }
     assert!(events >= 2, "{events} events");
+}
+
+/// The node's default at 16 kHz is the authors' 16 kHz-only export; it must score exactly like
+/// the general model (the one the Python package loads) on real speech.
+#[test]
+fn the_16k_export_scores_like_the_general_model() {
+    use remotemedia_speech::SileroVad;
+    let audio = padded_recording();
+    let general = models_dir().join("silero-vad/silero_vad.onnx");
+    let mut a = SileroVad::new(&general, RATE, 1).unwrap_or_else(|e| panic!("{e}"));
+    let mut b = SileroVad::new(&SileroVad::default_model(RATE), RATE, 1).unwrap();
+    let mut worst = 0f32;
+    let mut speech = 0;
+    for w in audio.chunks_exact(512) {
+        let (pa, pb) = (a.probability(w).unwrap(), b.probability(w).unwrap());
+        assert_eq!(pa >= 0.5, pb >= 0.5);
+        speech += usize::from(pa >= 0.5);
+        worst = worst.max((pa - pb).abs());
+    }
+    assert!(worst < 1e-4, "probabilities differ by up to {worst}");
+    assert!(speech > 100, "the recording has speech ({speech} windows)");
 }
