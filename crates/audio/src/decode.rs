@@ -17,6 +17,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use remotemedia_core::AudioFrame;
+
+use crate::format::SampleFormat;
 use symphonia::core::codecs::CodecParameters;
 use symphonia::core::codecs::audio::{AudioDecoder, AudioDecoderOptions};
 use symphonia::core::errors::Error as SymError;
@@ -94,11 +96,11 @@ pub enum DecodeError {
         "{name}: input ends inside a sample frame ({bytes} stray bytes): check the sample format and channel count"
     )]
     PartialFrame { name: String, bytes: usize },
-    #[error("{name}: sample {index} is not a finite number: is the input really {format}?")]
+    #[error("{name}: sample {index} is not a finite number: is the input really {}?", format.name())]
     NonFinite {
         name: String,
         index: u64,
-        format: PcmFormat,
+        format: SampleFormat,
     },
     #[error("frame length {0} ms is outside 1..={MAX_FRAME_MS} ms")]
     FrameLength(u32),
@@ -576,68 +578,13 @@ fn guard<T>(f: impl FnOnce() -> Result<T, SymError>) -> Result<T, SymError> {
     )))
 }
 
-/// Sample layouts accepted as raw PCM (little-endian, interleaved).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PcmFormat {
-    /// Signed 16-bit integers: what most capture tools and speech models use.
-    S16Le,
-    /// Signed 32-bit integers.
-    S32Le,
-    /// 32-bit IEEE floats, nominally in [-1, 1].
-    F32Le,
-}
-
-impl PcmFormat {
-    pub fn bytes_per_sample(self) -> usize {
-        match self {
-            PcmFormat::S16Le => 2,
-            PcmFormat::S32Le | PcmFormat::F32Le => 4,
-        }
-    }
-
-    fn decode(self, b: &[u8]) -> f32 {
-        match self {
-            PcmFormat::S16Le => f32::from(i16::from_le_bytes([b[0], b[1]])) / 32_768.0,
-            PcmFormat::S32Le => {
-                (f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])) / 2_147_483_648.0) as f32
-            }
-            PcmFormat::F32Le => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        }
-    }
-}
-
-impl std::fmt::Display for PcmFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            PcmFormat::S16Le => "s16le",
-            PcmFormat::S32Le => "s32le",
-            PcmFormat::F32Le => "f32le",
-        })
-    }
-}
-
-impl std::str::FromStr for PcmFormat {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "s16le" => Ok(PcmFormat::S16Le),
-            "s32le" => Ok(PcmFormat::S32Le),
-            "f32le" => Ok(PcmFormat::F32Le),
-            _ => Err(format!(
-                "unknown PCM format `{s}` (expected s16le, s32le or f32le)"
-            )),
-        }
-    }
-}
-
 /// Reads headerless PCM from any reader (stdin, a pipe, a socket) into frames. Raw PCM carries
 /// no format, so the caller states it; each frame is yielded as soon as its bytes arrive, which
 /// is what live capture piped in (`arecord`, `ffmpeg -f s16le -`) needs.
 pub struct PcmReader<R> {
     name: String,
     source: R,
-    format: PcmFormat,
+    format: SampleFormat,
     framer: Framer,
     bytes: Vec<u8>,
     /// Samples decoded so far, for error messages.
@@ -662,7 +609,7 @@ impl<R: Read> PcmReader<R> {
     pub fn new(
         source: R,
         name: &str,
-        format: PcmFormat,
+        format: SampleFormat,
         sample_rate: u32,
         channels: u16,
         frame_ms: u32,
@@ -695,7 +642,7 @@ impl<R: Read> PcmReader<R> {
     /// Reads once (blocking until some bytes arrive or the input ends) and decodes every whole
     /// sample frame received; a sample split across reads waits for the rest.
     fn fill(&mut self) -> Result<(), DecodeError> {
-        let width = self.format.bytes_per_sample();
+        let width = self.format.bytes();
         let want = (self.framer.frame_len * width).clamp(width, PCM_READ_CHUNK);
         let have = self.bytes.len();
         self.bytes.resize(have + want, 0);
@@ -719,7 +666,7 @@ impl<R: Read> PcmReader<R> {
         let block = width * usize::from(self.framer.channels);
         let whole = self.bytes.len() / block * block;
         for b in self.bytes[..whole].chunks_exact(width) {
-            let v = self.format.decode(b);
+            let v = self.format.read(b);
             if !v.is_finite() {
                 return Err(DecodeError::NonFinite {
                     name: self.name.clone(),
@@ -879,11 +826,5 @@ mod tests {
             "no suitable format reader found"
         );
         assert_eq!(plain("Bad Thing: keep it"), "Bad Thing: keep it");
-    }
-
-    #[test]
-    fn pcm_format_parses_names() {
-        assert_eq!("S16LE".parse::<PcmFormat>(), Ok(PcmFormat::S16Le));
-        assert!("u8".parse::<PcmFormat>().unwrap_err().contains("s16le"));
     }
 }

@@ -146,7 +146,7 @@ impl Node for EnergyVad {
             }
             Some(_) => {}
             None => {
-                if !(1_000..=crate::resample::MAX_RATE).contains(&frame.sample_rate) {
+                if !(1_000..=crate::decode::MAX_SAMPLE_RATE).contains(&frame.sample_rate) {
                     return Err(NodeError::fatal(format!(
                         "{}: cannot analyse audio at {} Hz",
                         Self::NAME,

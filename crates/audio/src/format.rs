@@ -13,7 +13,7 @@ use remotemedia_core::{MediaType, Node, NodeContext, NodeError, Outputs, Packet,
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::resample::{MAX_CHANNELS, MAX_RATE};
+use crate::decode::{MAX_CHANNELS, MAX_SAMPLE_RATE as MAX_RATE};
 
 /// How one sample is stored in raw PCM (always little-endian).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -28,9 +28,9 @@ pub enum SampleFormat {
 impl SampleFormat {
     pub fn name(self) -> &'static str {
         match self {
-            SampleFormat::I16 => "i16",
-            SampleFormat::I32 => "i32",
-            SampleFormat::F32 => "f32",
+            SampleFormat::I16 => "s16le",
+            SampleFormat::I32 => "s32le",
+            SampleFormat::F32 => "f32le",
         }
     }
 
@@ -55,7 +55,8 @@ impl SampleFormat {
         }
     }
 
-    fn read(self, b: &[u8]) -> f32 {
+    /// One little-endian sample as a float in [-1, 1] (floats as they are).
+    pub(crate) fn read(self, b: &[u8]) -> f32 {
         match self {
             SampleFormat::I16 => f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0,
             SampleFormat::I32 => {
@@ -379,7 +380,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.message,
-            "FormatConverter: 6 bytes is not a whole number of 2-channel i16 frames (4 bytes each)"
+            "FormatConverter: 6 bytes is not a whole number of 2-channel s16le frames (4 bytes each)"
         );
         let err = h.push(RuntimeData::text("x")).await.unwrap_err();
         assert_eq!(err.message, "FormatConverter cannot process text data");

@@ -22,12 +22,8 @@ use rubato::{Async, FixedAsync, Indexing, Resampler, SincInterpolationParameters
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::decode::{MAX_CHANNELS, MAX_SAMPLE_RATE as MAX_RATE};
 use crate::polyphase::{Design, Polyphase};
-
-/// Highest sample rate accepted anywhere (8× 48 kHz).
-pub const MAX_RATE: u32 = 384_000;
-/// Highest channel count accepted.
-pub const MAX_CHANNELS: u16 = 64;
 
 /// Frames per internal rubato chunk.
 const CHUNK: usize = 1024;

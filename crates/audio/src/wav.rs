@@ -5,15 +5,11 @@ use std::path::Path;
 
 use remotemedia_core::AudioFrame;
 
-pub use crate::decode::Decoded;
-
-/// Errors writing audio files (and reading them through [`read_wav`]).
+/// Errors writing audio files.
 #[derive(Debug, thiserror::Error)]
 pub enum WavError {
     #[error("{path}: {source}")]
     Io { path: String, source: hound::Error },
-    #[error(transparent)]
-    Decode(#[from] crate::decode::DecodeError),
     #[error(
         "audio changed format mid-stream: {found_rate} Hz × {found_channels} ch after {rate} Hz × {channels} ch"
     )]
@@ -23,12 +19,6 @@ pub enum WavError {
         found_rate: u32,
         found_channels: u16,
     },
-}
-
-/// Reads a whole audio file (any format [`crate::decode`] knows, despite the name): kept for
-/// callers that want all samples at once. Streaming callers use [`crate::decode::FileDecoder`].
-pub fn read_wav(path: &Path) -> Result<Decoded, WavError> {
-    Ok(crate::decode::read_all(path)?)
 }
 
 /// Writes 16-bit PCM WAV, taking its format from the first frame.
@@ -134,7 +124,7 @@ mod tests {
                 .unwrap();
         }
         assert!(sink.finish().unwrap());
-        let d = read_wav(&path).unwrap();
+        let d = crate::decode::read_all(&path).unwrap();
         assert_eq!(
             (d.sample_rate, d.channels, d.samples.len()),
             (16_000, 1, 1600)

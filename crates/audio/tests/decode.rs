@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use remotemedia_audio::decode::{
-    DecodeError, Decoded, FileDecoder, PcmFormat, PcmReader, TimedFrame, collect, read_all,
+    DecodeError, Decoded, FileDecoder, PcmReader, TimedFrame, collect, read_all,
 };
+use remotemedia_audio::format::SampleFormat;
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -252,7 +253,7 @@ fn wav_in_other_sample_formats_and_many_channels() {
 
 fn pcm(
     bytes: Vec<u8>,
-    format: PcmFormat,
+    format: SampleFormat,
     rate: u32,
     channels: u16,
 ) -> PcmReader<std::io::Cursor<Vec<u8>>> {
@@ -273,7 +274,7 @@ fn pcm_s16le_decodes_exactly() {
         .map(|i| ((i * 131) % 65_536 - 32_768) as i16)
         .collect();
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let frames: Vec<TimedFrame> = pcm(bytes, PcmFormat::S16Le, 8_000, 2)
+    let frames: Vec<TimedFrame> = pcm(bytes, SampleFormat::I16, 8_000, 2)
         .map(Result::unwrap)
         .collect();
     // 500 stereo sample frames in 20 ms (160-frame) chunks: 3 full and one of 20.
@@ -290,12 +291,12 @@ fn pcm_s16le_decodes_exactly() {
 fn pcm_f32le_and_s32le_decode_exactly() {
     let values: Vec<f32> = (0..480).map(|i| ((i as f32) * 0.37).sin() * 0.9).collect();
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let d = collect(pcm(bytes, PcmFormat::F32Le, 48_000, 1)).unwrap();
+    let d = collect(pcm(bytes, SampleFormat::F32, 48_000, 1)).unwrap();
     assert_eq!(d.samples, values);
 
     let ints = [i32::MIN, -1 << 30, 0, 1 << 30, i32::MAX];
     let bytes: Vec<u8> = ints.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let d = collect(pcm(bytes, PcmFormat::S32Le, 16_000, 1)).unwrap();
+    let d = collect(pcm(bytes, SampleFormat::I32, 16_000, 1)).unwrap();
     assert_eq!(d.samples, [-1.0, -0.5, 0.0, 0.5, 1.0]);
 }
 
@@ -323,7 +324,7 @@ fn pcm_from_a_trickling_pipe_reassembles_samples() {
     let reader = PcmReader::new(
         Trickle { data, at: 0 },
         "pipe",
-        PcmFormat::S16Le,
+        SampleFormat::I16,
         16_000,
         1,
         20,
@@ -336,7 +337,7 @@ fn pcm_from_a_trickling_pipe_reassembles_samples() {
     assert_eq!(d.samples[3199], f32::from(values[3199]) / 32_768.0);
 }
 
-fn pcm_error(bytes: Vec<u8>, format: PcmFormat, channels: u16) -> String {
+fn pcm_error(bytes: Vec<u8>, format: SampleFormat, channels: u16) -> String {
     let err = pcm(bytes, format, 16_000, channels)
         .find_map(Result::err)
         .expect("an error");
@@ -346,12 +347,12 @@ fn pcm_error(bytes: Vec<u8>, format: PcmFormat, channels: u16) -> String {
 #[test]
 fn pcm_bad_input_is_named() {
     assert_eq!(
-        pcm_error(vec![], PcmFormat::S16Le, 1),
+        pcm_error(vec![], SampleFormat::I16, 1),
         "stdin: zero-length audio (the input holds no samples)"
     );
     // Five bytes of stereo s16: one whole sample frame and one stray byte.
     assert_eq!(
-        pcm_error(vec![0; 5], PcmFormat::S16Le, 2),
+        pcm_error(vec![0; 5], SampleFormat::I16, 2),
         "stdin: input ends inside a sample frame (1 stray bytes): check the sample format and channel count"
     );
     let nan: Vec<u8> = [0.0f32, f32::NAN]
@@ -359,11 +360,11 @@ fn pcm_bad_input_is_named() {
         .flat_map(|v| v.to_le_bytes())
         .collect();
     assert_eq!(
-        pcm_error(nan, PcmFormat::F32Le, 1),
+        pcm_error(nan, SampleFormat::F32, 1),
         "stdin: sample 1 is not a finite number: is the input really f32le?"
     );
     let new = |rate, ch, ms| {
-        PcmReader::new(std::io::empty(), "stdin", PcmFormat::S16Le, rate, ch, ms)
+        PcmReader::new(std::io::empty(), "stdin", SampleFormat::I16, rate, ch, ms)
             .unwrap_err()
             .to_string()
     };

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use remotemedia_audio::decode::{DecodeError, FileDecoder, PcmFormat, PcmReader, TimedFrame};
+use remotemedia_audio::decode::{DecodeError, FileDecoder, PcmReader, TimedFrame};
+use remotemedia_audio::format::SampleFormat;
 use remotemedia_core::{ExecutorRegistry, NodeRegistry, Pipeline, Runtime, RuntimeData};
 
 use crate::output::{Format, Printer};
@@ -41,12 +42,12 @@ enum PcmArg {
     F32le,
 }
 
-impl From<PcmArg> for PcmFormat {
+impl From<PcmArg> for SampleFormat {
     fn from(p: PcmArg) -> Self {
         match p {
-            PcmArg::S16le => PcmFormat::S16Le,
-            PcmArg::S32le => PcmFormat::S32Le,
-            PcmArg::F32le => PcmFormat::F32Le,
+            PcmArg::S16le => SampleFormat::I16,
+            PcmArg::S32le => SampleFormat::I32,
+            PcmArg::F32le => SampleFormat::F32,
         }
     }
 }
@@ -362,7 +363,7 @@ struct InputSpec {
     input: String,
     frame_ms: u32,
     /// Raw PCM: sample format, rate and channels.
-    pcm: Option<(PcmFormat, u32, u16)>,
+    pcm: Option<(SampleFormat, u32, u16)>,
     realtime: bool,
 }
 
@@ -394,7 +395,10 @@ fn open_input(spec: &InputSpec) -> anyhow::Result<Source> {
     if let Some((format, rate, channels)) = spec.pcm {
         let (reader, name): (Box<dyn std::io::Read + Send>, &str) = if input == "-" {
             if std::io::stdin().is_terminal() {
-                eprintln!("reading raw {format} PCM from the terminal; pipe audio in instead");
+                eprintln!(
+                    "reading raw {} PCM from the terminal; pipe audio in instead",
+                    format.name()
+                );
             }
             (Box::new(std::io::stdin()), "stdin")
         } else {
