@@ -66,23 +66,10 @@ impl Node for AudioChunker {
         let Some(frame) = input.data.as_audio() else {
             return Err(NodeError::unsupported(Self::NAME, &input.data));
         };
-        let format = (frame.sample_rate, frame.channels);
-        match self.format {
-            Some(f) if f != format => {
-                return Err(NodeError::fatal(format!(
-                    "{}: audio format changed mid-stream from {} Hz × {} ch to {} Hz × {} ch",
-                    Self::NAME,
-                    f.0,
-                    f.1,
-                    format.0,
-                    format.1
-                )));
-            }
-            Some(_) => {}
-            None => {
-                self.format = Some(format);
-                self.at = input.timestamp;
-            }
+        crate::check_format(Self::NAME, self.format, frame)?;
+        if self.format.is_none() {
+            self.format = Some((frame.sample_rate, frame.channels));
+            self.at = input.timestamp;
         }
         if self.pending.is_empty() && frame.frames() == self.size {
             // Already the right size: forward the shared buffer.

@@ -128,29 +128,16 @@ impl SpeechSegmenter {
         let Some(frame) = input.data.as_audio() else {
             return Err(NodeError::unsupported(Self::NAME, &input.data));
         };
-        let format = (frame.sample_rate, frame.channels);
-        match self.format {
-            Some(f) if f != format => {
-                return Err(NodeError::fatal(format!(
-                    "{}: audio format changed mid-stream from {} Hz × {} ch to {} Hz × {} ch",
-                    Self::NAME,
-                    f.0,
-                    f.1,
-                    format.0,
-                    format.1
-                )));
-            }
-            Some(_) => {}
-            None if frame.sample_rate == 0 => {
+        crate::check_format(Self::NAME, self.format, frame)?;
+        if self.format.is_none() {
+            if frame.sample_rate == 0 {
                 return Err(NodeError::fatal(format!(
                     "{}: audio with a sample rate of 0",
                     Self::NAME
                 )));
             }
-            None => {
-                self.format = Some(format);
-                self.origin = input.timestamp;
-            }
+            self.format = Some((frame.sample_rate, frame.channels));
+            self.origin = input.timestamp;
         }
         self.buf.extend_from_slice(frame.samples());
         Ok(())
