@@ -56,6 +56,10 @@ impl From<PcmArg> for SampleFormat {
 enum Command {
     /// Run a pipeline over an input and print or write what it produces.
     ///
+    /// Without a manifest, transcribes speech: the built-in pipeline (the same as
+    /// examples/transcribe.yaml) runs over -i, or over the bundled sample recording, and prints
+    /// each utterance as it is recognised: `[00:01.06 → 00:02.40] ever tried`.
+    ///
     /// Inputs (-i):
     ///   audio file   WAV, FLAC, MP3 or Ogg Vorbis (.wav .flac .mp3 .ogg .oga, or any file whose
     ///                content is one of these), decoded as it plays and cut into audio frames of
@@ -68,10 +72,14 @@ enum Command {
     /// at the speed of the clock (for honest streaming tests); otherwise input goes as fast as
     /// the pipeline takes it.
     ///
-    /// Outputs (-o): text results are printed (or written to a file); audio results go to a
-    /// `.wav` file (16-bit, at the rate and channels the pipeline produces).
+    /// Outputs (-o): text results are printed (or written to a file) as text lines, JSON lines,
+    /// or SRT/WebVTT subtitles (--format); audio results go to a `.wav` file (16-bit, at the
+    /// rate and channels the pipeline produces). Long files show a progress bar on stderr when
+    /// it is a terminal.
     ///
     /// Examples:
+    ///   remotemedia run                                   # transcribe the bundled sample
+    ///   remotemedia run -i talk.mp3 --format srt -o talk.srt
     ///   remotemedia run examples/gain.yaml -i speech.flac -o quieter.wav
     ///   ffmpeg -i talk.mp4 -f s16le -ac 1 -ar 16000 - | remotemedia run pipeline.yaml --pcm s16le --rate 16000 --realtime
     ///
@@ -79,11 +87,13 @@ enum Command {
     /// with code 2 and a message naming the input and the problem.
     #[command(verbatim_doc_comment)]
     Run {
-        /// Pipeline manifest (YAML or JSON).
-        manifest: PathBuf,
-        /// Input file, or `-` for stdin.
-        #[arg(short, long, default_value = "-")]
-        input: String,
+        /// Pipeline manifest (YAML or JSON). Without one, the built-in speech recognition
+        /// pipeline runs (examples/transcribe.yaml: resample to 16 kHz, Silero VAD,
+        /// segmentation, Moonshine), over the bundled sample recording unless -i is given.
+        manifest: Option<PathBuf>,
+        /// Input file, or `-` for stdin (the default with a manifest).
+        #[arg(short, long)]
+        input: Option<String>,
         /// Where results go: `-` for stdout, a `.wav` path for audio, any other path for text.
         #[arg(short, long, default_value = "-")]
         output: String,
@@ -156,6 +166,17 @@ fn main() -> ExitCode {
             realtime,
             metrics,
         } => {
+            let pipeline = match &manifest {
+                Some(path) => ManifestSource::File(path.clone()),
+                None => ManifestSource::Default,
+            };
+            let input = input.unwrap_or_else(|| match manifest {
+                Some(_) => "-".to_string(),
+                None => remotemedia_speech::models::models_dir()
+                    .join(DEFAULT_SAMPLE)
+                    .display()
+                    .to_string(),
+            });
             let spec = InputSpec {
                 input,
                 frame_ms,
@@ -167,7 +188,7 @@ fn main() -> ExitCode {
                 .build()
                 .context("starting the async runtime")
                 .and_then(|rt| {
-                    rt.block_on(run(&runtime, &manifest, &spec, &output, format, metrics))
+                    rt.block_on(run(&runtime, &pipeline, &spec, &output, format, metrics))
                 })
         }
     };
@@ -217,6 +238,31 @@ fn runtime() -> Runtime {
     let mut executors = ExecutorRegistry::new();
     executors.add_executor(Arc::new(nodes));
     Runtime::new(executors)
+}
+
+/// The pipeline `run` uses without a manifest: the same file as the example, built in.
+const DEFAULT_PIPELINE: &str = include_str!("../../../examples/speech_segments.yaml");
+/// The recording `run` uses without a manifest and input, in the models directory.
+const DEFAULT_SAMPLE: &str = "samples/two_cities.wav";
+
+/// Where the pipeline of `run` comes from.
+enum ManifestSource {
+    File(PathBuf),
+    Default,
+}
+
+impl ManifestSource {
+    fn load(&self, runtime: &Runtime) -> anyhow::Result<Arc<Pipeline>> {
+        match self {
+            ManifestSource::File(path) => load(runtime, path),
+            ManifestSource::Default => runtime
+                .load(
+                    DEFAULT_PIPELINE,
+                    "built-in pipeline (examples/transcribe.yaml)",
+                )
+                .map_err(|e| Invalid(e.to_string()).into()),
+        }
+    }
 }
 
 fn load(runtime: &Runtime, path: &Path) -> anyhow::Result<Arc<Pipeline>> {
@@ -296,17 +342,21 @@ fn list_nodes(runtime: &Runtime, json: bool) -> anyhow::Result<()> {
 
 async fn run(
     runtime: &Runtime,
-    manifest: &Path,
+    manifest: &ManifestSource,
     input: &InputSpec,
     output: &str,
     format: Format,
     metrics: Option<String>,
 ) -> anyhow::Result<u8> {
-    let pipeline = load(runtime, manifest)?;
+    let pipeline = manifest.load(runtime)?;
     // Opening checks the input (format, rate, channels, first samples) before a session starts.
     let source = open_input(input)?;
+    let progress = source.duration().and_then(progress_bar);
     let mut items = source.spawn();
     let mut printer = Printer::new(output, format)?;
+    if let Some(bar) = &progress {
+        printer.with_progress(bar.clone());
+    }
     let session = runtime.open(&pipeline).await?;
     let (tx, mut rx) = session.split();
 
@@ -317,6 +367,10 @@ async fn run(
             let (ts, data) = item?;
             if realtime {
                 pacer.wait(ts, &data).await;
+            }
+            if let Some(bar) = &progress {
+                bar.set_position(ts.as_millis() as u64);
+                bar.set_message(output::clock(ts));
             }
             tx.send_at(data, ts).await?;
         }
@@ -376,9 +430,29 @@ const TEXT_EXTENSIONS: &[&str] = &[
 
 type Frames = Box<dyn Iterator<Item = Result<TimedFrame, DecodeError>> + Send>;
 
+/// Files at least this long get a progress bar (when stderr is a terminal).
+const PROGRESS_MIN: Duration = Duration::from_secs(30);
+
+/// A progress bar over the media time of a long file, drawn on stderr only when it is a
+/// terminal (never into pipes, logs or CI output).
+fn progress_bar(total: Duration) -> Option<indicatif::ProgressBar> {
+    if total < PROGRESS_MIN || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} / {prefix} [{wide_bar}] {percent}%  elapsed {elapsed}",
+    )
+    .ok()?;
+    bar.set_style(style.progress_chars("=> "));
+    bar.set_prefix(output::clock(total));
+    Some(bar)
+}
+
 /// An opened input, ready to be read on its own thread.
 enum Source {
-    Audio(Frames),
+    /// Frames, and the playing time when the container states it.
+    Audio(Frames, Option<Duration>),
     Text {
         reader: Box<dyn BufRead + Send>,
         name: String,
@@ -408,7 +482,7 @@ fn open_input(spec: &InputSpec) -> anyhow::Result<Source> {
         };
         let pcm = PcmReader::new(reader, name, format, rate, channels, spec.frame_ms)
             .map_err(unreadable)?;
-        return Ok(Source::Audio(Box::new(pcm)));
+        return Ok(Source::Audio(Box::new(pcm), None));
     }
     if input == "-" {
         if std::io::stdin().is_terminal() {
@@ -438,7 +512,8 @@ fn open_input(spec: &InputSpec) -> anyhow::Result<Source> {
                     duration = ?info.duration,
                     "decoding audio"
                 );
-                return Ok(Source::Audio(Box::new(decoder)));
+                let duration = info.duration;
+                return Ok(Source::Audio(Box::new(decoder), duration));
             }
             // Not audio after all: an unknown extension falls back to text lines.
             Err(DecodeError::UnsupportedFormat { .. } | DecodeError::Empty { .. })
@@ -457,6 +532,13 @@ fn open_input(spec: &InputSpec) -> anyhow::Result<Source> {
 type Item = anyhow::Result<(Duration, RuntimeData)>;
 
 impl Source {
+    fn duration(&self) -> Option<Duration> {
+        match self {
+            Source::Audio(_, d) => *d,
+            Source::Text { .. } => None,
+        }
+    }
+
     /// Reads on a thread of its own (file and pipe reads block), handing items over a small
     /// bounded channel: the session's backpressure reaches the reader, and the first frame
     /// flows as soon as it is decoded. A plain thread, not the runtime's blocking pool, so a
@@ -464,7 +546,7 @@ impl Source {
     fn spawn(self) -> tokio::sync::mpsc::Receiver<Item> {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         std::thread::spawn(move || match self {
-            Source::Audio(frames) => {
+            Source::Audio(frames, _) => {
                 for item in frames {
                     let item = item
                         .map(|(ts, frame)| (ts, RuntimeData::Audio(frame)))

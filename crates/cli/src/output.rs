@@ -17,6 +17,10 @@ pub enum Format {
     Text,
     /// One JSON object per line.
     Json,
+    /// SubRip subtitles: one numbered cue per final timed text.
+    Srt,
+    /// WebVTT subtitles: one cue per final timed text.
+    Vtt,
 }
 
 pub struct Printer {
@@ -25,6 +29,10 @@ pub struct Printer {
     wav: Option<WavSink<std::io::BufWriter<std::fs::File>>>,
     audio_frames: u64,
     output: String,
+    /// Subtitle cues written so far.
+    cues: usize,
+    /// Lines are printed around it, so it is redrawn below them rather than over them.
+    progress: Option<indicatif::ProgressBar>,
 }
 
 impl Printer {
@@ -41,13 +49,24 @@ impl Printer {
             let f = std::fs::File::create(output).with_context(|| format!("creating {output}"))?;
             (Box::new(std::io::BufWriter::new(f)), None)
         };
+        let mut text = text;
+        if format == Format::Vtt {
+            writeln!(text, "WEBVTT\n")?;
+        }
         Ok(Self {
             format,
             text,
             wav,
             audio_frames: 0,
             output: output.to_string(),
+            cues: 0,
+            progress: None,
         })
+    }
+
+    /// Shows `bar` while printing, keeping printed lines above it.
+    pub fn with_progress(&mut self, bar: indicatif::ProgressBar) {
+        self.progress = Some(bar);
     }
 
     pub fn packet(&mut self, p: &Packet) -> anyhow::Result<()> {
@@ -55,15 +74,58 @@ impl Printer {
             self.audio_frames += 1;
             return Ok(wav.write(a)?);
         }
-        match self.format {
-            Format::Text => writeln!(self.text, "{}", text_line(p))?,
-            Format::Json => writeln!(self.text, "{}", json_line(p))?,
+        let entry = match self.format {
+            Format::Text => Some(format!("{}\n", text_line(p))),
+            Format::Json => Some(format!("{}\n", json_line(p))),
+            Format::Srt | Format::Vtt => self.cue(p),
+        };
+        let Some(entry) = entry else {
+            return Ok(());
+        };
+        let text = &mut self.text;
+        let mut write = || -> std::io::Result<()> {
+            text.write_all(entry.as_bytes())?;
+            text.flush()
+        };
+        match &self.progress {
+            Some(bar) => bar.suspend(write)?,
+            None => write()?,
         }
-        self.text.flush()?;
         Ok(())
     }
 
+    /// A subtitle cue for final text with a time span; anything else has no place in
+    /// subtitles and is left out.
+    fn cue(&mut self, p: &Packet) -> Option<String> {
+        let RuntimeData::Text(t) = &p.data else {
+            return None;
+        };
+        let (start, end) = t.span?;
+        if !t.is_final || t.text.trim().is_empty() {
+            return None;
+        }
+        self.cues += 1;
+        Some(match self.format {
+            Format::Srt => format!(
+                "{}\n{} --> {}\n{}\n\n",
+                self.cues,
+                cue_time(start, ','),
+                cue_time(end, ','),
+                t.text.trim()
+            ),
+            _ => format!(
+                "{} --> {}\n{}\n\n",
+                cue_time(start, '.'),
+                cue_time(end, '.'),
+                t.text.trim()
+            ),
+        })
+    }
+
     pub fn finish(mut self) -> anyhow::Result<()> {
+        if let Some(bar) = self.progress.take() {
+            bar.finish_and_clear();
+        }
         self.text.flush()?;
         if let Some(wav) = self.wav.take()
             && !wav.finish()?
@@ -73,6 +135,18 @@ impl Printer {
         }
         Ok(())
     }
+}
+
+/// `hh:mm:ss,mmm` (SRT) or `hh:mm:ss.mmm` (WebVTT).
+fn cue_time(d: Duration, separator: char) -> String {
+    let ms = d.as_millis();
+    format!(
+        "{:02}:{:02}:{:02}{separator}{:03}",
+        ms / 3_600_000,
+        (ms / 60_000) % 60,
+        (ms / 1000) % 60,
+        ms % 1000
+    )
 }
 
 /// `mm:ss.cc`.
@@ -150,6 +224,69 @@ fn json_line(p: &Packet) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn timed(text: &str, from_ms: u64, to_ms: u64, is_final: bool) -> Packet {
+        let span = Some((Duration::from_millis(from_ms), Duration::from_millis(to_ms)));
+        Packet {
+            data: RuntimeData::Text(remotemedia_core::TextFrame {
+                text: text.into(),
+                is_final,
+                span,
+            }),
+            session: "s".into(),
+            source: "asr".into(),
+            port: "out".into(),
+            seq: 0,
+            timestamp: Duration::from_millis(from_ms),
+            captured: std::time::Instant::now(),
+        }
+    }
+
+    fn printer(format: Format) -> Printer {
+        Printer {
+            format,
+            text: Box::new(std::io::sink()),
+            wav: None,
+            audio_frames: 0,
+            output: "-".into(),
+            cues: 0,
+            progress: None,
+        }
+    }
+
+    #[test]
+    fn subtitles_number_final_timed_text_and_skip_the_rest() {
+        let mut srt = printer(Format::Srt);
+        assert_eq!(
+            srt.cue(&timed(" Ever tried. ", 1_060, 2_400, true))
+                .as_deref(),
+            Some("1\n00:00:01,060 --> 00:00:02,400\nEver tried.\n\n")
+        );
+        assert_eq!(srt.cue(&timed("ever fa", 2_500, 3_000, false)), None);
+        let mut untimed = timed("x", 0, 0, true);
+        untimed.data = RuntimeData::text("x");
+        assert_eq!(srt.cue(&untimed), None);
+        assert!(
+            srt.cue(&timed("Ever failed.", 2_500, 3_100, true))
+                .unwrap()
+                .starts_with("2\n")
+        );
+        let mut vtt = printer(Format::Vtt);
+        assert_eq!(
+            vtt.cue(&timed("No matter.", 3_723_045, 3_724_000, true))
+                .as_deref(),
+            Some("01:02:03.045 --> 01:02:04.000\nNo matter.\n\n")
+        );
+    }
+
+    #[test]
+    fn subtitle_times_have_hours_and_milliseconds() {
+        assert_eq!(
+            cue_time(Duration::from_millis(3_723_045), ','),
+            "01:02:03,045"
+        );
+        assert_eq!(cue_time(Duration::from_millis(1_060), '.'), "00:00:01.060");
+    }
 
     #[test]
     fn clock_formats_minutes_seconds_centiseconds() {
