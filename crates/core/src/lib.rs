@@ -5,6 +5,7 @@
 //! - [`node`] and [`registry`]: the [`Node`] trait and the table of native node types.
 //! - [`executor`]: which executor (native, Python, remote) runs each node type.
 //! - [`session`]: the per-session router that runs a pipeline.
+//! - [`pool`]: models loaded once per process and shared by every session.
 //! - [`metrics`] and [`retry`]: observability and resilience.
 //!
 //! The core knows no transport, no Python and no ML library.
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod node;
 pub mod nodes;
 pub mod pipeline;
+pub mod pool;
 pub mod registry;
 pub mod retry;
 pub mod session;
@@ -27,6 +29,9 @@ pub use executor::{Executor, ExecutorKind, ExecutorRegistry};
 pub use manifest::{Manifest, RuntimeHint};
 pub use node::{ErrorKind, Node, NodeContext, NodeError, NodeType, NodeTypeInfo, Outputs, Ports};
 pub use pipeline::{ManifestError, Pipeline};
+pub use pool::{
+    Lease, LoadOptions, ModelHandle, ModelKey, ModelPool, PoolConfig, PoolError, PoolSnapshot,
+};
 pub use registry::{NodeFactory, NodeRegistry};
 pub use session::{NodeFailure, Runtime, Session, SessionError, SessionInput, SessionOutput};
 

@@ -310,6 +310,10 @@ pub struct ProcessSnapshot {
     /// Totals per node type over live and ended sessions.
     pub node_types: BTreeMap<String, CountersSnapshot>,
     pub sessions: Vec<SessionSnapshot>,
+    /// Model pools of the process by name (`models` is [`crate::ModelPool::global`]): loads,
+    /// hits, waits, evictions, instances and memory, per model and in total. Pools are per
+    /// process, so every runtime's snapshot shows the same ones.
+    pub pools: BTreeMap<String, crate::pool::PoolSnapshot>,
 }
 
 impl ProcessMetrics {
@@ -391,6 +395,7 @@ impl ProcessMetrics {
                 .map(|(t, c)| (t.clone(), c.snapshot()))
                 .collect(),
             sessions,
+            pools: crate::pool::exported_snapshots(),
         }
     }
 }
