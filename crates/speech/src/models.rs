@@ -7,9 +7,11 @@
 //!
 //! ONNX Runtime is loaded once per process from that directory (`ort` with `load-dynamic`), and
 //! each model file is loaded into one [`SharedSession`] per process that every node using it shares;
-//! per-stream state (recurrent state, context) stays in the nodes.
+//! per-stream state (recurrent state, context) stays in the nodes. The sessions live in the
+//! process-wide [`ModelPool`], so concurrent first requests load a file once, a failed load is
+//! retried by the next request, idle models can be evicted under the pool's memory budget, and
+//! loads, hits and memory show in the process metrics (`pools.models`).
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -17,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
+use remotemedia_core::pool::{LoadOptions, ModelKey, ModelPool, PoolError};
 
 /// Environment variable that overrides where models are looked for.
 pub const MODELS_ENV: &str = "REMOTEMEDIA_MODELS";
@@ -150,7 +153,9 @@ pub fn environment() -> Result<Environment, ModelError> {
 
 /// One loaded model, shared by every node of the process that uses the same file and thread
 /// count. ONNX Runtime needs exclusive access to run a session, so runs are serialised by a
-/// mutex; a run of a small model takes well under a millisecond, so streams barely wait.
+/// mutex; a run of a small model takes well under a millisecond, so streams barely wait. (A
+/// model whose runs are long enough for that mutex to matter belongs in the pool as a bounded
+/// model with several instances, [`LoadOptions::bounded`].)
 pub struct SharedSession {
     path: PathBuf,
     session: Mutex<Session>,
@@ -177,34 +182,68 @@ impl SharedSession {
     }
 }
 
-type SessionKey = (PathBuf, usize);
-
-/// Loaded sessions by (file, intra-op threads). Entries stay for the life of the process: the
-/// models are small, and reloading one per new stream would cost more than keeping it.
-static SESSIONS: Mutex<Option<HashMap<SessionKey, Arc<SharedSession>>>> = Mutex::new(None);
+/// The pool key of a model file run with `threads` intra-op threads: the canonical path (so
+/// two spellings of one file share it) and the thread count. Metrics list the model under it.
+pub fn model_key(path: &Path, threads: usize) -> ModelKey {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    ModelKey::new(
+        path.display().to_string(),
+        format!("threads={}", threads.max(1)),
+    )
+}
 
 /// The process-wide session for the model at `path` with `threads` intra-op threads, loading it
-/// on first use. Checks the file exists first so the error names it and the setup command.
+/// on first use (once, however many sessions ask at the same time). Checks the file exists first
+/// so the error names it and the setup command.
+///
+/// The model stays loaded while any returned `Arc` is alive; once none is, it may be evicted
+/// under the pool's memory budget or idle timeout (none by default) and is loaded again on the
+/// next request.
 pub fn shared_session(path: &Path, threads: usize) -> Result<Arc<SharedSession>, ModelError> {
+    pooled(path, threads, false)
+}
+
+/// Loads the model at `path` with `threads` intra-op threads now, so the first session that uses
+/// it opens without paying the load, and keeps it loaded for the life of the process (it is
+/// never evicted for the budget). Meant for start-up, with the models a deployment serves.
+pub fn preload(path: &Path, threads: usize) -> Result<(), ModelError> {
+    pooled(path, threads, true).map(drop)
+}
+
+fn pooled(path: &Path, threads: usize, pinned: bool) -> Result<Arc<SharedSession>, ModelError> {
     require_file(path)?;
-    let key = (
-        path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
-        threads.max(1),
-    );
-    let mut sessions = SESSIONS.lock().unwrap_or_else(PoisonError::into_inner);
-    let sessions = sessions.get_or_insert_with(HashMap::new);
-    if let Some(s) = sessions.get(&key) {
-        return Ok(Arc::clone(s));
-    }
-    let env = environment()?;
-    let session = load_session(&env, &key.0, key.1)?;
-    let shared = Arc::new(SharedSession {
+    let threads = threads.max(1);
+    // The file size stands for the weights; ONNX Runtime's working memory comes on top.
+    let memory = std::fs::metadata(path).map_or(0, |m| m.len());
+    let mut options = LoadOptions::shared().with_memory_bytes(memory);
+    options.pinned = pinned;
+    let file = path.to_path_buf();
+    let handle = ModelPool::global()
+        .get_or_load_blocking(model_key(path, threads), options, move || {
+            let env = environment()?;
+            let session = load_session(&env, &file, threads)?;
+            Ok::<_, ModelError>(SharedSession {
+                path: file.clone(),
+                session: Mutex::new(session),
+            })
+        })
+        .map_err(|e| pool_error(path, e))?;
+    handle.shared().cloned().ok_or_else(|| ModelError::Load {
         path: path.to_path_buf(),
-        session: Mutex::new(session),
-    });
-    sessions.insert(key, Arc::clone(&shared));
-    tracing::info!(model = %path.display(), threads, "loaded model");
-    Ok(shared)
+        reason: "the model pool holds this file as a leased model".to_string(),
+    })
+}
+
+/// The loader's own error when there is one, so callers see the same [`ModelError`] as
+/// before pooling.
+fn pool_error(path: &Path, e: PoolError) -> ModelError {
+    e.load_error()
+        .and_then(|source| source.downcast_ref::<ModelError>())
+        .cloned()
+        .unwrap_or_else(|| ModelError::Load {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
 }
 
 fn load_session(env: &Environment, path: &Path, threads: usize) -> Result<Session, ModelError> {
@@ -295,6 +334,63 @@ mod tests {
             root.join("checkout/models")
         );
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn installed_vad() -> PathBuf {
+        let path = models_dir().join(SILERO_VAD_MODEL);
+        if let Err(e) = require_file(&path) {
+            panic!("{e}");
+        }
+        path
+    }
+
+    #[test]
+    fn two_spellings_of_one_file_share_one_load() {
+        let path = installed_vad();
+        let detour = path
+            .parent()
+            .and_then(Path::parent)
+            .map(|models| models.join("silero-vad/../silero-vad/silero_vad.onnx"))
+            .unwrap();
+        let a = shared_session(&path, 3).unwrap();
+        let b = shared_session(&detour, 3).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let key = model_key(&detour, 3);
+        assert_eq!(key, model_key(&path, 3));
+        assert_eq!(key.config, "threads=3");
+        let m = ModelPool::global().model_snapshot(&key).unwrap();
+        assert_eq!(m.counters.loads, 1);
+        assert!(m.memory_bytes > 1_000_000, "the file size: {m:?}");
+    }
+
+    #[test]
+    fn a_preloaded_model_is_pinned_and_reused() {
+        let path = installed_vad();
+        preload(&path, 2).unwrap();
+        let key = model_key(&path, 2);
+        let m = ModelPool::global().model_snapshot(&key).unwrap();
+        assert!(m.pinned && m.loaded, "{m:?}");
+        shared_session(&path, 2).unwrap();
+        let m = ModelPool::global().model_snapshot(&key).unwrap();
+        assert_eq!((m.counters.loads, m.counters.hits), (1, 1));
+    }
+
+    #[test]
+    fn a_failed_load_keeps_its_error_type_and_is_tried_again() {
+        let path = std::env::temp_dir().join(format!(
+            "remotemedia-not-a-model-{}.onnx",
+            std::process::id()
+        ));
+        std::fs::write(&path, b"not an onnx file").unwrap();
+        for _ in 0..2 {
+            let err = shared_session(&path, 1).err().unwrap();
+            assert!(matches!(err, ModelError::Load { .. }), "{err}");
+        }
+        let _ = std::fs::remove_file(&path);
+        let m = ModelPool::global()
+            .model_snapshot(&model_key(&path, 1))
+            .unwrap();
+        assert_eq!((m.counters.loads, m.counters.load_failures), (0, 2));
     }
 
     #[test]
