@@ -5,6 +5,7 @@
 # recognition, turning each utterance into timed text.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/setup-system.sh
 ./scripts/setup-models.sh
 cargo build --release --locked -q -p remotemedia-cli
 exec target/release/remotemedia run examples/speech_segments.yaml --input models/samples/two_cities.wav "$@"

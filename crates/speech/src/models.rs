@@ -38,6 +38,9 @@ pub const SILERO_VAD_MODEL: &str = "silero-vad/silero_vad.onnx";
 /// The same network exported by its authors for 16 kHz only, with fixed shapes and no rate
 /// switch: same probabilities, a quarter less work per window (BENCHMARKS.md).
 pub const SILERO_VAD_16K_MODEL: &str = "silero-vad/silero_vad_openvino_16k.onnx";
+/// Piper "joe" voice (US English, medium quality, 22 050 Hz), relative to the models directory;
+/// its config `en_US-joe-medium.onnx.json` sits beside it.
+pub const PIPER_JOE_MODEL: &str = "piper-joe/en_US-joe-medium.onnx";
 
 /// Why a model could not be found, loaded or run.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

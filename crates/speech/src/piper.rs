@@ -1,0 +1,715 @@
+//! Neural text to speech with Piper voices (VITS models exported to ONNX) on ONNX Runtime.
+//!
+//! A Piper voice is an `.onnx` model plus an `.onnx.json` config beside it that holds the sample
+//! rate, the default inference scales, the espeak-ng voice and the map from phoneme characters to
+//! model input ids. Text goes: sentences ([`crate::tts::split_sentences`]) → characters the voice
+//! cannot read removed ([`crate::tts::clean`]) → IPA phonemes from espeak-ng, clause by clause,
+//! with each clause's punctuation put back → ids (`^`, then each phoneme followed by the pad `_`,
+//! then `$`, phonemes split into Unicode code points with accents decomposed, as the voices were
+//! trained) → one model run per sentence → f32 audio.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ort::session::Session;
+use ort::value::TensorRef;
+use remotemedia_core::node::{NodeType, Ports};
+use remotemedia_core::{MediaType, Node, NodeContext, NodeError, Outputs, Packet, RuntimeData};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::espeak::Espeak;
+use crate::models::{self, ModelError, SharedSession};
+use crate::tts::{self, Script, TtsError, Unspoken};
+
+/// What a voice's `.onnx.json` says that synthesis needs.
+#[derive(Clone, Debug)]
+pub struct VoiceConfig {
+    pub sample_rate: u32,
+    /// espeak-ng voice that phonemises for this model ("en-us").
+    pub espeak_voice: String,
+    /// Language code of the voice ("en_US"), which decides the scripts it reads.
+    pub language: String,
+    pub noise_scale: f32,
+    pub length_scale: f32,
+    pub noise_w: f32,
+    ids: HashMap<char, Vec<i64>>,
+}
+
+/// The raw config file; only the fields we use.
+#[derive(Deserialize)]
+struct ConfigFile {
+    audio: AudioSection,
+    #[serde(default)]
+    espeak: Option<EspeakSection>,
+    #[serde(default)]
+    inference: InferenceSection,
+    #[serde(default)]
+    phoneme_type: Option<String>,
+    phoneme_id_map: HashMap<String, Vec<i64>>,
+    #[serde(default)]
+    language: Option<LanguageSection>,
+}
+
+#[derive(Deserialize)]
+struct AudioSection {
+    sample_rate: u32,
+}
+
+#[derive(Deserialize)]
+struct EspeakSection {
+    voice: String,
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct InferenceSection {
+    noise_scale: f32,
+    length_scale: f32,
+    noise_w: f32,
+}
+
+impl Default for InferenceSection {
+    /// Piper's training defaults, for configs that leave them out.
+    fn default() -> Self {
+        Self {
+            noise_scale: 0.667,
+            length_scale: 1.0,
+            noise_w: 0.8,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LanguageSection {
+    code: String,
+}
+
+const BOS: char = '^';
+const EOS: char = '$';
+const PAD: char = '_';
+
+impl VoiceConfig {
+    /// Reads and checks the config at `path`.
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        models::require_file(path)?;
+        let bad = |reason: String| ModelError::Load {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let file: ConfigFile = serde_json::from_str(&text)
+            .map_err(|e| bad(format!("not a Piper voice config: {e}")))?;
+        if let Some(t) = file.phoneme_type.as_deref()
+            && t != "espeak"
+        {
+            return Err(bad(format!(
+                "phoneme_type {t:?} is not supported (only \"espeak\")"
+            )));
+        }
+        let mut ids = HashMap::new();
+        for (key, value) in file.phoneme_id_map {
+            let mut chars = key.chars();
+            if let (Some(c), None) = (chars.next(), chars.next())
+                && !value.is_empty()
+            {
+                ids.insert(c, value);
+            }
+        }
+        for c in [BOS, EOS, PAD] {
+            if !ids.contains_key(&c) {
+                return Err(bad(format!("phoneme_id_map has no {c:?}")));
+            }
+        }
+        if file.audio.sample_rate == 0 {
+            return Err(bad("sample_rate is 0".into()));
+        }
+        let espeak_voice = file
+            .espeak
+            .map(|e| e.voice)
+            .ok_or_else(|| bad("no espeak voice named".into()))?;
+        let language = file
+            .language
+            .map(|l| l.code)
+            .unwrap_or_else(|| espeak_voice.clone());
+        Ok(Self {
+            sample_rate: file.audio.sample_rate,
+            espeak_voice,
+            language,
+            noise_scale: file.inference.noise_scale,
+            length_scale: file.inference.length_scale,
+            noise_w: file.inference.noise_w,
+            ids,
+        })
+    }
+
+    /// Model input ids for a sentence's phonemes, and the phonemes the voice does not know
+    /// (skipped, as Piper does). `None` when nothing but punctuation and spaces is left.
+    pub fn phoneme_ids(&self, phonemes: &str) -> (Option<Vec<i64>>, Vec<char>) {
+        let mut out = Vec::with_capacity(phonemes.len() * 2 + 3);
+        let mut missing = Vec::new();
+        let mut voiced = false;
+        let id = |c: char| self.ids.get(&c).map(Vec::as_slice).unwrap_or(&[]);
+        out.extend_from_slice(id(BOS));
+        out.extend_from_slice(id(PAD));
+        let mut push = |c: char, out: &mut Vec<i64>| match self.ids.get(&c) {
+            Some(ids) => {
+                out.extend_from_slice(ids);
+                out.extend_from_slice(id(PAD));
+                voiced |= !c.is_whitespace() && !is_punctuation(c);
+            }
+            None => {
+                if !missing.contains(&c) {
+                    missing.push(c);
+                }
+            }
+        };
+        for c in phonemes.chars() {
+            match decompose(c) {
+                Some((base, mark)) => {
+                    push(base, &mut out);
+                    push(mark, &mut out);
+                }
+                None => push(c, &mut out),
+            }
+        }
+        out.extend_from_slice(id(EOS));
+        (voiced.then_some(out), missing)
+    }
+
+    /// The scripts this voice reads (`None`: unknown language, nothing is removed).
+    pub fn scripts(&self) -> Option<&'static [Script]> {
+        tts::language_scripts(&self.language)
+    }
+}
+
+fn is_punctuation(c: char) -> bool {
+    matches!(
+        c,
+        '.' | ',' | ';' | ':' | '!' | '?' | '\'' | '"' | '(' | ')' | '-'
+    )
+}
+
+/// Canonical decomposition of the precomposed Latin letters espeak-ng may write in IPA output
+/// (`ç` in German, nasal vowels in Portuguese): Piper splits phonemes into NFD code points,
+/// so the voices know the base letter and the combining mark, not the precomposed form.
+fn decompose(c: char) -> Option<(char, char)> {
+    const GRAVE: char = '\u{300}';
+    const ACUTE: char = '\u{301}';
+    const CIRCUMFLEX: char = '\u{302}';
+    const TILDE: char = '\u{303}';
+    const DIAERESIS: char = '\u{308}';
+    const RING: char = '\u{30A}';
+    const CEDILLA: char = '\u{327}';
+    let pair = match c {
+        'ç' => ('c', CEDILLA),
+        'Ç' => ('C', CEDILLA),
+        'ã' => ('a', TILDE),
+        'õ' => ('o', TILDE),
+        'ñ' => ('n', TILDE),
+        'ẽ' => ('e', TILDE),
+        'ĩ' => ('i', TILDE),
+        'ũ' => ('u', TILDE),
+        'ỹ' => ('y', TILDE),
+        'à' => ('a', GRAVE),
+        'è' => ('e', GRAVE),
+        'ì' => ('i', GRAVE),
+        'ò' => ('o', GRAVE),
+        'ù' => ('u', GRAVE),
+        'á' => ('a', ACUTE),
+        'é' => ('e', ACUTE),
+        'í' => ('i', ACUTE),
+        'ó' => ('o', ACUTE),
+        'ú' => ('u', ACUTE),
+        'ý' => ('y', ACUTE),
+        'â' => ('a', CIRCUMFLEX),
+        'ê' => ('e', CIRCUMFLEX),
+        'î' => ('i', CIRCUMFLEX),
+        'ô' => ('o', CIRCUMFLEX),
+        'û' => ('u', CIRCUMFLEX),
+        'ä' => ('a', DIAERESIS),
+        'ë' => ('e', DIAERESIS),
+        'ï' => ('i', DIAERESIS),
+        'ö' => ('o', DIAERESIS),
+        'ü' => ('u', DIAERESIS),
+        'ÿ' => ('y', DIAERESIS),
+        'å' => ('a', RING),
+        _ => return None,
+    };
+    Some(pair)
+}
+
+/// Removes espeak-ng's language switch marks ("(fr)") that surround words it read in another
+/// language; they are not phonemes.
+fn strip_language_flags(phonemes: &str) -> String {
+    let mut out = String::with_capacity(phonemes.len());
+    let mut rest = phonemes;
+    while let Some(open) = rest.find('(') {
+        let Some(len) = rest[open..].find(')') else {
+            break;
+        };
+        out.push_str(&rest[..open]);
+        rest = &rest[open + len + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Inference settings: Piper's `scales` input.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scales {
+    pub noise_scale: f32,
+    /// Duration multiplier: above 1 is slower.
+    pub length_scale: f32,
+    pub noise_w: f32,
+}
+
+/// One sentence ready for the model.
+#[derive(Clone, Debug)]
+pub struct PreparedSentence {
+    /// The sentence as it will be spoken (after cleaning).
+    pub text: String,
+    /// Its phonemes, punctuation included.
+    pub phonemes: String,
+    pub ids: Vec<i64>,
+}
+
+/// An input split, cleaned and phonemised.
+#[derive(Clone, Debug, Default)]
+pub struct Prepared {
+    pub sentences: Vec<PreparedSentence>,
+    /// What will not be spoken, and why.
+    pub unspoken: Vec<Unspoken>,
+}
+
+/// A loaded Piper voice: the shared model and its config. Cheap to clone.
+#[derive(Clone)]
+pub struct PiperVoice {
+    session: Arc<SharedSession>,
+    config: Arc<VoiceConfig>,
+    /// The model takes a speaker id (multi-speaker voices); speaker 0 is used.
+    takes_speaker: bool,
+}
+
+impl PiperVoice {
+    /// Loads the voice at `model` (config at `<model>.json`), shared with every other user of the
+    /// same file and thread count, and checks that espeak-ng has its phonemiser voice.
+    pub fn load(model: &Path, threads: usize) -> Result<Self, TtsError> {
+        models::require_file(model)?;
+        let config = VoiceConfig::load(&config_path(model))?;
+        Espeak::lock()?.set_voice(&config.espeak_voice)?;
+        let session = models::shared_session(model, threads)?;
+        let takes_speaker = check_signature(&session.lock(), model)?;
+        Ok(Self {
+            session,
+            config: Arc::new(config),
+            takes_speaker,
+        })
+    }
+
+    /// The default voice in the models directory.
+    pub fn default_model() -> PathBuf {
+        models::models_dir().join(models::PIPER_JOE_MODEL)
+    }
+
+    pub fn config(&self) -> &VoiceConfig {
+        &self.config
+    }
+
+    /// The voice's own scales, from its config.
+    pub fn default_scales(&self) -> Scales {
+        Scales {
+            noise_scale: self.config.noise_scale,
+            length_scale: self.config.length_scale,
+            noise_w: self.config.noise_w,
+        }
+    }
+
+    /// Splits, cleans and phonemises `text`. Fast (about a millisecond per sentence), but takes
+    /// the process-wide espeak-ng lock.
+    pub fn prepare(&self, text: &str) -> Result<Prepared, TtsError> {
+        let mut prepared = Prepared::default();
+        let sentences = tts::split_sentences(text);
+        if sentences.is_empty() {
+            return Ok(prepared);
+        }
+        let mut espeak = Espeak::lock()?;
+        espeak.set_voice(&self.config.espeak_voice)?;
+        let scripts = self.config.scripts();
+        for sentence in sentences {
+            let cleaned = tts::clean(&sentence, scripts);
+            if !cleaned.removed.is_empty() {
+                prepared.unspoken.push(Unspoken {
+                    text: cleaned.removed.join(" "),
+                    reason: tts::UNSUPPORTED_SCRIPT,
+                });
+            }
+            if !cleaned.speakable() {
+                continue;
+            }
+            let clauses = espeak.phonemize(&cleaned.text)?;
+            let mut phonemes = String::new();
+            for (k, clause) in clauses.iter().enumerate() {
+                phonemes.push_str(strip_language_flags(&clause.phonemes).trim());
+                if let Some(t) = clause.terminator {
+                    phonemes.push(t);
+                }
+                if k + 1 < clauses.len() {
+                    phonemes.push(' ');
+                }
+            }
+            let (ids, missing) = self.config.phoneme_ids(&phonemes);
+            if !missing.is_empty() {
+                tracing::warn!(
+                    sentence = %tts::excerpt(&cleaned.text, 60),
+                    missing = %missing.iter().collect::<String>(),
+                    "phonemes unknown to the voice skipped"
+                );
+            }
+            match ids {
+                Some(ids) => prepared.sentences.push(PreparedSentence {
+                    text: cleaned.text,
+                    phonemes,
+                    ids,
+                }),
+                None => prepared.unspoken.push(Unspoken {
+                    text: cleaned.text,
+                    reason: tts::NO_PHONEMES,
+                }),
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Audio for one prepared sentence: mono f32 at the voice's sample rate, in [-1, 1].
+    pub fn synthesize(&self, ids: &[i64], scales: Scales) -> Result<Vec<f32>, ModelError> {
+        let mut session = self.session.lock();
+        self.run(&mut session, ids, scales)
+            .map_err(|e| self.session.inference_error(e))
+    }
+
+    fn run(&self, session: &mut Session, ids: &[i64], s: Scales) -> ort::Result<Vec<f32>> {
+        let len = [ids.len() as i64];
+        let scales = [s.noise_scale, s.length_scale, s.noise_w];
+        let speaker = [0i64];
+        let mut inputs = ort::inputs![
+            "input" => TensorRef::from_array_view(([1usize, ids.len()], ids))?,
+            "input_lengths" => TensorRef::from_array_view(([1usize], len.as_slice()))?,
+            "scales" => TensorRef::from_array_view(([3usize], scales.as_slice()))?,
+        ];
+        if self.takes_speaker {
+            inputs.push((
+                "sid".into(),
+                TensorRef::from_array_view(([1usize], speaker.as_slice()))?.into(),
+            ));
+        }
+        let outputs = session.run(inputs)?;
+        let (_, audio) = outputs[0].try_extract_tensor::<f32>()?;
+        Ok(audio.iter().map(|s| s.clamp(-1.0, 1.0)).collect())
+    }
+}
+
+/// Where Piper keeps a model's config: beside it, with `.json` appended.
+pub fn config_path(model: &Path) -> PathBuf {
+    let mut name = model.as_os_str().to_owned();
+    name.push(".json");
+    PathBuf::from(name)
+}
+
+/// Rejects a model that is not a Piper voice when it loads, not at the first sentence; tells
+/// whether it takes a speaker id.
+fn check_signature(session: &Session, path: &Path) -> Result<bool, ModelError> {
+    let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+    match inputs.as_slice() {
+        ["input", "input_lengths", "scales"] => Ok(false),
+        ["input", "input_lengths", "scales", "sid"] => Ok(true),
+        _ => Err(ModelError::Load {
+            path: path.to_path_buf(),
+            reason: format!(
+                "not a Piper voice: inputs {inputs:?} (expected \"input\", \"input_lengths\", \
+                 \"scales\" and optionally \"sid\")"
+            ),
+        }),
+    }
+}
+
+/// Settings of [`PiperTTSNode`].
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PiperTtsParams {
+    /// Voice model (`.onnx`, with its `.onnx.json` beside it); default
+    /// `piper-joe/en_US-joe-medium.onnx` in the models directory.
+    pub voice: Option<PathBuf>,
+    /// Speaking rate relative to the voice's own: 1.0 as trained, 1.25 a quarter faster. Piper's
+    /// `length_scale` becomes the config's `length_scale / speed`.
+    #[schemars(range(min = 0.25, max = 4.0))]
+    pub speed: f32,
+    /// Variation in the voice (Piper's `noise_scale`); default from the voice config.
+    #[schemars(range(min = 0.0, max = 2.0))]
+    pub noise_scale: Option<f32>,
+    /// Variation in phoneme durations (Piper's `noise_w`); default from the voice config.
+    #[schemars(range(min = 0.0, max = 2.0))]
+    pub noise_w: Option<f32>,
+    /// ONNX Runtime intra-op threads for the shared model: 2 halves the time to first audio of a
+    /// single stream on two cores; 1 suits many concurrent streams.
+    #[schemars(range(min = 1, max = 16))]
+    pub threads: usize,
+    /// Silence after each sentence but the last of an input.
+    #[schemars(range(max = 5_000))]
+    pub sentence_silence_ms: u32,
+}
+
+impl Default for PiperTtsParams {
+    fn default() -> Self {
+        Self {
+            voice: None,
+            speed: 1.0,
+            noise_scale: None,
+            noise_w: None,
+            threads: 2,
+            sentence_silence_ms: 200,
+        }
+    }
+}
+
+/// Speaks text with a Piper voice: one mono audio output per sentence, at the voice's rate
+/// (22 050 Hz for the default voice), each stamped with the input's timestamp plus the audio
+/// already emitted for that input.
+///
+/// Streaming: the router forwards a node's outputs when `process` returns (so that a retried
+/// call never sends partial output), so all sentences of one input leave together. An upstream
+/// that sends one sentence per packet (as a language model streaming its reply should) gets its
+/// first audio after one sentence; the sentence outputs stay separate so that a later router that
+/// forwards as outputs are pushed needs no change here.
+///
+/// Empty input, or input of only whitespace and punctuation, is skipped: no output, no error.
+/// Characters the voice cannot read (another script, emoji) are removed and logged; when nothing
+/// speakable is left, `process` returns a *retryable* error naming the text. Retryable is the one
+/// kind of error that reports (a `NodeFailure` on the session's output) and lets the session go
+/// on; fatal would end a whole conversation over one unreadable reply. The retries cost only the
+/// router's backoff: preparing text is deterministic and takes a millisecond.
+pub struct PiperTTSNode {
+    engine: Option<Box<Engine>>,
+    silence: usize,
+}
+
+struct Engine {
+    voice: PiperVoice,
+    scales: Scales,
+}
+
+/// What one input produced.
+struct Spoken {
+    audio: Vec<Vec<f32>>,
+    unspoken: Vec<Unspoken>,
+    /// Whether the input had anything but spaces and punctuation in it.
+    had_content: bool,
+}
+
+impl Engine {
+    fn speak(&self, text: &str) -> Result<Spoken, TtsError> {
+        let prepared = self.voice.prepare(text)?;
+        let had_content = !prepared.unspoken.is_empty() || !prepared.sentences.is_empty();
+        let mut audio = Vec::with_capacity(prepared.sentences.len());
+        for s in &prepared.sentences {
+            audio.push(self.voice.synthesize(&s.ids, self.scales)?);
+        }
+        Ok(Spoken {
+            audio,
+            unspoken: prepared.unspoken,
+            had_content,
+        })
+    }
+}
+
+impl PiperTTSNode {
+    fn fatal(e: impl std::fmt::Display) -> NodeError {
+        NodeError::fatal(format!("{}: {e}", Self::NAME))
+    }
+}
+
+#[async_trait]
+impl Node for PiperTTSNode {
+    async fn process(
+        &mut self,
+        _: usize,
+        input: &Packet,
+        out: &mut Outputs,
+    ) -> Result<(), NodeError> {
+        let Some(frame) = input.data.as_text() else {
+            return Err(NodeError::unsupported(Self::NAME, &input.data));
+        };
+        if tts::is_blank(&frame.text) {
+            return Ok(());
+        }
+        let Some(engine) = self.engine.take() else {
+            return Err(Self::fatal("state lost after an earlier failure"));
+        };
+        let text = Arc::clone(&frame.text);
+        let (engine, result) = tts::off_reactor(move || {
+            let r = engine.speak(&text);
+            (engine, r)
+        })
+        .await
+        .map_err(Self::fatal)?;
+        let rate = engine.voice.config().sample_rate;
+        self.engine = Some(engine);
+        let spoken = result.map_err(Self::fatal)?;
+        for u in &spoken.unspoken {
+            tracing::warn!(node = Self::NAME, "not spoken: {u}");
+        }
+        if spoken.audio.is_empty() {
+            if !spoken.had_content {
+                return Ok(());
+            }
+            let reasons: Vec<String> = spoken.unspoken.iter().map(ToString::to_string).collect();
+            return Err(NodeError::retryable(format!(
+                "{}: nothing to say in {:?}: {}",
+                Self::NAME,
+                tts::excerpt(&frame.text, 80),
+                reasons.join("; ")
+            )));
+        }
+        let n = spoken.audio.len();
+        let mut emitted = 0u64;
+        for (i, mut samples) in spoken.audio.into_iter().enumerate() {
+            if i + 1 < n {
+                samples.resize(samples.len() + self.silence, 0.0);
+            }
+            let at = input.timestamp + samples_to_duration(emitted, rate);
+            emitted += samples.len() as u64;
+            out.push_at(RuntimeData::audio(samples, rate, 1), at);
+        }
+        Ok(())
+    }
+}
+
+/// Playing time of `samples` mono samples at `rate`.
+pub(crate) fn samples_to_duration(samples: u64, rate: u32) -> Duration {
+    let nanos = u128::from(samples) * 1_000_000_000 / u128::from(rate.max(1));
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+impl NodeType for PiperTTSNode {
+    type Params = PiperTtsParams;
+    const NAME: &'static str = "PiperTTS";
+    const DESCRIPTION: &'static str =
+        "Speaks text with a Piper neural voice (22.05 kHz mono), one audio output per sentence";
+
+    fn ports() -> Ports {
+        Ports::one_to_one(&[MediaType::Text], &[MediaType::Audio])
+    }
+
+    fn new(p: PiperTtsParams, _: &NodeContext) -> Result<Self, NodeError> {
+        if !(0.25..=4.0).contains(&p.speed) {
+            return Err(Self::fatal(format!(
+                "speed must be between 0.25 and 4, not {}",
+                p.speed
+            )));
+        }
+        for (name, v) in [("noise_scale", p.noise_scale), ("noise_w", p.noise_w)] {
+            if let Some(v) = v
+                && !(0.0..=2.0).contains(&v)
+            {
+                return Err(Self::fatal(format!(
+                    "{name} must be between 0 and 2, not {v}"
+                )));
+            }
+        }
+        if !(1..=16).contains(&p.threads) {
+            return Err(Self::fatal(format!(
+                "threads must be between 1 and 16, not {}",
+                p.threads
+            )));
+        }
+        let model = p.voice.unwrap_or_else(PiperVoice::default_model);
+        let voice = PiperVoice::load(&model, p.threads).map_err(Self::fatal)?;
+        let defaults = voice.default_scales();
+        let scales = Scales {
+            noise_scale: p.noise_scale.unwrap_or(defaults.noise_scale),
+            length_scale: defaults.length_scale / p.speed,
+            noise_w: p.noise_w.unwrap_or(defaults.noise_w),
+        };
+        let rate = voice.config().sample_rate;
+        Ok(Self {
+            engine: Some(Box::new(Engine { voice, scales })),
+            silence: (u64::from(rate) * u64::from(p.sentence_silence_ms) / 1000) as usize,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(ids: &[(&str, i64)]) -> VoiceConfig {
+        VoiceConfig {
+            sample_rate: 22_050,
+            espeak_voice: "en-us".into(),
+            language: "en_US".into(),
+            noise_scale: 0.667,
+            length_scale: 1.0,
+            noise_w: 0.8,
+            ids: ids
+                .iter()
+                .map(|&(k, v)| (k.chars().next().unwrap(), vec![v]))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn ids_are_framed_and_padded_like_piper() {
+        let c = config(&[
+            ("_", 0),
+            ("^", 1),
+            ("$", 2),
+            (" ", 3),
+            (".", 10),
+            ("h", 20),
+            ("i", 21),
+            ("c", 16),
+            ("\u{327}", 140),
+        ]);
+        let (ids, missing) = c.phoneme_ids("hi.");
+        assert_eq!(ids.unwrap(), [1, 0, 20, 0, 21, 0, 10, 0, 2]);
+        assert!(missing.is_empty());
+        // Precomposed letters go in as base plus combining mark; unknown phonemes are skipped.
+        let (ids, missing) = c.phoneme_ids("çx");
+        assert_eq!(ids.unwrap(), [1, 0, 16, 0, 140, 0, 2]);
+        assert_eq!(missing, ['x']);
+        // Punctuation and spaces alone are nothing to say.
+        assert_eq!(c.phoneme_ids(". .").0, None);
+    }
+
+    #[test]
+    fn language_flags_are_not_phonemes() {
+        assert_eq!(strip_language_flags("(fr)bɔ̃ʒuʁ(en) wˈɜːld"), "bɔ̃ʒuʁ wˈɜːld");
+        assert_eq!(strip_language_flags("a(b"), "a(b");
+    }
+
+    #[test]
+    fn the_config_sits_beside_the_model() {
+        assert_eq!(
+            config_path(Path::new("/m/v.onnx")),
+            PathBuf::from("/m/v.onnx.json")
+        );
+    }
+
+    #[test]
+    fn a_config_that_is_not_a_voice_is_reported() {
+        let path = std::env::temp_dir().join(format!("not-a-voice-{}.json", std::process::id()));
+        std::fs::write(&path, "{\"audio\": {}}").unwrap();
+        let err = VoiceConfig::load(&path).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            err.to_string().starts_with(&format!(
+                "could not load model {}: not a Piper voice config",
+                path.display()
+            )),
+            "{err}"
+        );
+    }
+}
