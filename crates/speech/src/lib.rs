@@ -4,12 +4,15 @@
 pub mod espeak;
 pub mod espeak_tts;
 pub mod models;
+pub mod moonshine;
 pub mod piper;
 pub mod silero_vad;
+pub mod tokenizer;
 pub mod tts;
 
 pub use espeak_tts::{EspeakTTSNode, EspeakTtsParams};
 pub use models::ModelError;
+pub use moonshine::{Moonshine, MoonshineASRNode, MoonshineParams, Transcript};
 pub use piper::{PiperTTSNode, PiperTtsParams, PiperVoice};
 pub use silero_vad::{SileroVADNode, SileroVad, SileroVadParams};
 
@@ -20,4 +23,5 @@ pub fn register(registry: &mut NodeRegistry) {
     registry.register::<SileroVADNode>();
     registry.register::<PiperTTSNode>();
     registry.register::<EspeakTTSNode>();
+    registry.register::<MoonshineASRNode>();
 }

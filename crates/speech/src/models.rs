@@ -41,6 +41,9 @@ pub const SILERO_VAD_16K_MODEL: &str = "silero-vad/silero_vad_openvino_16k.onnx"
 /// Piper "joe" voice (US English, medium quality, 22 050 Hz), relative to the models directory;
 /// its config `en_US-joe-medium.onnx.json` sits beside it.
 pub const PIPER_JOE_MODEL: &str = "piper-joe/en_US-joe-medium.onnx";
+/// Moonshine tiny English speech recogniser (encoder, decoder and `tokenizer.bin`), a directory
+/// relative to the models directory; it ships as ORT-format files in the `moonshine-voice` wheel.
+pub const MOONSHINE_TINY_EN_DIR: &str = "moonshine-tiny-en";
 
 /// Why a model could not be found, loaded or run.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
