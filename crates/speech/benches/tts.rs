@@ -4,6 +4,9 @@
 //!   help you with that.") to its audio output, on a multi-thread runtime: phonemisation, the
 //!   model run and the output. This is the time to first audio of a one-sentence reply (the
 //!   router forwards a node's outputs when `process` returns; see `PiperTTSNode`).
+//! - `tts/first_piece/threads_N`: the same reply through `PiperVoice::synthesize_streaming`,
+//!   timed from the text to the first decoded piece (about 0.19 s of audio): the time to first
+//!   audio once a router forwards outputs as they are pushed.
 //! - `tts/phonemize/one_sentence`: the espeak-ng part of that alone.
 //! - `tts/paragraph/threads_N`: a five-sentence paragraph through `PiperVoice` sentence by
 //!   sentence; before criterion runs, the real-time factor (synthesis time / audio time, median
@@ -98,6 +101,26 @@ fn first_audio(c: &mut Criterion) {
                     .unwrap_or_else(|e| panic!("{e}"));
                 assert_eq!(out.len(), 1);
                 out
+            })
+        });
+    }
+    for threads in THREADS {
+        let v = voice(threads);
+        let scales = v.default_scales();
+        g.bench_function(format!("first_piece/threads_{threads}"), |b| {
+            b.iter_custom(|iters| {
+                let mut first = Duration::ZERO;
+                for _ in 0..iters {
+                    let t0 = Instant::now();
+                    let mut at = None;
+                    let prepared = v.prepare(REPLY).unwrap_or_else(|e| panic!("{e}"));
+                    v.synthesize_streaming(&prepared.sentences[0].ids, scales, |_| {
+                        at.get_or_insert_with(|| t0.elapsed());
+                    })
+                    .unwrap_or_else(|e| panic!("{e}"));
+                    first += at.unwrap_or_default();
+                }
+                first
             })
         });
     }

@@ -5,6 +5,7 @@ pub mod espeak;
 pub mod espeak_tts;
 pub mod models;
 pub mod moonshine;
+pub mod onnx_graph;
 pub mod piper;
 pub mod silero_vad;
 pub mod tokenizer;

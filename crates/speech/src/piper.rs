@@ -7,6 +7,12 @@
 //! with each clause's punctuation put back → ids (`^`, then each phoneme followed by the pad `_`,
 //! then `$`, phonemes split into Unicode code points with accents decomposed, as the voices were
 //! trained) → one model run per sentence → f32 audio.
+//!
+//! The model is cut in two at its vocoder when loaded ([`crate::onnx_graph`]; the halves are
+//! cached under the system's temporary directory): the encoder turns a sentence into latent
+//! frames, and the vocoder, being convolutional, decodes any run of them with some context on
+//! each side exactly as it decodes the whole. [`PiperVoice::synthesize_streaming`] uses that to
+//! hand out the first 0.19 s of a sentence before the rest is decoded.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +29,7 @@ use serde::Deserialize;
 
 use crate::espeak::Espeak;
 use crate::models::{self, ModelError, SharedSession};
+use crate::onnx_graph;
 use crate::tts::{self, Script, TtsError, Unspoken};
 
 /// What a voice's `.onnx.json` says that synthesis needs.
@@ -288,10 +295,86 @@ pub struct Prepared {
 /// A loaded Piper voice: the shared model and its config. Cheap to clone.
 #[derive(Clone)]
 pub struct PiperVoice {
-    session: Arc<SharedSession>,
+    graph: Graph,
     config: Arc<VoiceConfig>,
     /// The model takes a speaker id (multi-speaker voices); speaker 0 is used.
     takes_speaker: bool,
+}
+
+/// How the model runs: cut in two at the vocoder when its graph allows (so audio can come out
+/// in pieces, [`PiperVoice::synthesize_streaming`]), else whole.
+#[derive(Clone)]
+enum Graph {
+    Whole(Arc<SharedSession>),
+    Split {
+        /// Phoneme ids to the latent frames (text encoder, durations, flow).
+        encoder: Arc<SharedSession>,
+        /// Latent frames to audio: convolutional, so any run of frames with enough context on
+        /// each side decodes to the same samples as the whole.
+        vocoder: Arc<SharedSession>,
+    },
+}
+
+/// The vocoder's first node in Piper's exports; its input is the latent the vocoder decodes.
+const VOCODER_ENTRY: &str = "/dec/conv_pre/Conv";
+/// Latent frames of context decoded on each side of a piece and then dropped. The vocoder of
+/// Piper voices sees less than this far (pieces measured equal to the whole within 2e-6).
+const VOCODER_CONTEXT: usize = 16;
+/// Frames in the first piece of a streamed sentence (16 frames are about 0.19 s at 22 050 Hz);
+/// each later piece doubles, up to [`MAX_PIECE_FRAMES`], so the context overhead shrinks.
+const FIRST_PIECE_FRAMES: usize = 16;
+const MAX_PIECE_FRAMES: usize = 256;
+
+/// The encoder and vocoder files cut from `model`, written once into a cache directory (keyed
+/// by the model's name, size and modification time) and reused by later processes. `None` when
+/// the graph has no recognisable vocoder.
+fn split_model(model: &Path) -> Result<Option<(PathBuf, PathBuf)>, String> {
+    // Threads of one process share the temporary file names below; other processes do not.
+    static SPLITTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = SPLITTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let meta = std::fs::metadata(model).map_err(|e| e.to_string())?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let stem = model
+        .file_stem()
+        .map_or_else(|| "voice".into(), |s| s.to_string_lossy());
+    let dir = std::env::temp_dir()
+        .join("remotemedia-piper")
+        .join(format!("{stem}-{}-{mtime:x}", meta.len()));
+    let (encoder, vocoder) = (dir.join("encoder.onnx"), dir.join("vocoder.onnx"));
+    let ready = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
+    if ready(&encoder) && ready(&vocoder) {
+        return Ok(Some((encoder, vocoder)));
+    }
+    let bytes = std::fs::read(model).map_err(|e| e.to_string())?;
+    let graph = onnx_graph::Model::parse(&bytes).map_err(|e| e.to_string())?;
+    let Some(latent) = graph
+        .node_input(VOCODER_ENTRY, 0)
+        .filter(|_| graph.op_type(VOCODER_ENTRY) == Some("Conv"))
+    else {
+        return Ok(None);
+    };
+    let inputs = graph.input_names();
+    let outputs = graph.output_names();
+    let head = graph
+        .extract(&inputs, &[latent])
+        .map_err(|e| e.to_string())?;
+    let tail = graph
+        .extract(&[latent], &outputs)
+        .map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Written under a temporary name and renamed, so a concurrent process never reads half.
+    for (path, data) in [(&encoder, &head), (&vocoder, &tail)] {
+        let part = path.with_extension(format!("{}.part", std::process::id()));
+        std::fs::write(&part, data).map_err(|e| format!("{}: {e}", part.display()))?;
+        std::fs::rename(&part, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(Some((encoder, vocoder)))
 }
 
 impl PiperVoice {
@@ -301,13 +384,34 @@ impl PiperVoice {
         models::require_file(model)?;
         let config = VoiceConfig::load(&config_path(model))?;
         Espeak::lock()?.set_voice(&config.espeak_voice)?;
-        let session = models::shared_session(model, threads)?;
-        let takes_speaker = check_signature(&session.lock(), model)?;
+        let split = split_model(model).unwrap_or_else(|e| {
+            tracing::warn!(model = %model.display(), "voice runs whole, without streaming: {e}");
+            None
+        });
+        let (graph, takes_speaker) = match split {
+            Some((encoder, vocoder)) => {
+                let encoder = models::shared_session(&encoder, threads)?;
+                let takes_speaker = check_signature(&encoder.lock(), model)?;
+                let vocoder = models::shared_session(&vocoder, threads)?;
+                (Graph::Split { encoder, vocoder }, takes_speaker)
+            }
+            None => {
+                let whole = models::shared_session(model, threads)?;
+                let takes_speaker = check_signature(&whole.lock(), model)?;
+                (Graph::Whole(whole), takes_speaker)
+            }
+        };
         Ok(Self {
-            session,
+            graph,
             config: Arc::new(config),
             takes_speaker,
         })
+    }
+
+    /// True when the model was cut at its vocoder, so [`PiperVoice::synthesize_streaming`]
+    /// delivers audio in pieces.
+    pub fn streams(&self) -> bool {
+        matches!(self.graph, Graph::Split { .. })
     }
 
     /// The default voice in the models directory.
@@ -386,12 +490,95 @@ impl PiperVoice {
 
     /// Audio for one prepared sentence: mono f32 at the voice's sample rate, in [-1, 1].
     pub fn synthesize(&self, ids: &[i64], scales: Scales) -> Result<Vec<f32>, ModelError> {
-        let mut session = self.session.lock();
-        self.run(&mut session, ids, scales)
-            .map_err(|e| self.session.inference_error(e))
+        match &self.graph {
+            Graph::Whole(whole) => {
+                let mut session = whole.lock();
+                self.run_front(&mut session, ids, scales)
+                    .map(|(_, audio)| clamp(audio))
+                    .map_err(|e| whole.inference_error(e))
+            }
+            Graph::Split { vocoder, .. } => {
+                let latent = self.encode(ids, scales)?;
+                let audio = vocode(vocoder, &latent, 0, latent.frames)?;
+                Ok(clamp(audio))
+            }
+        }
     }
 
-    fn run(&self, session: &mut Session, ids: &[i64], s: Scales) -> ort::Result<Vec<f32>> {
+    /// Like [`PiperVoice::synthesize`], handing the audio to `sink` in pieces as they are
+    /// decoded: the first about 0.19 s long, each later one twice as long as the one before.
+    /// The pieces join into exactly what `synthesize` would give for the same latent; decoding
+    /// context on both sides of each piece costs extra vocoder work (about half again for a
+    /// short sentence). A model that could not be cut gives one piece. Returns the sample count.
+    pub fn synthesize_streaming(
+        &self,
+        ids: &[i64],
+        scales: Scales,
+        mut sink: impl FnMut(Vec<f32>),
+    ) -> Result<usize, ModelError> {
+        let Graph::Split { vocoder, .. } = &self.graph else {
+            let audio = self.synthesize(ids, scales)?;
+            let n = audio.len();
+            sink(audio);
+            return Ok(n);
+        };
+        let latent = self.encode(ids, scales)?;
+        let mut start = 0;
+        let mut piece = FIRST_PIECE_FRAMES;
+        let mut total = 0;
+        while start < latent.frames {
+            let end = (start + piece).min(latent.frames);
+            let from = start.saturating_sub(VOCODER_CONTEXT);
+            let to = (end + VOCODER_CONTEXT).min(latent.frames);
+            let audio = vocode(vocoder, &latent, from, to)?;
+            let hop = audio.len() / (to - from);
+            if hop == 0 || audio.len() % (to - from) != 0 {
+                return Err(vocoder.inference_error(format!(
+                    "{} samples for {} frames: not a whole number per frame",
+                    audio.len(),
+                    to - from
+                )));
+            }
+            let keep = audio[(start - from) * hop..(end - from) * hop].to_vec();
+            total += keep.len();
+            sink(clamp(keep));
+            start = end;
+            piece = (piece * 2).min(MAX_PIECE_FRAMES);
+        }
+        Ok(total)
+    }
+
+    /// The latent frames of a sentence (the encoder half of a split model).
+    fn encode(&self, ids: &[i64], scales: Scales) -> Result<Latent, ModelError> {
+        let Graph::Split { encoder, .. } = &self.graph else {
+            return Err(ModelError::Inference {
+                path: PathBuf::new(),
+                reason: "the voice was not split".into(),
+            });
+        };
+        let mut session = encoder.lock();
+        let (shape, data) = self
+            .run_front(&mut session, ids, scales)
+            .map_err(|e| encoder.inference_error(e))?;
+        match shape.as_slice() {
+            [1, channels, frames] if *channels > 0 => Ok(Latent {
+                channels: *channels as usize,
+                frames: *frames as usize,
+                data,
+            }),
+            other => Err(encoder.inference_error(format!(
+                "latent of shape {other:?}, expected [1, channels, frames]"
+            ))),
+        }
+    }
+
+    /// Runs the model, or its encoder half, on one sentence; returns the first output.
+    fn run_front(
+        &self,
+        session: &mut Session,
+        ids: &[i64],
+        s: Scales,
+    ) -> ort::Result<(Vec<i64>, Vec<f32>)> {
         let len = [ids.len() as i64];
         let scales = [s.noise_scale, s.length_scale, s.noise_w];
         let speaker = [0i64];
@@ -407,9 +594,46 @@ impl PiperVoice {
             ));
         }
         let outputs = session.run(inputs)?;
-        let (_, audio) = outputs[0].try_extract_tensor::<f32>()?;
-        Ok(audio.iter().map(|s| s.clamp(-1.0, 1.0)).collect())
+        let (shape, data) = outputs[0].try_extract_tensor::<f32>()?;
+        Ok((shape.to_vec(), data.to_vec()))
     }
+}
+
+/// The encoder's output: `[1, channels, frames]`, row-major.
+struct Latent {
+    channels: usize,
+    frames: usize,
+    data: Vec<f32>,
+}
+
+/// Decodes latent frames `from..to` to audio with the vocoder half.
+fn vocode(
+    vocoder: &SharedSession,
+    latent: &Latent,
+    from: usize,
+    to: usize,
+) -> Result<Vec<f32>, ModelError> {
+    let n = to - from;
+    let mut frames = Vec::with_capacity(latent.channels * n);
+    for c in 0..latent.channels {
+        let row = c * latent.frames;
+        frames.extend_from_slice(&latent.data[row + from..row + to]);
+    }
+    let mut session = vocoder.lock();
+    let run = |session: &mut Session| -> ort::Result<Vec<f32>> {
+        let input = TensorRef::from_array_view(([1usize, latent.channels, n], frames.as_slice()))?;
+        let outputs = session.run(ort::inputs![input])?;
+        let (_, audio) = outputs[0].try_extract_tensor::<f32>()?;
+        Ok(audio.to_vec())
+    };
+    run(&mut session).map_err(|e| vocoder.inference_error(e))
+}
+
+fn clamp(mut audio: Vec<f32>) -> Vec<f32> {
+    for s in &mut audio {
+        *s = s.clamp(-1.0, 1.0);
+    }
+    audio
 }
 
 /// Where Piper keeps a model's config: beside it, with `.json` appended.
@@ -422,7 +646,8 @@ pub fn config_path(model: &Path) -> PathBuf {
 /// Rejects a model that is not a Piper voice when it loads, not at the first sentence; tells
 /// whether it takes a speaker id.
 fn check_signature(session: &Session, path: &Path) -> Result<bool, ModelError> {
-    let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+    let mut inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+    inputs.sort_unstable();
     match inputs.as_slice() {
         ["input", "input_lengths", "scales"] => Ok(false),
         ["input", "input_lengths", "scales", "sid"] => Ok(true),

@@ -11,6 +11,7 @@ use remotemedia_core::node::Output;
 use remotemedia_core::testing::NodeHarness;
 use remotemedia_core::{ErrorKind, NodeRegistry, RuntimeData, native_runtime};
 use remotemedia_speech::espeak::{Clause, Espeak};
+use remotemedia_speech::piper::Scales;
 use remotemedia_speech::{EspeakTTSNode, PiperTTSNode, PiperVoice};
 use serde_json::json;
 
@@ -71,6 +72,39 @@ fn sentences_are_phonemised_with_their_punctuation() {
     assert_eq!(ids.len(), 2 + 2 * "həlˈoʊ wˈɜːld.".chars().count() + 1);
     let q = voice().prepare("Is it ready, then?").unwrap();
     assert_eq!(q.sentences[0].phonemes, "ɪz ɪt ɹˈɛdi, ðˈɛn?");
+}
+
+/// The voice is cut at its vocoder, and a sentence decoded piece by piece is the sentence
+/// decoded whole (noise off, so both runs see the same latent).
+#[test]
+fn streamed_pieces_join_into_the_whole_sentence() {
+    let v = voice();
+    assert!(v.streams(), "the joe voice should split at its vocoder");
+    let quiet = Scales {
+        noise_scale: 0.0,
+        length_scale: 1.0,
+        noise_w: 0.0,
+    };
+    let p = v
+        .prepare("This sentence is long enough to be decoded in several pieces, one after another.")
+        .unwrap();
+    let ids = &p.sentences[0].ids;
+    let whole = v.synthesize(ids, quiet).unwrap();
+    let mut pieces = Vec::new();
+    let n = v
+        .synthesize_streaming(ids, quiet, |a| pieces.push(a))
+        .unwrap();
+    assert!(pieces.len() >= 3, "{} pieces", pieces.len());
+    // 16 latent frames of 256 samples: about 0.19 s first.
+    assert_eq!(pieces[0].len(), 16 * 256);
+    let joined = pieces.concat();
+    assert_eq!((joined.len(), n), (whole.len(), whole.len()));
+    let worst = joined
+        .iter()
+        .zip(&whole)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "pieces differ from the whole by {worst}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
