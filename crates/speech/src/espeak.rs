@@ -78,12 +78,21 @@ struct Api {
 
 impl Api {
     fn open() -> Result<Self, EspeakError> {
+        Self::open_named(LIBRARY)
+    }
+
+    fn open_named(name: &str) -> Result<Self, EspeakError> {
+        // libloading keeps the loader's own words ("cannot open shared object file") in the
+        // error's source.
         let missing = |e: libloading::Error| EspeakError::NotInstalled {
-            reason: e.to_string(),
+            reason: match std::error::Error::source(&e) {
+                Some(source) => source.to_string(),
+                None => e.to_string(),
+            },
         };
         // SAFETY: loading libespeak-ng runs no initialisers with preconditions of ours; it is a
         // plain C library.
-        let library = unsafe { Library::new(LIBRARY) }.map_err(missing)?;
+        let library = unsafe { Library::new(name) }.map_err(missing)?;
         // SAFETY: each symbol is looked up with the signature declared for it in speak_lib.h
         // (espeak-ng 1.49 and later, unchanged since); the pointers are copied out while
         // `library` is kept alive next to them in the same struct.
@@ -338,6 +347,21 @@ mod tests {
         assert_eq!(clause_terminator("(paren) — d", 1), None);
         assert_eq!(clause_terminator("wait…", 0), Some('.'));
         assert_eq!(clause_terminator("", 1), None);
+    }
+
+    #[test]
+    fn a_missing_library_names_the_packages() {
+        let Err(e) = Api::open_named("libespeak-ng-not-here.so.1") else {
+            panic!("opened a library that does not exist");
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(
+                "espeak-ng is not installed: apt-get install espeak-ng-data libespeak-ng1 \
+                 (or run ./scripts/setup-system.sh) (libespeak-ng-not-here.so.1: cannot open"
+            ),
+            "{msg}"
+        );
     }
 
     #[test]

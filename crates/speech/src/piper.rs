@@ -561,11 +561,17 @@ impl PiperVoice {
             .run_front(&mut session, ids, scales)
             .map_err(|e| encoder.inference_error(e))?;
         match shape.as_slice() {
-            [1, channels, frames] if *channels > 0 => Ok(Latent {
-                channels: *channels as usize,
-                frames: *frames as usize,
-                data,
-            }),
+            &[1, channels, frames]
+                if channels > 0
+                    && frames >= 0
+                    && usize::try_from(channels * frames).is_ok_and(|n| n == data.len()) =>
+            {
+                Ok(Latent {
+                    channels: channels as usize,
+                    frames: frames as usize,
+                    data,
+                })
+            }
             other => Err(encoder.inference_error(format!(
                 "latent of shape {other:?}, expected [1, channels, frames]"
             ))),
