@@ -118,6 +118,11 @@ enum Command {
         /// Write the session's metrics as JSON to this file (`-` for stderr) at the end.
         #[arg(long)]
         metrics: Option<String>,
+        /// Where models run: `auto` uses a CUDA GPU when this build has the `cuda` feature and
+        /// ONNX Runtime offers it, else the CPU (saying why in the log); a node's `device`
+        /// param overrides this.
+        #[arg(long, default_value = "auto", value_parser = parse_device)]
+        device: remotemedia_speech::device::Device,
     },
     /// Check a manifest without running it; prints every problem with its line and column.
     Validate { manifest: PathBuf },
@@ -165,7 +170,9 @@ fn main() -> ExitCode {
             channels,
             realtime,
             metrics,
+            device,
         } => {
+            remotemedia_speech::device::set_default(device);
             let pipeline = match &manifest {
                 Some(path) => ManifestSource::File(path.clone()),
                 None => ManifestSource::Default,
@@ -207,6 +214,10 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_device(s: &str) -> Result<remotemedia_speech::device::Device, String> {
+    s.parse()
+}
+
 /// A problem with what the user asked for (manifest or arguments), as opposed to a run failure.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -241,7 +252,7 @@ fn runtime() -> Runtime {
 }
 
 /// The pipeline `run` uses without a manifest: the same file as the example, built in.
-const DEFAULT_PIPELINE: &str = include_str!("../../../examples/speech_segments.yaml");
+const DEFAULT_PIPELINE: &str = include_str!("../../../examples/transcribe.yaml");
 /// The recording `run` uses without a manifest and input, in the models directory.
 const DEFAULT_SAMPLE: &str = "samples/two_cities.wav";
 

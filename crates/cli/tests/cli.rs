@@ -408,3 +408,43 @@ fn bad_pcm_input_exits_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--rate <RATE>"), "{}", stderr(&o));
 }
+
+/// The main job: `remotemedia run` with no manifest transcribes the bundled recording.
+#[test]
+fn run_without_a_manifest_transcribes_the_bundled_sample() {
+    let o = run(&["run"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 3, "{text}");
+    for line in &lines {
+        // `[00:01.06 → 00:02.40] words`
+        let (times, words) = line.split_once("] ").unwrap_or_else(|| panic!("{line}"));
+        assert!(times.starts_with('[') && times.contains(" → "), "{line}");
+        assert!(!words.trim().is_empty(), "{line}");
+    }
+    let all = text.to_lowercase();
+    for phrase in ["best of times", "worst of times", "age of wisdom"] {
+        assert!(all.contains(phrase), "`{phrase}` missing from:\n{text}");
+    }
+    assert!(
+        !stderr(&o).contains("elapsed"),
+        "no progress bar off a terminal"
+    );
+}
+
+#[test]
+fn subtitles_come_as_srt_and_webvtt() {
+    let sample = remotemedia_speech::models::models_dir().join("samples/beckett.wav");
+    let sample = sample.to_str().unwrap();
+    let o = run(&["run", "-i", sample, "--format", "srt"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let srt = stdout(&o);
+    assert!(srt.starts_with("1\n00:00:0"), "{srt}");
+    assert!(srt.contains(" --> ") && srt.contains("\n\n2\n"), "{srt}");
+    let o = run(&["run", "-i", sample, "--format", "vtt"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let vtt = stdout(&o);
+    assert!(vtt.starts_with("WEBVTT\n\n00:00:0"), "{vtt}");
+    assert!(vtt.to_lowercase().contains("ever tried"), "{vtt}");
+}

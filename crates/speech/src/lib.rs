@@ -1,6 +1,7 @@
 //! RemoteMedia speech: model-backed nodes (voice activity detection, recognition, synthesis)
 //! running on ONNX Runtime, with models installed by `scripts/setup-models.sh`.
 
+pub mod device;
 pub mod espeak;
 pub mod espeak_tts;
 pub mod models;

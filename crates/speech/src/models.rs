@@ -21,6 +21,8 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use remotemedia_core::pool::{LoadOptions, ModelKey, ModelPool, PoolError};
 
+use crate::device::{self, Device, Placement};
+
 /// Environment variable that overrides where models are looked for.
 pub const MODELS_ENV: &str = "REMOTEMEDIA_MODELS";
 /// The command that installs everything under the models directory; quoted in every error about a
@@ -56,6 +58,9 @@ pub enum ModelError {
     Load { path: PathBuf, reason: String },
     #[error("inference failed on {}: {reason}", path.display())]
     Inference { path: PathBuf, reason: String },
+    /// The requested device cannot be used (see [`crate::device`]).
+    #[error("{0}")]
+    Device(String),
 }
 
 /// The models directory for this process: `$REMOTEMEDIA_MODELS`, else a set-up `models/` in the
@@ -188,13 +193,20 @@ impl SharedSession {
     }
 }
 
-/// The pool key of a model file run with `threads` intra-op threads: the canonical path (so
-/// two spellings of one file share it) and the thread count. Metrics list the model under it.
+/// The pool key of a model file run with `threads` intra-op threads on the process default
+/// device. Metrics list the model under it.
 pub fn model_key(path: &Path, threads: usize) -> ModelKey {
+    let placement = device::place(device::default_device()).unwrap_or(Placement::Cpu);
+    key(path, threads, placement)
+}
+
+/// The canonical path (so two spellings of one file share a key), the thread count and where it
+/// runs.
+fn key(path: &Path, threads: usize, placement: Placement) -> ModelKey {
     let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     ModelKey::new(
         path.display().to_string(),
-        format!("threads={}", threads.max(1)),
+        format!("threads={},device={}", threads.max(1), placement.name()),
     )
 }
 
@@ -206,28 +218,45 @@ pub fn model_key(path: &Path, threads: usize) -> ModelKey {
 /// under the pool's memory budget or idle timeout (none by default) and is loaded again on the
 /// next request.
 pub fn shared_session(path: &Path, threads: usize) -> Result<Arc<SharedSession>, ModelError> {
-    pooled(path, threads, false)
+    pooled(path, threads, device::default_device(), false)
+}
+
+/// [`shared_session`] on a given device (a node's `device` param).
+pub fn shared_session_on(
+    path: &Path,
+    threads: usize,
+    device: Device,
+) -> Result<Arc<SharedSession>, ModelError> {
+    pooled(path, threads, device, false)
 }
 
 /// Loads the model at `path` with `threads` intra-op threads now, so the first session that uses
 /// it opens without paying the load, and keeps it loaded for the life of the process (it is
 /// never evicted for the budget). Meant for start-up, with the models a deployment serves.
 pub fn preload(path: &Path, threads: usize) -> Result<(), ModelError> {
-    pooled(path, threads, true).map(drop)
+    pooled(path, threads, device::default_device(), true).map(drop)
 }
 
-fn pooled(path: &Path, threads: usize, pinned: bool) -> Result<Arc<SharedSession>, ModelError> {
+fn pooled(
+    path: &Path,
+    threads: usize,
+    device: Device,
+    pinned: bool,
+) -> Result<Arc<SharedSession>, ModelError> {
     require_file(path)?;
     let threads = threads.max(1);
+    // Deciding `auto` asks ONNX Runtime what it offers, so it is loaded first.
+    environment()?;
+    let placement = device::place(device)?;
     // The file size stands for the weights; ONNX Runtime's working memory comes on top.
     let memory = std::fs::metadata(path).map_or(0, |m| m.len());
     let mut options = LoadOptions::shared().with_memory_bytes(memory);
     options.pinned = pinned;
     let file = path.to_path_buf();
     let handle = ModelPool::global()
-        .get_or_load_blocking(model_key(path, threads), options, move || {
+        .get_or_load_blocking(key(path, threads, placement), options, move || {
             let env = environment()?;
-            let session = load_session(&env, &file, threads)?;
+            let session = load_session(&env, &file, threads, placement)?;
             Ok::<_, ModelError>(SharedSession {
                 path: file.clone(),
                 session: Mutex::new(session),
@@ -252,14 +281,28 @@ fn pool_error(path: &Path, e: PoolError) -> ModelError {
         })
 }
 
-fn load_session(env: &Environment, path: &Path, threads: usize) -> Result<Session, ModelError> {
+fn load_session(
+    env: &Environment,
+    path: &Path,
+    threads: usize,
+    placement: Placement,
+) -> Result<Session, ModelError> {
     let load_err = |reason: String| ModelError::Load {
         path: path.to_path_buf(),
         reason,
     };
     let err = |e: ort::Error<_>| load_err(e.to_string());
-    Session::builder(env)
-        .map_err(|e| load_err(e.to_string()))?
+    #[allow(unused_mut)]
+    let mut builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
+    #[cfg(feature = "cuda")]
+    if placement == Placement::Cuda {
+        builder = builder
+            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+            .map_err(err)?;
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = placement;
+    builder
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(err)?
         .with_intra_threads(threads)
@@ -363,7 +406,7 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         let key = model_key(&detour, 3);
         assert_eq!(key, model_key(&path, 3));
-        assert_eq!(key.config, "threads=3");
+        assert_eq!(key.config, "threads=3,device=cpu");
         let m = ModelPool::global().model_snapshot(&key).unwrap();
         assert_eq!(m.counters.loads, 1);
         assert!(m.memory_bytes > 1_000_000, "the file size: {m:?}");

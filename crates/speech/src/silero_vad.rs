@@ -52,13 +52,23 @@ impl SileroVad {
     /// Opens the model at `model` (shared with every other stream of the process that uses the
     /// same file and thread count) for audio at `sample_rate` (16000 or 8000).
     pub fn new(model: &Path, sample_rate: u32, threads: usize) -> Result<Self, ModelError> {
+        Self::on_device(model, sample_rate, threads, crate::device::default_device())
+    }
+
+    /// [`SileroVad::new`] on a given device.
+    pub fn on_device(
+        model: &Path,
+        sample_rate: u32,
+        threads: usize,
+        device: crate::device::Device,
+    ) -> Result<Self, ModelError> {
         let Some((window, context)) = window_size(sample_rate) else {
             return Err(ModelError::Load {
                 path: model.to_path_buf(),
                 reason: format!("Silero VAD runs at 16000 or 8000 Hz, not {sample_rate} Hz"),
             });
         };
-        let session = models::shared_session(model, threads)?;
+        let session = models::shared_session_on(model, threads, device)?;
         let takes_rate = check_signature(&session.lock(), model)?;
         if !takes_rate && sample_rate != 16_000 {
             return Err(ModelError::Load {
@@ -191,8 +201,11 @@ pub struct SileroVadParams {
     /// Also emit each window's speech probability as a `probability` event, stamped with the
     /// window's start (for plotting and tuning; off by default as it is one event per 32 ms).
     pub emit_probability: bool,
-    /// Model file; default `silero-vad/silero_vad.onnx` in the models directory.
+    /// Model file; default `silero-vad/silero_vad_openvino_16k.onnx` at 16 kHz and
+    /// `silero-vad/silero_vad.onnx` at 8 kHz, in the models directory.
     pub model: Option<PathBuf>,
+    /// Where the model runs; unset follows the process default (`--device`, else `auto`).
+    pub device: Option<crate::device::Device>,
 }
 
 impl Default for SileroVadParams {
@@ -208,6 +221,7 @@ impl Default for SileroVadParams {
             threads: 1,
             emit_probability: false,
             model: None,
+            device: None,
         }
     }
 }
@@ -464,7 +478,9 @@ impl NodeType for SileroVADNode {
         let model = p
             .model
             .unwrap_or_else(|| SileroVad::default_model(p.sample_rate));
-        let vad = SileroVad::new(&model, p.sample_rate, p.threads).map_err(Self::fatal)?;
+        let device = p.device.unwrap_or_else(crate::device::default_device);
+        let vad =
+            SileroVad::on_device(&model, p.sample_rate, p.threads, device).map_err(Self::fatal)?;
         let window = vad.window();
         Ok(Self {
             engine: Some(Box::new(Engine {

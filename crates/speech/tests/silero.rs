@@ -495,3 +495,24 @@ fn the_16k_export_scores_like_the_general_model() {
     assert!(worst < 1e-4, "probabilities differ by up to {worst}");
     assert!(speech > 100, "the recording has speech ({speech} windows)");
 }
+
+/// `device: cpu` runs; `device: cuda` in a build without the `cuda` feature is refused with the
+/// reason, never silently moved to the CPU.
+#[cfg(not(feature = "cuda"))]
+#[tokio::test]
+async fn device_param_runs_on_the_cpu_and_refuses_cuda_it_cannot_have() {
+    let mut h = harness(json!({"device": "cpu"}));
+    let out = run(&mut h, &padded_recording(), 20).await;
+    assert_eq!(speech_events(&out).len() % 2, 0);
+    assert!(!speech_events(&out).is_empty());
+    let err = NodeHarness::new::<SileroVADNode>(json!({"device": "cuda"}))
+        .err()
+        .map(|e| e.message);
+    assert_eq!(
+        err.as_deref(),
+        Some(
+            "SileroVAD: device `cuda` requested, but this build has no CUDA support \
+             (rebuild with `--features cuda`)"
+        )
+    );
+}
