@@ -9,7 +9,7 @@
 //! trained) → one model run per sentence → f32 audio.
 //!
 //! The model is cut in two at its vocoder when loaded ([`crate::onnx_graph`]; the halves are
-//! cached under the system's temporary directory): the encoder turns a sentence into latent
+//! cached in `~/.cache/remotemedia/piper`): the encoder turns a sentence into latent
 //! frames, and the vocoder, being convolutional, decodes any run of them with some context on
 //! each side exactly as it decodes the whole. [`PiperVoice::synthesize_streaming`] uses that to
 //! hand out the first 0.19 s of a sentence before the rest is decoded.
@@ -325,16 +325,25 @@ const VOCODER_CONTEXT: usize = 16;
 const FIRST_PIECE_FRAMES: usize = 16;
 const MAX_PIECE_FRAMES: usize = 256;
 
-/// The encoder and vocoder files cut from `model`, written once into a cache directory (keyed
-/// by the model's name, size and modification time) and reused by later processes. `None` when
-/// the graph has no recognisable vocoder.
-fn split_model(model: &Path) -> Result<Option<(PathBuf, PathBuf)>, String> {
-    // Threads of one process share the temporary file names below; other processes do not.
-    static SPLITTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = SPLITTING
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let meta = std::fs::metadata(model).map_err(|e| e.to_string())?;
+/// Where cut models are kept: the user's cache directory (`$XDG_CACHE_HOME`, else
+/// `~/.cache`), so that no other user can plant files there; the temporary directory only when
+/// neither is set.
+fn cache_root() -> PathBuf {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("XDG_CACHE_HOME")
+        .or_else(|| var("HOME").map(|h| h.join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("remotemedia")
+        .join("piper")
+}
+
+/// The cache directory of one model file: a changed file gets a new one.
+fn split_dir(model: &Path) -> std::io::Result<PathBuf> {
+    let meta = std::fs::metadata(model)?;
     let mtime = meta
         .modified()
         .ok()
@@ -343,9 +352,19 @@ fn split_model(model: &Path) -> Result<Option<(PathBuf, PathBuf)>, String> {
     let stem = model
         .file_stem()
         .map_or_else(|| "voice".into(), |s| s.to_string_lossy());
-    let dir = std::env::temp_dir()
-        .join("remotemedia-piper")
-        .join(format!("{stem}-{}-{mtime:x}", meta.len()));
+    Ok(cache_root().join(format!("{stem}-{}-{mtime:x}", meta.len())))
+}
+
+/// The encoder and vocoder files cut from `model`, written once into [`cache_root`] (keyed by
+/// the model's name, size and modification time) and reused by later processes. `None` when
+/// the graph has no recognisable vocoder.
+fn split_model(model: &Path) -> Result<Option<(PathBuf, PathBuf)>, String> {
+    // Threads of one process share the temporary file names below; other processes do not.
+    static SPLITTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = SPLITTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = split_dir(model).map_err(|e| e.to_string())?;
     let (encoder, vocoder) = (dir.join("encoder.onnx"), dir.join("vocoder.onnx"));
     let ready = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
     if ready(&encoder) && ready(&vocoder) {
@@ -388,11 +407,20 @@ impl PiperVoice {
             tracing::warn!(model = %model.display(), "voice runs whole, without streaming: {e}");
             None
         });
-        let (graph, takes_speaker) = match split {
+        // A cut that ONNX Runtime will not load is no reason to refuse the voice itself.
+        let halves = split.and_then(|(encoder, vocoder)| {
+            let load = |p: &Path| models::shared_session(p, threads);
+            match (load(&encoder), load(&vocoder)) {
+                (Ok(e), Ok(v)) => Some((e, v)),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(model = %model.display(), "voice runs whole: {e}");
+                    None
+                }
+            }
+        });
+        let (graph, takes_speaker) = match halves {
             Some((encoder, vocoder)) => {
-                let encoder = models::shared_session(&encoder, threads)?;
                 let takes_speaker = check_signature(&encoder.lock(), model)?;
-                let vocoder = models::shared_session(&vocoder, threads)?;
                 (Graph::Split { encoder, vocoder }, takes_speaker)
             }
             None => {
@@ -927,6 +955,34 @@ mod tests {
             config_path(Path::new("/m/v.onnx")),
             PathBuf::from("/m/v.onnx.json")
         );
+    }
+
+    #[test]
+    fn a_voice_whose_cut_will_not_load_runs_whole() {
+        let original = PiperVoice::default_model();
+        let dir = std::env::temp_dir().join(format!("remotemedia-uncut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let model = dir.join("uncut.onnx");
+        std::fs::copy(&original, &model)
+            .unwrap_or_else(|e| panic!("{e}; install the models with ./scripts/setup-models.sh"));
+        std::fs::copy(config_path(&original), config_path(&model)).unwrap();
+        let cache = split_dir(&model).unwrap();
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::write(cache.join("encoder.onnx"), b"damaged").unwrap();
+        std::fs::write(cache.join("vocoder.onnx"), b"damaged").unwrap();
+        let voice = PiperVoice::load(&model, 1).unwrap_or_else(|e| panic!("{e}"));
+        let _ = std::fs::remove_dir_all(&cache);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!voice.streams());
+        let prepared = voice.prepare("Still speaking.").unwrap();
+        let mut pieces = 0;
+        let n = voice
+            .synthesize_streaming(&prepared.sentences[0].ids, voice.default_scales(), |_| {
+                pieces += 1
+            })
+            .unwrap();
+        assert_eq!(pieces, 1);
+        assert!(n > 22_050 / 4, "{n} samples");
     }
 
     #[test]
