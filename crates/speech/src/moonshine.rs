@@ -443,8 +443,9 @@ pub struct MoonshineParams {
     /// Directory holding `encoder_model.ort`, `decoder_model_merged.ort` and `tokenizer.bin`;
     /// default `moonshine-tiny-en` in the models directory.
     pub model: Option<PathBuf>,
-    /// ONNX Runtime intra-op threads for the shared model. 1 suits several concurrent streams;
-    /// 2 shortens each utterance's latency on an otherwise idle machine (BENCHMARKS.md).
+    /// ONNX Runtime intra-op threads for the shared model. 1 is best on 2 cores: a second
+    /// thread saved under 10 % of the time on a 10 s utterance, lost on 1.5 s ones and used
+    /// 60 % more CPU (`cargo bench -p remotemedia-speech --bench moonshine`).
     #[schemars(range(min = 1, max = 16))]
     pub threads: usize,
     /// Decoding stops after this many tokens per second of audio, so audio the model loops on
