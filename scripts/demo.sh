@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The main job on the bundled default. Installs the models and builds what it needs, then runs.
-# Today: finds the utterances of the bundled recording (format conversion, resampling, Silero
-# VAD, segmentation) and prints each with its start and end time; the speech-models issue adds
-# recognition, turning each utterance into timed text.
+# The main job on the bundled default: transcribes the bundled recording through the default
+# speech pipeline (resample to 16 kHz, Silero VAD, segmentation, Moonshine), printing each
+# utterance with its start and end time as it is recognised. Installs what it needs first.
+#
+#   ./scripts/demo.sh                      # the bundled sample
+#   ./scripts/demo.sh -i talk.mp3 -f srt   # any other recording, as subtitles
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-system.sh
 ./scripts/setup-models.sh
 cargo build --release --locked -q -p remotemedia-cli
-exec target/release/remotemedia run examples/speech_segments.yaml --input models/samples/two_cities.wav "$@"
+exec target/release/remotemedia run "$@"

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::vad::VadEvent;
 
-/// How far back a start event may point, beyond the pre-roll.
+/// How far back before the latest audio frame a start event may point, beyond the pre-roll.
 const LOOKBACK: Duration = Duration::from_secs(2);
 
 /// Settings of [`SpeechSegmenter`].
@@ -58,6 +58,9 @@ pub struct SpeechSegmenter {
     buf: Vec<f32>,
     /// Stream frame index where the open utterance starts.
     open: Option<u64>,
+    /// Stream frame index where the latest audio frame starts: a VAD decides after a whole
+    /// frame, so its events may point anywhere inside it, however long it is.
+    latest: u64,
 }
 
 impl SpeechSegmenter {
@@ -119,7 +122,7 @@ impl SpeechSegmenter {
             None => {
                 let keep = self.frames_in(self.p.pre_roll_ms)
                     + u64::from(self.rate()) * LOOKBACK.as_secs();
-                self.trim_to(self.end().saturating_sub(keep));
+                self.trim_to(self.latest.saturating_sub(keep));
             }
         }
     }
@@ -139,6 +142,7 @@ impl SpeechSegmenter {
             self.format = Some((frame.sample_rate, frame.channels));
             self.origin = input.timestamp;
         }
+        self.latest = self.end();
         self.buf.extend_from_slice(frame.samples());
         Ok(())
     }
@@ -210,6 +214,7 @@ impl NodeType for SpeechSegmenter {
             first: 0,
             buf: Vec::new(),
             open: None,
+            latest: 0,
         })
     }
 }
@@ -309,6 +314,23 @@ mod tests {
         let (first, last, at) = span(&out[0]);
         assert_eq!(last, 4749.0);
         assert!(first >= 2500.0 && at == Duration::from_millis(10_000 + first as u64));
+    }
+
+    #[tokio::test]
+    async fn events_after_one_long_frame_still_find_its_start() {
+        // A 5 s frame (as a TTS sentence arrives), then the VAD's events about its middle.
+        let mut h = NodeHarness::new::<SpeechSegmenter>(json!({"pre_roll_ms": 0})).unwrap();
+        let samples: Vec<f32> = (0..5_000).map(|s| s as f32).collect();
+        h.push(RuntimeData::audio(samples, RATE, 1)).await.unwrap();
+        h.push(VadEvent::SpeechStart { time: 0.5 }.to_data())
+            .await
+            .unwrap();
+        let out = h
+            .push(VadEvent::SpeechEnd { time: 4.5 }.to_data())
+            .await
+            .unwrap();
+        let a = out[0].as_audio().unwrap();
+        assert_eq!((a.samples()[0], a.frames()), (500.0, 4_000));
     }
 
     #[tokio::test]

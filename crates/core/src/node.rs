@@ -19,6 +19,9 @@ use crate::data::{Control, MediaType, Packet, RuntimeData};
 pub enum ErrorKind {
     /// Transient (a timeout, a busy model): retried with backoff, then reported and skipped.
     Retryable,
+    /// This one input cannot be processed (text a voice cannot read): reported and skipped at
+    /// once, never retried, and not held against the node by the circuit breaker.
+    Rejected,
     /// Bad input or broken state: never retried; ends the session.
     Fatal,
 }
@@ -41,6 +44,13 @@ impl NodeError {
     pub fn fatal(message: impl Into<String>) -> Self {
         Self {
             kind: ErrorKind::Fatal,
+            message: message.into(),
+        }
+    }
+
+    pub fn rejected(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Rejected,
             message: message.into(),
         }
     }

@@ -25,7 +25,7 @@ use crate::edge::{EdgeSender, Inbox, TryRecv};
 use crate::executor::ExecutorRegistry;
 use crate::manifest::DropPolicy;
 use crate::metrics::{EdgeMetrics, NodeMetrics, ProcessMetrics, SessionMetrics, SessionSnapshot};
-use crate::node::{Node, NodeContext, NodeError, Outputs};
+use crate::node::{ErrorKind, Node, NodeContext, NodeError, Outputs};
 use crate::pipeline::{ManifestError, Pipeline};
 use crate::retry::{BreakerState, CircuitBreaker, RetryConfig};
 
@@ -567,7 +567,7 @@ impl NodeTask {
                         return Stop::Halted;
                     }
                 }
-                Err(e) if e.is_retryable() => self.fail(e, false),
+                Err(e) if e.kind != ErrorKind::Fatal => self.fail(e, false),
                 Err(e) => return Stop::Failed(e),
             }
         }
@@ -605,6 +605,10 @@ impl NodeTask {
                     }
                     self.breaker.record_success();
                     return Ok(());
+                }
+                Err(e) if e.kind == ErrorKind::Rejected => {
+                    counters.errors.fetch_add(1, Relaxed);
+                    return Err(e);
                 }
                 Err(e) if e.is_retryable() && attempt < self.retry.max_retries => {
                     counters.retries.fetch_add(1, Relaxed);

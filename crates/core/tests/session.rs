@@ -27,6 +27,8 @@ struct ScriptParams {
     fatal_on: Option<String>,
     /// Input text that always fails with a retryable error.
     fail_on: Option<String>,
+    /// Input text that is rejected (reported and skipped, not retried).
+    reject_on: Option<String>,
     /// Retryable failures before each input succeeds.
     flaky: u32,
     /// Await this long per input.
@@ -65,6 +67,9 @@ impl Node for Script {
         }
         if self.p.fail_on.as_deref() == Some(text.as_str()) {
             return Err(NodeError::retryable("temporarily unavailable"));
+        }
+        if self.p.reject_on.as_deref() == Some(text.as_str()) {
+            return Err(NodeError::rejected(format!("cannot read `{text}`")));
         }
         if self.attempts < self.p.flaky {
             self.attempts += 1;
@@ -322,6 +327,51 @@ config:
     let (_, report) = s.close().await.unwrap();
     let c = &report.metrics.nodes["n"].counters;
     assert_eq!((c.retries, c.errors, c.processed), (1, 1, 1));
+}
+
+#[tokio::test]
+async fn rejected_inputs_are_reported_at_once_and_never_open_the_breaker() {
+    let rt = runtime();
+    let p = rt
+        .load(
+            "version: v1
+nodes:
+  - {id: n, type: Script, params: {reject_on: 你好}}
+config:
+  retry: {max_retries: 3, initial_backoff_ms: 5000}
+  circuit_breaker: {failure_threshold: 2, reset_timeout_ms: 60000}
+",
+            "reject.yaml",
+        )
+        .unwrap();
+    let mut s = rt.open(&p).await.unwrap();
+    let started = Instant::now();
+    for text in ["你好", "你好", "你好", "fine"] {
+        s.send(RuntimeData::text(text)).await.unwrap();
+    }
+    s.end_input();
+    let (mut outputs, mut failures) = (Vec::new(), Vec::new());
+    while let Some(item) = s.recv().await {
+        match item {
+            Ok(p) => outputs.push(p),
+            Err(f) => failures.push(f),
+        }
+    }
+    // No backoff was waited (a retry would take five seconds), and the breaker stayed closed.
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(texts(&outputs), ["fine"]);
+    assert_eq!(failures.len(), 3);
+    assert!(
+        failures
+            .iter()
+            .all(|f| !f.fatal && f.message == "cannot read `你好`")
+    );
+    let (_, report) = s.close().await.unwrap();
+    let c = &report.metrics.nodes["n"].counters;
+    assert_eq!(
+        (c.retries, c.errors, c.processed, c.breaker_trips),
+        (0, 3, 1, 0)
+    );
 }
 
 #[tokio::test]

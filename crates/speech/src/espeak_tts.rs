@@ -41,7 +41,7 @@ impl Default for EspeakTtsParams {
 /// speed, splitting it would gain no latency.
 ///
 /// Skips and reports exactly as [`crate::PiperTTSNode`] does: blank input gives nothing; text
-/// with nothing the voice can read is a retryable error (reported, the session goes on).
+/// with nothing the voice can read is rejected (reported at once, the session goes on).
 pub struct EspeakTTSNode {
     voice: Arc<str>,
     rate: u32,
@@ -91,7 +91,7 @@ impl Node for EspeakTTSNode {
                 return Ok(());
             }
             let reasons: Vec<String> = unspoken.iter().map(ToString::to_string).collect();
-            return Err(NodeError::retryable(format!(
+            return Err(NodeError::rejected(format!(
                 "{}: nothing to say in {:?}: {}",
                 Self::NAME,
                 tts::excerpt(&frame.text, 80),

@@ -746,10 +746,9 @@ impl Default for PiperTtsParams {
 ///
 /// Empty input, or input of only whitespace and punctuation, is skipped: no output, no error.
 /// Characters the voice cannot read (another script, emoji) are removed and logged; when nothing
-/// speakable is left, `process` returns a *retryable* error naming the text. Retryable is the one
-/// kind of error that reports (a `NodeFailure` on the session's output) and lets the session go
-/// on; fatal would end a whole conversation over one unreadable reply. The retries cost only the
-/// router's backoff: preparing text is deterministic and takes a millisecond.
+/// speakable is left, `process` rejects the input with an error naming the text: reported on the
+/// session's output at once, never retried nor counted by the circuit breaker, and the session
+/// goes on (fatal would end a whole conversation over one unreadable reply).
 pub struct PiperTTSNode {
     engine: Option<Box<Engine>>,
     silence: usize,
@@ -825,7 +824,7 @@ impl Node for PiperTTSNode {
                 return Ok(());
             }
             let reasons: Vec<String> = spoken.unspoken.iter().map(ToString::to_string).collect();
-            return Err(NodeError::retryable(format!(
+            return Err(NodeError::rejected(format!(
                 "{}: nothing to say in {:?}: {}",
                 Self::NAME,
                 tts::excerpt(&frame.text, 80),

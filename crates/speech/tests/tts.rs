@@ -161,7 +161,7 @@ async fn text_the_voice_cannot_read_is_reported_not_dropped() {
     let mut node = piper(json!({})).await;
     for text in ["你好世界。", "😀🎉", "Привет, мир!"] {
         let err = node.push(RuntimeData::text(text)).await.unwrap_err();
-        assert_eq!(err.kind, ErrorKind::Retryable, "{err}");
+        assert_eq!(err.kind, ErrorKind::Rejected, "{err}");
         assert!(
             err.message.starts_with("PiperTTS: nothing to say in ")
                 && err
@@ -381,7 +381,7 @@ async fn espeak_tts_speaks() {
     assert!(out[0].as_audio().unwrap().duration().as_secs_f64() < secs * 0.75);
     assert!(node.push(RuntimeData::text("  ")).await.unwrap().is_empty());
     let err = node.push(RuntimeData::text("你好")).await.unwrap_err();
-    assert_eq!(err.kind, ErrorKind::Retryable);
+    assert_eq!(err.kind, ErrorKind::Rejected);
 }
 
 #[test]
