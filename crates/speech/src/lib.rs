@@ -8,6 +8,7 @@ pub mod models;
 pub mod moonshine;
 pub mod onnx_graph;
 pub mod piper;
+pub mod sentence_splitter;
 pub mod silero_vad;
 pub mod tokenizer;
 pub mod tts;
@@ -26,4 +27,5 @@ pub fn register(registry: &mut NodeRegistry) {
     registry.register::<PiperTTSNode>();
     registry.register::<EspeakTTSNode>();
     registry.register::<MoonshineASRNode>();
+    registry.register::<sentence_splitter::SentenceSplitter>();
 }
