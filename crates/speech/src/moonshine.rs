@@ -24,7 +24,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorRef};
 use remotemedia_core::node::{NodeType, Ports};
 use remotemedia_core::{
-    AudioFrame, MediaType, Node, NodeContext, NodeError, Outputs, Packet, RuntimeData, TextFrame,
+    MediaType, Node, NodeContext, NodeError, Outputs, Packet, RuntimeData, TextFrame,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -482,42 +482,13 @@ impl MoonshineASRNode {
         NodeError::fatal(format!("{}: {e}", Self::NAME))
     }
 
-    fn check_format(frame: &AudioFrame) -> Result<(), NodeError> {
-        if frame.channels == 1 && frame.sample_rate == SAMPLE_RATE {
-            return Ok(());
-        }
-        let channels = if frame.channels == 1 {
-            "1 channel".to_string()
-        } else {
-            format!("{} channels", frame.channels)
-        };
-        Err(NodeError::fatal(format!(
-            "{} expects mono {SAMPLE_RATE} Hz audio, got {channels} at {} Hz; {}",
-            Self::NAME,
-            frame.sample_rate,
-            if frame.channels == 1 {
-                "resample first"
-            } else {
-                "downmix and resample first"
-            }
-        )))
-    }
-
-    /// Runs a transcription without stalling the async reactor: in place on a multi-thread
-    /// runtime (the worker's other tasks move to another thread), on the blocking pool on a
-    /// current-thread runtime, and directly when there is no runtime at all.
+    /// Runs a transcription without stalling the async reactor.
     async fn transcribe(&self, samples: Arc<[f32]>) -> Result<Transcript, NodeError> {
-        use tokio::runtime::{Handle, RuntimeFlavor};
         let engine = Arc::clone(&self.engine);
-        let job = move || engine.transcribe(&samples);
-        let result = match Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(job),
-            Ok(_) => tokio::task::spawn_blocking(job)
-                .await
-                .map_err(|e| Self::fatal(format!("inference task failed: {e}")))?,
-            Err(_) => job(),
-        };
-        result.map_err(Self::fatal)
+        crate::tts::off_reactor(move || engine.transcribe(&samples))
+            .await
+            .map_err(Self::fatal)?
+            .map_err(Self::fatal)
     }
 }
 
@@ -532,7 +503,7 @@ impl Node for MoonshineASRNode {
         let Some(frame) = input.data.as_audio() else {
             return Err(NodeError::unsupported(Self::NAME, &input.data));
         };
-        Self::check_format(frame)?;
+        crate::expect_mono(Self::NAME, SAMPLE_RATE, frame)?;
         let duration = frame.duration();
         if duration > MAX_UTTERANCE {
             return Err(Self::fatal(format!(

@@ -15,9 +15,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 use remotemedia_audio::{VadEvent, VadTiming, VadTracker};
 use remotemedia_core::node::{NodeType, Ports};
-use remotemedia_core::{
-    AudioFrame, Control, MediaType, Node, NodeContext, NodeError, Outputs, Packet,
-};
+use remotemedia_core::{Control, MediaType, Node, NodeContext, NodeError, Outputs, Packet};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -303,28 +301,6 @@ impl SileroVADNode {
         self.origin.unwrap_or_default() + Duration::from_nanos(nanos as u64)
     }
 
-    fn check_format(&self, frame: &AudioFrame) -> Result<(), NodeError> {
-        if frame.channels == 1 && frame.sample_rate == self.sample_rate {
-            return Ok(());
-        }
-        let channels = if frame.channels == 1 {
-            "1 channel".to_string()
-        } else {
-            format!("{} channels", frame.channels)
-        };
-        Err(NodeError::fatal(format!(
-            "{} expects mono {} Hz audio, got {channels} at {} Hz; {}",
-            Self::NAME,
-            self.sample_rate,
-            frame.sample_rate,
-            if frame.channels == 1 {
-                "resample first"
-            } else {
-                "downmix and resample first"
-            }
-        )))
-    }
-
     /// Runs `job` on the engine without stalling the async reactor: in place on a multi-thread
     /// runtime (cheaper than a hand-off for sub-millisecond work), on the blocking pool on a
     /// current-thread runtime, and directly when there is no runtime at all.
@@ -399,7 +375,7 @@ impl Node for SileroVADNode {
         let Some(frame) = input.data.as_audio() else {
             return Err(NodeError::unsupported(Self::NAME, &input.data));
         };
-        self.check_format(frame)?;
+        crate::expect_mono(Self::NAME, self.sample_rate, frame)?;
         self.origin.get_or_insert(input.timestamp);
         out.push(input.data.clone());
         // A frame that completes no window is only buffered: no need to leave the reactor.

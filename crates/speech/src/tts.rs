@@ -409,7 +409,7 @@ pub async fn off_reactor<R: Send + 'static>(
         Err(_) => Ok(job()),
         Ok(_) => tokio::task::spawn_blocking(job)
             .await
-            .map_err(|e| format!("synthesis task failed: {e}")),
+            .map_err(|e| format!("blocking task failed: {e}")),
     }
 }
 
