@@ -90,13 +90,7 @@ impl Node for EspeakTTSNode {
             if unspoken.is_empty() {
                 return Ok(());
             }
-            let reasons: Vec<String> = unspoken.iter().map(ToString::to_string).collect();
-            return Err(NodeError::rejected(format!(
-                "{}: nothing to say in {:?}: {}",
-                Self::NAME,
-                tts::excerpt(&frame.text, 80),
-                reasons.join("; ")
-            )));
+            return Err(tts::nothing_to_say(Self::NAME, &frame.text, &unspoken));
         }
         let text = spoken.join(" ");
         let (voice, rate, pitch) = (Arc::clone(&self.voice), self.rate, self.pitch);

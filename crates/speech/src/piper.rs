@@ -823,13 +823,11 @@ impl Node for PiperTTSNode {
             if !spoken.had_content {
                 return Ok(());
             }
-            let reasons: Vec<String> = spoken.unspoken.iter().map(ToString::to_string).collect();
-            return Err(NodeError::rejected(format!(
-                "{}: nothing to say in {:?}: {}",
+            return Err(tts::nothing_to_say(
                 Self::NAME,
-                tts::excerpt(&frame.text, 80),
-                reasons.join("; ")
-            )));
+                &frame.text,
+                &spoken.unspoken,
+            ));
         }
         let n = spoken.audio.len();
         let mut emitted = 0u64;

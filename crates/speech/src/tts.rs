@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use remotemedia_core::NodeError;
+
 /// A sentence longer than this (in characters) is cut at clause boundaries: the first audio is
 /// sooner and no single model run grows without bound. Piper handles this length well.
 pub const LONG_SENTENCE_CHARS: usize = 220;
@@ -390,6 +392,17 @@ pub enum TtsError {
     Model(#[from] crate::models::ModelError),
     #[error(transparent)]
     Espeak(#[from] crate::espeak::EspeakError),
+}
+
+/// The rejection for an input with nothing a voice can say: names the text and every reason,
+/// is reported to the client and skips the input (the session goes on).
+pub fn nothing_to_say(node: &str, text: &str, unspoken: &[Unspoken]) -> NodeError {
+    let reasons: Vec<String> = unspoken.iter().map(ToString::to_string).collect();
+    NodeError::rejected(format!(
+        "{node}: nothing to say in {:?}: {}",
+        excerpt(text, 80),
+        reasons.join("; ")
+    ))
 }
 
 /// Reason for characters removed by [`clean`].

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use common::{normalise, word_edits};
 use remotemedia_core::testing::NodeHarness;
-use remotemedia_core::{NodeRegistry, Packet, RuntimeData, native_runtime};
+use remotemedia_core::{Packet, RuntimeData};
 use remotemedia_speech::MoonshineASRNode;
 use serde_json::json;
 
@@ -62,40 +62,13 @@ fn recording(name: &str) -> remotemedia_audio::decode::Decoded {
         .unwrap_or_else(|e| panic!("{e}; install the models with ./scripts/setup-models.sh"))
 }
 
-/// Runs an example manifest over `LEAD_S` of silence then the recording, in 20 ms frames at
-/// the recording's own rate and channel count; returns every output packet.
+/// Runs an example manifest over `LEAD_S` of silence then the recording, at the recording's own
+/// rate and channel count; returns every output packet.
 async fn run_example(name: &str, recording: &remotemedia_audio::decode::Decoded) -> Vec<Packet> {
-    let path = format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut registry = NodeRegistry::with_builtins();
-    remotemedia_audio::register(&mut registry);
-    remotemedia_speech::register(&mut registry);
-    let runtime = native_runtime(registry);
-    let pipeline = runtime.load(&text, &path).unwrap_or_else(|e| panic!("{e}"));
-    let session = runtime.open(&pipeline).await.unwrap();
-    let (tx, mut rx) = session.split();
     let (rate, channels) = (recording.sample_rate, recording.channels);
     let lead = vec![0.0; (LEAD_S * f64::from(rate)) as usize * usize::from(channels)];
     let samples = [&lead[..], &recording.samples].concat();
-    let feed = async move {
-        let frame = rate as usize / 50 * usize::from(channels);
-        for (i, chunk) in samples.chunks(frame).enumerate() {
-            let at = Duration::from_millis(20 * i as u64);
-            tx.send_at(RuntimeData::audio(chunk.to_vec(), rate, channels), at)
-                .await
-                .unwrap();
-        }
-    };
-    let collect = async {
-        let mut out = Vec::new();
-        while let Some(item) = rx.recv().await {
-            out.push(item.unwrap_or_else(|f| panic!("{f}")));
-        }
-        out
-    };
-    let ((), out) = tokio::join!(feed, collect);
-    rx.finish().await.unwrap();
-    out
+    common::run_example(name, samples, rate, channels).await
 }
 
 /// Text, span and packet timestamp of every transcript, checked to be final text.

@@ -5,11 +5,11 @@
 //! Needs `./scripts/setup-models.sh` (fails, never skips, without it). The truth boundaries of
 //! `beckett.wav` (speech from 0.33 s to 8.80 s) are explained in `silero.rs`.
 
-use std::time::Duration;
+mod common;
 
 use remotemedia_audio::VadEvent;
 use remotemedia_core::testing::NodeHarness;
-use remotemedia_core::{NodeRegistry, Packet, RuntimeData, native_runtime};
+use remotemedia_core::{Packet, RuntimeData};
 
 const PAD_S: f64 = 1.5;
 const SPEECH_START_S: f64 = 0.33;
@@ -42,37 +42,9 @@ async fn capture() -> Vec<f32> {
     up.iter().flat_map(|&s| [s, s]).collect()
 }
 
-/// Runs an example manifest over the capture in 20 ms frames; returns every output packet.
+/// Runs an example manifest over the capture; returns every output packet.
 async fn run_example(name: &str) -> Vec<Packet> {
-    let path = format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut registry = NodeRegistry::with_builtins();
-    remotemedia_audio::register(&mut registry);
-    remotemedia_speech::register(&mut registry);
-    let runtime = native_runtime(registry);
-    let pipeline = runtime.load(&text, &path).unwrap_or_else(|e| panic!("{e}"));
-    let session = runtime.open(&pipeline).await.unwrap();
-    let (tx, mut rx) = session.split();
-    let samples = capture().await;
-    let feed = async move {
-        let frame = RATE as usize / 50 * 2;
-        for (i, chunk) in samples.chunks(frame).enumerate() {
-            let at = Duration::from_millis(20 * i as u64);
-            tx.send_at(RuntimeData::audio(chunk.to_vec(), RATE, 2), at)
-                .await
-                .unwrap();
-        }
-    };
-    let collect = async {
-        let mut out = Vec::new();
-        while let Some(item) = rx.recv().await {
-            out.push(item.unwrap_or_else(|f| panic!("{f}")));
-        }
-        out
-    };
-    let ((), out) = tokio::join!(feed, collect);
-    rx.finish().await.unwrap();
-    out
+    common::run_example(name, capture().await, RATE, 2).await
 }
 
 fn near(what: &str, got: f64, want: f64, tolerance: f64) {

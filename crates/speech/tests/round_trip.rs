@@ -7,7 +7,7 @@
 
 mod common;
 
-use remotemedia_core::{NodeRegistry, RuntimeData, native_runtime};
+use remotemedia_core::RuntimeData;
 
 const SENTENCES: &[&str] = &[
     "The weather will be sunny this afternoon.",
@@ -34,10 +34,7 @@ connections:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoken_sentences_are_recognised_again() {
-    let mut registry = NodeRegistry::with_builtins();
-    remotemedia_audio::register(&mut registry);
-    remotemedia_speech::register(&mut registry);
-    let runtime = native_runtime(registry);
+    let runtime = common::runtime();
     let pipeline = runtime
         .load(PIPELINE, "round_trip.yaml")
         .unwrap_or_else(|e| panic!("{e}"));

@@ -1,10 +1,53 @@
-//! Word error rate, shared by the accuracy tests.
+//! What the speech tests share: running an example manifest over audio through the session
+//! router, and word error rate.
 //!
-//! Normalisation before scoring, applied to reference and hypothesis alike: lowercase; hyphens
+//! Word error rate normalisation before scoring, applied to reference and hypothesis alike: lowercase; hyphens
 //! and dashes become spaces; every other character that is not a letter, digit or space
 //! (punctuation, apostrophes) is removed; runs of whitespace become one space. Edits are the
 //! word-level Levenshtein distance (substitutions + insertions + deletions).
 #![allow(dead_code)]
+
+use std::time::Duration;
+
+use remotemedia_core::{NodeRegistry, Packet, Runtime, RuntimeData, native_runtime};
+
+/// A runtime with every node type of the audio and speech crates.
+pub fn runtime() -> Runtime {
+    let mut registry = NodeRegistry::with_builtins();
+    remotemedia_audio::register(&mut registry);
+    remotemedia_speech::register(&mut registry);
+    native_runtime(registry)
+}
+
+/// Runs `examples/<name>` over interleaved `samples` in 20 ms frames, as a live source would
+/// deliver them; returns every output packet (a node failure fails the test).
+pub async fn run_example(name: &str, samples: Vec<f32>, rate: u32, channels: u16) -> Vec<Packet> {
+    let path = format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let runtime = runtime();
+    let pipeline = runtime.load(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    let session = runtime.open(&pipeline).await.unwrap();
+    let (tx, mut rx) = session.split();
+    let feed = async move {
+        let frame = rate as usize / 50 * usize::from(channels);
+        for (i, chunk) in samples.chunks(frame).enumerate() {
+            let at = Duration::from_millis(20 * i as u64);
+            tx.send_at(RuntimeData::audio(chunk.to_vec(), rate, channels), at)
+                .await
+                .unwrap();
+        }
+    };
+    let collect = async {
+        let mut out = Vec::new();
+        while let Some(item) = rx.recv().await {
+            out.push(item.unwrap_or_else(|f| panic!("{f}")));
+        }
+        out
+    };
+    let ((), out) = tokio::join!(feed, collect);
+    rx.finish().await.unwrap();
+    out
+}
 
 /// The normalisation stated at the top of this file.
 pub fn normalise(text: &str) -> Vec<String> {
