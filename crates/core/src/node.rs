@@ -108,8 +108,13 @@ impl Outputs {
 
     /// Emits on port 0 with an explicit media timestamp.
     pub fn push_at(&mut self, data: RuntimeData, timestamp: Duration) {
+        self.push_to_at(0, data, timestamp);
+    }
+
+    /// Emits on port `port` with an explicit media timestamp.
+    pub fn push_to_at(&mut self, port: usize, data: RuntimeData, timestamp: Duration) {
         self.items.push(Output {
-            port: 0,
+            port,
             data,
             timestamp: Some(timestamp),
         });
@@ -169,6 +174,20 @@ pub trait Node: Send + 'static {
     /// Releases resources when the session ends, normally or not.
     async fn close(&mut self) -> Result<(), NodeError> {
         Ok(())
+    }
+
+    /// True for nodes whose output can become ready between inputs (work finishing in another
+    /// process); the router then also waits on [`Node::poll_output`] while the inbox is idle,
+    /// so such output leaves at once instead of with the next input.
+    fn emits_unprompted(&self) -> bool {
+        false
+    }
+
+    /// Waits until output is ready and emits it. Must be cancel-safe: the router drops the
+    /// future whenever an input arrives first. Only called when
+    /// [`Node::emits_unprompted`] is true.
+    async fn poll_output(&mut self, _out: &mut Outputs) -> Result<(), NodeError> {
+        std::future::pending().await
     }
 }
 

@@ -529,8 +529,27 @@ impl NodeTask {
 
     async fn drive(&mut self) -> Stop {
         let mut out = Outputs::default();
+        let unprompted = self.node.node.emits_unprompted();
         loop {
-            let next = self.inbox.recv().await;
+            let next = if unprompted {
+                out.clear();
+                tokio::select! {
+                    next = self.inbox.recv() => next,
+                    r = self.node.node.poll_output(&mut out) => {
+                        match r {
+                            Err(e) if e.kind == ErrorKind::Fatal => return Stop::Failed(e),
+                            Err(e) => self.fail(e, false),
+                            Ok(()) => {}
+                        }
+                        if let Stop::Halted = self.forward(&mut out).await {
+                            return Stop::Halted;
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                self.inbox.recv().await
+            };
             if self.state.cancelled.load(Relaxed) {
                 return Stop::Halted;
             }

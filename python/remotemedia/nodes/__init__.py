@@ -1,0 +1,1 @@
+"""Node types that ship with the package."""

@@ -1,0 +1,276 @@
+"""``python -m remotemedia.worker``: runs one Python node for one session.
+
+The runtime starts this process with the node's type and params and an inherited pipe (the
+control channel) on which the worker reports, as JSON lines, its handshake (``ready`` with the
+protocol version and the node's type, schema and ports, or ``error`` naming the stage that
+failed) and then a heartbeat from its event loop. Frames travel over the four iceoryx2
+services the runtime created for this worker (``<service>/in`` and ``<service>/out``, each a
+publish-subscribe service plus an event service to wake the reader). Nothing polls: a thread
+blocks on the event listener and wakes the event loop.
+
+The worker exits when told to (a close frame), when the runtime goes away (the control socket
+reaches end of file; the runtime also sets PDEATHSIG), or when its node fails fatally.
+
+``python -m remotemedia.worker --list`` prints the registered node types as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import inspect
+import json
+import os
+import sys
+import threading
+import traceback
+import weakref
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from . import frame as fr
+from .data import Output, wrap
+from .node import FatalNodeError, Node, NodeError, load_builtins, registered, resolve
+
+#: Must match WORKER_BORROWED in crates/python/src/ipc.rs: input samples the node may keep as
+#: zero-copy views. Past this the worker copies audio, so receiving never stalls.
+MAX_BORROWED = 48
+_VIEW_LIMIT = MAX_BORROWED - 4
+
+
+class Worker:
+    def __init__(self, node: Node, cls: type, args: argparse.Namespace, report):
+        import iceoryx2 as iox2
+
+        self.node = node
+        self.report = report
+        self.heartbeat = args.heartbeat_ms / 1000.0
+        self.session = args.session
+        self.control_fd = args.control_fd
+        self.out_ports = list(cls.outputs)
+        iox2.set_log_level_from_env_or(iox2.LogLevel.Error)
+        self.iox = iox2.NodeBuilder.new().signal_handling_mode(
+            iox2.SignalHandlingMode.Disabled
+        ).create(iox2.ServiceType.Ipc)
+
+        def pubsub(name: str):
+            return (
+                self.iox.service_builder(iox2.ServiceName.new(name))
+                .publish_subscribe(iox2.Slice[ctypes.c_uint8])
+                .payload_alignment(iox2.Alignment.new(8))
+                .open()
+            )
+
+        def event(name: str):
+            return self.iox.service_builder(iox2.ServiceName.new(name)).event().open()
+
+        inbound, outbound = f"{args.service}/in", f"{args.service}/out"
+        self.subscriber = pubsub(inbound).subscriber_builder().create()
+        self.publisher = (
+            pubsub(outbound)
+            .publisher_builder()
+            .initial_max_slice_len(64 * 1024)
+            .allocation_strategy(iox2.AllocationStrategy.PowerOfTwo)
+            .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered)
+            .create()
+        )
+        self.listener = event(inbound).listener_builder().create()
+        self.notifier = event(outbound).notifier_builder().create()
+        self.encoder = fr.Encoder(self.publisher, self.session, args.max_frame)
+        self.borrowed = 0
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def _wait_thread(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> None:
+        """Blocks on the listener (the GIL is released while it waits) and wakes the loop."""
+        while True:
+            try:
+                self.listener.blocking_wait()
+            except Exception:  # the process is shutting down
+                return
+            loop.call_soon_threadsafe(wake.set)
+
+    def _released(self) -> None:
+        self.borrowed -= 1
+
+    def _viewer(self, sample: Any):
+        def view(address: int, count: int) -> np.ndarray:
+            buf = (ctypes.c_float * count).from_address(address)
+            if self.borrowed >= _VIEW_LIMIT:
+                return np.array(buf, dtype=np.float32)  # copy: the node holds too many views
+            buf._sample = sample  # the sample stays borrowed while the array lives
+            self.borrowed += 1
+            weakref.finalize(buf, self._released)
+            arr = np.frombuffer(buf, dtype=np.float32)
+            arr.flags.writeable = False
+            return arr
+
+        return view
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _send(self, msg: int, seq: int, **kw) -> None:
+        self.encoder.send(msg, seq, **kw)
+        self.notifier.notify()
+
+    def _port(self, port: Any) -> int:
+        if isinstance(port, int) and 0 <= port < len(self.out_ports):
+            return port
+        if port in self.out_ports:
+            return self.out_ports.index(port)
+        raise NodeError(f"yielded to unknown output port {port!r}; ports: {self.out_ports}")
+
+    async def _drive(self, seq: int, gen, timestamp: Optional[float]) -> bool:
+        """Runs one generator to its end, sending each output. False when the node failed
+        fatally."""
+        try:
+            async for item in gen:
+                port = 0
+                if isinstance(item, Output):
+                    port, item = self._port(item.port), item.data
+                data = wrap(item)
+                ts = data.timestamp if data.timestamp is not None else timestamp
+                self._send(fr.DATA, seq, data=data, port=port, timestamp=ts)
+        except FatalNodeError as e:
+            self._send(fr.ERROR, seq, error=str(e) or type(e).__name__)
+            return False
+        except Exception as e:  # one input failed; the node goes on
+            if not isinstance(e, NodeError):
+                traceback.print_exc(file=sys.stderr)
+            text = str(e) if isinstance(e, NodeError) else f"{type(e).__name__}: {e}"
+            self._send(fr.ERROR, seq, error=text, flags=fr.FLAG_REJECTED)
+            return True
+        self._send(fr.DONE, seq)
+        return True
+
+    async def _handle(self, sample: Any) -> bool:
+        """Processes one frame; False when the worker should stop."""
+        try:
+            f = fr.decode(sample.payload_ptr, sample.payload().len(), self._viewer(sample))
+        except Exception as e:
+            self._send(fr.ERROR, 0, error=f"malformed frame from the runtime: {e}")
+            return False
+        if f.msg == fr.DATA:
+            return await self._drive(f.seq, self.node.process(f.data), f.timestamp)
+        if f.msg == fr.FLUSH:
+            return await self._drive(f.seq, self.node.flush(), f.timestamp)
+        if f.msg == fr.CONTROL:
+            return await self._drive(f.seq, self.node.control(f.data), f.timestamp)
+        if f.msg == fr.CLOSE:
+            result = self.node.close()
+            if inspect.isawaitable(result):
+                await result
+            self._send(fr.DONE, f.seq)
+            return False
+        self._send(fr.ERROR, f.seq, error=f"unexpected message type {f.msg}")
+        return False
+
+    def _control_readable(self) -> None:
+        if not os.read(self.control_fd, 4096):
+            print("remotemedia.worker: the runtime went away; exiting", file=sys.stderr, flush=True)
+            os._exit(0)
+
+    async def _beat(self) -> None:
+        while True:
+            self.report({"type": "heartbeat"})
+            await asyncio.sleep(self.heartbeat)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        threading.Thread(target=self._wait_thread, args=(loop, wake), daemon=True).start()
+        # The runtime never writes to the control socket; end of file means it is gone.
+        loop.add_reader(self.control_fd, self._control_readable)
+        beat = asyncio.create_task(self._beat())
+        try:
+            while True:
+                sample = self.subscriber.receive()
+                if sample is None:
+                    await wake.wait()
+                    wake.clear()
+                    continue
+                if not await self._handle(sample):
+                    return
+                del sample
+        finally:
+            beat.cancel()
+
+
+def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m remotemedia.worker",
+        description="Runs one RemoteMedia Python node in this process (started by the runtime).",
+    )
+    p.add_argument("--list", action="store_true", help="print the registered node types as JSON")
+    p.add_argument("--describe", metavar="TYPE", help="print one node type (name or module:Class) as JSON")
+    p.add_argument("--modules", default="", help="comma-separated modules that register nodes")
+    p.add_argument("--type", help="registered node type, or package.module:Class")
+    p.add_argument("--params", default="{}", help="the node's params as JSON")
+    p.add_argument("--session", default="")
+    p.add_argument("--service", help="iceoryx2 service prefix created by the runtime")
+    p.add_argument("--control-fd", type=int, default=3)
+    p.add_argument("--max-frame", type=int, default=64 << 20)
+    p.add_argument("--heartbeat-ms", type=int, default=500)
+    return p.parse_args(argv)
+
+
+def _modules(args: argparse.Namespace) -> List[str]:
+    return [m for m in args.modules.split(",") if m]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parse(argv)
+    if args.list:
+        load_builtins(_modules(args))
+        json.dump([cls.describe() for cls in registered().values()], sys.stdout)
+        print()
+        return 0
+    if args.describe:
+        load_builtins(_modules(args))
+        json.dump(resolve(args.describe).describe(), sys.stdout)
+        print()
+        return 0
+
+    control = os.fdopen(args.control_fd, "w", buffering=1)
+
+    def report(message: Dict[str, Any]) -> None:
+        control.write(json.dumps(message) + "\n")
+
+    def fail(stage: str, e: BaseException) -> int:
+        traceback.print_exc(file=sys.stderr)
+        report({"type": "error", "stage": stage, "message": f"{type(e).__name__}: {e}"})
+        return 2
+
+    try:
+        load_builtins(_modules(args))
+        cls = resolve(args.type)
+        info = cls.describe()
+        params = json.loads(args.params)
+    except Exception as e:
+        return fail("import", e)
+
+    async def start() -> int:
+        node = cls()
+        try:
+            result = node.setup(params)
+            if inspect.isawaitable(result):
+                await result
+        except ValueError as e:
+            return fail("params", e)
+        except Exception as e:
+            return fail("setup", e)
+        try:
+            worker = Worker(node, cls, args, report)
+        except Exception as e:
+            return fail("connect", e)
+        report({"type": "ready", "protocol": fr.PROTOCOL_VERSION, "pid": os.getpid(), "node": info})
+        await worker.run()
+        return 0
+
+    return asyncio.run(start())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
