@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Every test of the workspace, with everything they need: the models (ONNX Runtime, Silero VAD,
-# the sample recordings) are installed first by the idempotent setup script.
+# the sample recordings) and the Python environment of the python executor are installed first
+# by the idempotent setup scripts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-system.sh
 ./scripts/setup-models.sh
+./scripts/setup-python.sh
 cargo test --workspace --locked "$@"

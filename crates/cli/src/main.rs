@@ -241,13 +241,14 @@ fn init_logging(filter: &str, json: bool) {
     }
 }
 
-/// Every node type this binary knows.
+/// Every node type this binary knows: native ones, and Python ones run in worker processes.
 fn runtime() -> Runtime {
     let mut nodes = NodeRegistry::with_builtins();
     remotemedia_audio::register(&mut nodes);
     remotemedia_speech::register(&mut nodes);
     let mut executors = ExecutorRegistry::new();
     executors.add_executor(Arc::new(nodes));
+    remotemedia_python::register(&mut executors);
     Runtime::new(executors)
 }
 
