@@ -516,12 +516,13 @@ impl NodeTask {
             _ = cancelled => Stop::Halted,
             stop = self.drive() => stop,
         };
-        // Close outgoing edges first so downstream can finish while this node closes.
-        self.outs.clear();
-        let closed = self.node.close().await;
+        // Report a failure before the outputs close, so a reader never sees the stream end
+        // without it; then close outgoing edges so downstream can finish while this closes.
         if let Stop::Failed(e) = stop {
             self.fail(e, true);
         }
+        self.outs.clear();
+        let closed = self.node.close().await;
         if let Some(e) = closed {
             tracing::warn!(session = %self.session, node = %self.id, "close failed: {e}");
         }

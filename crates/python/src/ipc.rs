@@ -87,6 +87,9 @@ fn service_name(s: &str) -> Result<ServiceName, IpcError> {
 impl Link {
     /// Creates the services and the runtime's ports. Must run inside a tokio runtime with IO.
     pub fn create(names: &ServiceNames, max_frame: usize) -> Result<Self, IpcError> {
+        static QUIET: std::sync::Once = std::sync::Once::new();
+        // iceoryx2 logs to stdout by itself; only its errors matter here (IOX2_LOG_LEVEL wins).
+        QUIET.call_once(|| set_log_level_from_env_or(LogLevel::Error));
         let node = NodeBuilder::new()
             // The host process owns SIGINT/SIGTERM.
             .signal_handling_mode(SignalHandlingMode::Disabled)

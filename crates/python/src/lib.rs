@@ -49,8 +49,8 @@ pub struct PythonExecutor {
     python_path: Vec<PathBuf>,
     defaults: WorkerConfig,
     catalogue: OnceLock<Vec<NodeTypeInfo>>,
-    /// `module:Class` types described so far (None: could not be imported).
-    described: Mutex<HashMap<String, Option<NodeTypeInfo>>>,
+    /// `module:Class` types described so far.
+    described: Mutex<HashMap<String, NodeTypeInfo>>,
 }
 
 impl PythonExecutor {
@@ -151,25 +151,35 @@ impl PythonExecutor {
         })
     }
 
-    /// Describes a `module:Class` type by importing it (once).
-    fn describe_class(&self, node_type: &str) -> Option<NodeTypeInfo> {
+    /// Describes a `module:Class` type by importing it (once). One that does not import is
+    /// still described, with open ports and params, so that starting it fails with the
+    /// worker's own import error and traceback rather than a bare "unknown type".
+    fn describe_class(&self, node_type: &str) -> NodeTypeInfo {
         let mut cache = self.described.lock().unwrap_or_else(|e| e.into_inner());
-        cache
-            .entry(node_type.to_string())
-            .or_insert_with(|| match self.ask::<TypeDecl>(&["--describe", node_type]) {
-                Ok(t) => Some(
-                    TypeDecl {
-                        name: node_type.to_string(),
-                        ..t
-                    }
-                    .into_info(),
-                ),
-                Err(e) => {
-                    tracing::warn!("Python node type `{node_type}`: {e}");
-                    None
+        let info = cache.entry(node_type.to_string()).or_insert_with(|| {
+            match self.ask::<TypeDecl>(&["--describe", node_type]) {
+                Ok(t) => TypeDecl {
+                    name: node_type.to_string(),
+                    ..t
                 }
-            })
-            .clone()
+                .into_info(),
+                Err(e) => {
+                    tracing::warn!("Python node type `{node_type}` does not import: {e}");
+                    let port = |name: &str| PortSpec {
+                        name: name.into(),
+                        media: MediaType::ALL.to_vec(),
+                    };
+                    NodeTypeInfo {
+                        name: node_type.to_string(),
+                        description: format!("(does not import: {e})"),
+                        params_schema: with_worker_params(serde_json::json!({"type": "object"})),
+                        inputs: vec![port("in")],
+                        outputs: vec![port("out")],
+                    }
+                }
+            }
+        });
+        info.clone()
     }
 }
 
@@ -281,7 +291,7 @@ impl Executor for PythonExecutor {
 
     fn describe(&self, node_type: &str) -> Option<NodeTypeInfo> {
         if node_type.contains(':') {
-            return self.describe_class(node_type);
+            return Some(self.describe_class(node_type));
         }
         self.catalogue()
             .iter()
