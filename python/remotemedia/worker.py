@@ -5,8 +5,9 @@ control channel) on which the worker reports, as JSON lines, its handshake (``re
 protocol version and the node's type, schema and ports, or ``error`` naming the stage that
 failed) and then a heartbeat from its event loop. Frames travel over the four iceoryx2
 services the runtime created for this worker (``<service>/in`` and ``<service>/out``, each a
-publish-subscribe service plus an event service to wake the reader). Nothing polls: a thread
-blocks on the event listener and wakes the event loop.
+publish-subscribe service plus an event service to wake the reader). Nothing polls: the event
+loop waits on the listener's socket (or, where that cannot be found, a thread blocks on the
+listener and wakes the loop).
 
 The worker exits when told to (a close frame), when the runtime goes away (the control socket
 reaches end of file; the runtime also sets PDEATHSIG), or when its node fails fatally.
@@ -22,6 +23,7 @@ import ctypes
 import inspect
 import json
 import os
+import stat
 import sys
 import threading
 import traceback
@@ -76,7 +78,7 @@ class Worker:
             .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered)
             .create()
         )
-        self.listener = event(inbound).listener_builder().create()
+        self.listener, self.listener_fd = _with_new_socket(event(inbound).listener_builder().create)
         self.notifier = event(outbound).notifier_builder().create()
         self.encoder = fr.Encoder(self.publisher, self.session, args.max_frame)
         self.borrowed = 0
@@ -180,7 +182,15 @@ class Worker:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
-        threading.Thread(target=self._wait_thread, args=(loop, wake), daemon=True).start()
+        if self.listener_fd is not None:
+            # The listener's socket in the loop's own epoll: no thread hop per frame.
+            def notified() -> None:
+                self.listener.try_wait()
+                wake.set()
+
+            loop.add_reader(self.listener_fd, notified)
+        else:
+            threading.Thread(target=self._wait_thread, args=(loop, wake), daemon=True).start()
         # The runtime never writes to the control socket; end of file means it is gone.
         loop.add_reader(self.control_fd, self._control_readable)
         beat = asyncio.create_task(self._beat())
@@ -196,6 +206,27 @@ class Worker:
                 del sample
         finally:
             beat.cancel()
+
+
+def _with_new_socket(create):
+    """Calls ``create`` and finds the one socket it opened. iceoryx2's Python listener does
+    not expose its descriptor (the Rust one does); this lets the event loop wait on it
+    directly. Returns (object, descriptor or None when it cannot be told apart)."""
+
+    def sockets():
+        found = set()
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                if stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                    found.add(int(name))
+            except OSError:
+                pass
+        return found
+
+    before = sockets()
+    obj = create()
+    new = sockets() - before
+    return obj, (new.pop() if len(new) == 1 else None)
 
 
 def _parse(argv: Optional[List[str]]) -> argparse.Namespace:

@@ -267,10 +267,16 @@ impl<'a> Encoded<'a> {
 
     /// Writes the frame into `dst`, which must be exactly [`Encoded::len`] bytes.
     pub fn write(&self, dst: &mut [MaybeUninit<u8>]) {
+        assert_eq!(dst.len(), self.len(), "frame buffer of the wrong size");
         let mut at = 0;
         let mut put = |src: &[u8]| {
-            for (d, s) in dst[at..at + src.len()].iter_mut().zip(src) {
-                d.write(*s);
+            // SAFETY: in bounds (the length is checked above) and the regions cannot overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src.as_ptr(),
+                    dst[at..].as_mut_ptr().cast::<u8>(),
+                    src.len(),
+                );
             }
             at += src.len();
         };
@@ -363,10 +369,18 @@ pub fn decode(b: &[u8]) -> Result<Frame, FrameError> {
             if !body.len().is_multiple_of(4) {
                 return Err(FrameError::AudioLength(body.len()));
             }
-            let samples: Arc<[f32]> = body
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let mut samples: Arc<[MaybeUninit<f32>]> = Arc::new_uninit_slice(body.len() / 4);
+            let dst = Arc::get_mut(&mut samples).unwrap_or_else(|| unreachable!("new Arc"));
+            // SAFETY: `dst` holds exactly body.len() bytes; every bit pattern is a valid f32 and
+            // the target is little-endian; `assume_init` follows the full copy.
+            let samples = unsafe {
+                std::ptr::copy_nonoverlapping(
+                    body.as_ptr(),
+                    dst.as_mut_ptr().cast::<u8>(),
+                    body.len(),
+                );
+                samples.assume_init()
+            };
             Some(RuntimeData::Audio(AudioFrame::new(
                 samples,
                 u32_at(meta, 0),
