@@ -139,3 +139,26 @@ async fn a_node_may_keep_zero_copy_views_beyond_the_shared_pool() {
         &serde_json::json!({"frames": 200, "sum": expected})
     );
 }
+
+/// CPU time (user + system, in clock ticks) a process has used.
+fn cpu_ticks(pid: i64) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_uses_almost_no_cpu() {
+    let rt = runtime();
+    let mut s = open(&rt, &one_node("probe:Probe", "{}")).await;
+    s.send(RuntimeData::text("pid")).await.unwrap();
+    let pid = json(&next_ok(&mut s).await)["pid"].as_i64().unwrap();
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(pid) - before;
+    // 2 s is 200 ticks at 100 Hz: a polling worker would use most of them; heartbeats use ~0.
+    assert!(used <= 10, "idle worker used {used} ticks in 2 s");
+    s.close().await.unwrap();
+}
