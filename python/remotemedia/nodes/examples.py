@@ -21,7 +21,7 @@ class Echo(Node):
 
 @register
 class AudioLevel(Node):
-    """Reports the RMS level (dBFS) and peak of each audio frame, read in place from shared memory."""
+    """Reports the RMS level (dBFS) and peak of each audio frame, read in shared memory."""
 
     inputs = ["audio"]
     outputs = {"out": ["json"]}
@@ -47,8 +47,10 @@ def _slow_upper(text: str, seconds: float) -> str:
 
 @register
 class SlowUpper(Node):
-    """Upper-cases text with a blocking call run through asyncio.to_thread, so the worker's
-    event loop (and its heartbeat) keeps running while the call blocks."""
+    """Upper-cases text through a blocking call run with asyncio.to_thread.
+
+    The worker's event loop (and its heartbeat) keeps running while the call blocks: the
+    pattern for heavy synchronous model code."""
 
     inputs = ["text"]
     outputs = {"out": ["text"]}
