@@ -99,7 +99,7 @@ class Node:
 _REGISTRY: Dict[str, Type[Node]] = {}
 
 #: Modules imported to fill the registry when a type is looked up by name.
-BUILTIN_MODULES = ["remotemedia.nodes.examples"]
+BUILTIN_MODULES = ["remotemedia.nodes.examples", "remotemedia.nodes.whisper"]
 
 
 def register(cls: Type[Node]) -> Type[Node]:
