@@ -206,6 +206,15 @@ class Worker:
                 del sample
         finally:
             beat.cancel()
+            if self.listener_fd is not None:
+                loop.remove_reader(self.listener_fd)
+            self._release_ports()
+
+    def _release_ports(self) -> None:
+        """Gives the shared memory back now, not whenever the interpreter gets to it."""
+        for port in (self.publisher, self.subscriber, self.listener, self.notifier):
+            port.delete()
+        self.iox = None
 
 
 def _with_new_socket(create):

@@ -202,9 +202,12 @@ impl Link {
         }
     }
 
-    /// Removes what dead processes (a killed worker) left of their iceoryx2 resources.
+    /// Removes what dead processes (a killed worker) left of their iceoryx2 resources. When
+    /// another session is cleaning the same dead node, waits briefly for it rather than skip.
     pub fn cleanup_dead(&self) {
-        let state = self.node.try_cleanup_dead_nodes();
+        let state = self
+            .node
+            .blocking_cleanup_dead_nodes(std::time::Duration::from_millis(100));
         tracing::debug!(?state, "iceoryx2 dead-node cleanup");
     }
 }
