@@ -112,10 +112,6 @@ impl PythonExecutor {
         self
     }
 
-    pub fn python(&self) -> &Path {
-        &self.python
-    }
-
     /// Runs the worker module with `args` and parses its JSON output.
     fn ask<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> Result<T, String> {
         let mut cmd = std::process::Command::new(&self.python);

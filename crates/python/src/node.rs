@@ -104,11 +104,6 @@ impl PythonNode {
         Ok(node)
     }
 
-    /// The worker's process id (for tests and logs).
-    pub fn pid(&self) -> Option<u32> {
-        self.worker.as_ref().map(|w| w.process.pid)
-    }
-
     fn describe(&self, what: &str) -> String {
         format!(
             "python node `{}` ({}) {what}",

@@ -53,8 +53,7 @@ enum Report {
 #[derive(Clone, Debug, Deserialize)]
 pub struct Handshake {
     pub protocol: u8,
-    pub pid: u32,
-    /// The node type as the worker describes it.
+    /// The node type as the worker describes it: name, params schema, ports.
     pub node: serde_json::Value,
 }
 
@@ -121,7 +120,6 @@ pub enum StartError {
 /// A running worker. Dropping it kills the process.
 pub struct Process {
     pub pid: u32,
-    pub handshake: Handshake,
     ended: watch::Receiver<Option<Ended>>,
     stderr: Arc<Mutex<VecDeque<String>>>,
     stderr_reader: Option<tokio::task::JoinHandle<()>>,
@@ -225,11 +223,6 @@ impl Process {
         ));
         let mut process = Self {
             pid,
-            handshake: Handshake {
-                protocol: 0,
-                pid,
-                node: serde_json::Value::Null,
-            },
             ended: ended_rx,
             stderr,
             stderr_reader,
@@ -257,7 +250,7 @@ impl Process {
                 })
             }
             Report::Ready(h) => {
-                process.handshake = h;
+                tracing::debug!(pid, node = %h.node, "python worker handshake");
                 Ok(process)
             }
             Report::Error { stage, message } => {
