@@ -139,7 +139,8 @@ impl PythonExecutor {
         self.catalogue.get_or_init(|| match self.ask::<Vec<TypeDecl>>(&["--list"]) {
             Ok(types) => types.into_iter().map(|t| t.into_info()).collect(),
             Err(e) => {
-                tracing::warn!(
+                // Info, not a warning: a native-only pipeline is fine without Python.
+                tracing::info!(
                     "Python nodes are unavailable ({e}); run ./scripts/setup-python.sh or set {PYTHON_ENV}"
                 );
                 Vec::new()
