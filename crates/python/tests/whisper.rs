@@ -3,11 +3,13 @@
 //!
 //! Needs `./scripts/setup-models.sh` (Silero) and `./scripts/setup-python.sh` (faster-whisper
 //! and the model); fails, never skips, without them. Accuracy is word error rate against the
-//! Beckett passage read in `models/samples/beckett.wav`, normalised as the speech crate's tests
-//! do: lowercase, hyphens and dashes become spaces, other punctuation goes, words compared by
-//! Levenshtein distance.
+//! Beckett passage read in `models/samples/beckett.wav`, scored by the speech crate's tests' own
+//! `word_edits`.
 
 mod common;
+/// The speech crate's word error rate, so both recognisers are scored the same way.
+#[path = "../../speech/tests/common/mod.rs"]
+mod speech;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,35 +64,6 @@ async fn run_example(name: &str, samples: &[f32]) -> Vec<Packet> {
     out
 }
 
-fn normalise(text: &str) -> Vec<String> {
-    let cleaned: String = text
-        .to_lowercase()
-        .chars()
-        .filter_map(|c| match c {
-            '-' | '\u{2010}'..='\u{2015}' => Some(' '),
-            c if c.is_alphanumeric() || c.is_whitespace() => Some(c),
-            _ => None,
-        })
-        .collect();
-    cleaned.split_whitespace().map(str::to_string).collect()
-}
-
-/// Word error rate of `hypothesis` against `reference`, after [`normalise`].
-fn wer(reference: &str, hypothesis: &str) -> f64 {
-    let (r, h) = (normalise(reference), normalise(hypothesis));
-    let mut prev: Vec<usize> = (0..=h.len()).collect();
-    for (i, rw) in r.iter().enumerate() {
-        let mut row = vec![i + 1; h.len() + 1];
-        for (j, hw) in h.iter().enumerate() {
-            row[j + 1] = (prev[j] + usize::from(rw != hw))
-                .min(prev[j + 1] + 1)
-                .min(row[j] + 1);
-        }
-        prev = row;
-    }
-    prev[h.len()] as f64 / r.len().max(1) as f64
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whisper_transcribes_beckett_with_spans_in_the_clip() {
     let path = format!(
@@ -130,7 +103,8 @@ async fn whisper_transcribes_beckett_with_spans_in_the_clip() {
         texts.push(t.text.to_string());
     }
     let joined = texts.join(" ");
-    let rate = wer(BECKETT, &joined);
+    let (edits, words) = speech::word_edits(BECKETT, &joined);
+    let rate = edits as f64 / words as f64;
     eprintln!("WER {:.1} %: {texts:?}", rate * 100.0);
     assert!(rate <= 0.10, "WER {:.1} % on {joined:?}", rate * 100.0);
 }
