@@ -134,6 +134,48 @@ enum Command {
     },
     /// Print the JSON Schema of manifests, for editors and CI checks.
     Schema,
+    /// Serve pipelines to many clients at once over gRPC, with Prometheus metrics and health
+    /// checks over HTTP.
+    ///
+    /// Clients stream data through sessions of the configured pipelines (one session per
+    /// stream; see proto/remotemedia/v1/pipeline.proto and examples/grpc_client/). Every option
+    /// lives in one TOML file (examples/server.toml documents them all); these flags override
+    /// it. API tokens come from the file or REMOTEMEDIA_TOKENS (comma-separated); without
+    /// tokens the server only listens on loopback addresses unless the file allows it.
+    ///
+    /// Without any configured pipeline, the built-in speech pipeline is served as `transcribe`.
+    /// The gRPC port also has the standard health (grpc.health.v1) and reflection services;
+    /// the HTTP port has /metrics, /healthz, /readyz, /v1/nodes and /v1/pipelines.
+    ///
+    /// Examples:
+    ///   remotemedia serve                                  # 127.0.0.1:50051, HTTP on :9090
+    ///   remotemedia serve --config examples/server.toml
+    ///   remotemedia serve --pipeline vad=examples/energy_vad.yaml --grpc 127.0.0.1:6000
+    #[command(verbatim_doc_comment)]
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// gRPC address (default 127.0.0.1:50051).
+        #[arg(long)]
+        grpc: Option<std::net::SocketAddr>,
+        /// HTTP address for metrics and health (default 127.0.0.1:9090).
+        #[arg(long, conflicts_with = "no_http")]
+        http: Option<std::net::SocketAddr>,
+        /// No HTTP server.
+        #[arg(long)]
+        no_http: bool,
+        /// A pipeline clients may open: NAME=MANIFEST (repeatable; adds to the file's).
+        #[arg(long = "pipeline", value_name = "NAME=MANIFEST")]
+        pipelines: Vec<String>,
+        /// Concurrent sessions allowed.
+        #[arg(long)]
+        max_sessions: Option<usize>,
+        /// Let clients send their own manifests (native node types only, unless the file
+        /// allows Python).
+        #[arg(long)]
+        allow_client_manifests: bool,
+    },
 }
 
 /// Exit codes: 0 success, 1 the pipeline failed while running, 2 bad manifest or arguments.
@@ -159,6 +201,30 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
+        Command::Serve {
+            config,
+            grpc,
+            http,
+            no_http,
+            pipelines,
+            max_sessions,
+            allow_client_manifests,
+        } => server_config(
+            config,
+            grpc,
+            http,
+            no_http,
+            pipelines,
+            max_sessions,
+            allow_client_manifests,
+        )
+        .and_then(|config| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(serve(runtime, config))
+        }),
         Command::Run {
             manifest,
             input,
@@ -212,6 +278,72 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// The server's configuration: the file, then the flags.
+fn server_config(
+    path: Option<PathBuf>,
+    grpc: Option<std::net::SocketAddr>,
+    http: Option<std::net::SocketAddr>,
+    no_http: bool,
+    pipelines: Vec<String>,
+    max_sessions: Option<usize>,
+    allow_client_manifests: bool,
+) -> anyhow::Result<remotemedia_server::ServerConfig> {
+    let mut config = match &path {
+        Some(p) => {
+            remotemedia_server::ServerConfig::from_file(p).map_err(|e| Invalid(e.to_string()))?
+        }
+        None => Default::default(),
+    };
+    if let Some(a) = grpc {
+        config.grpc.listen = a;
+    }
+    if let Some(a) = http {
+        config.http.listen = Some(a);
+    }
+    if no_http {
+        config.http.listen = None;
+    }
+    for p in pipelines {
+        let (name, file) = p
+            .split_once('=')
+            .ok_or_else(|| Invalid(format!("--pipeline {p}: expected NAME=MANIFEST")))?;
+        config.pipelines.insert(name.to_string(), file.into());
+    }
+    if let Some(n) = max_sessions {
+        config.limits.max_sessions = n;
+    }
+    config.client_manifests.allow |= allow_client_manifests;
+    if config.pipelines.is_empty() {
+        config
+            .manifests
+            .insert("transcribe".into(), DEFAULT_PIPELINE.into());
+    }
+    Ok(config)
+}
+
+/// Serves until Ctrl-C or SIGTERM, then ends every session and stops.
+async fn serve(runtime: Runtime, config: remotemedia_server::ServerConfig) -> anyhow::Result<u8> {
+    let server = remotemedia_server::start(config, Arc::new(runtime))
+        .await
+        .map_err(|e| Invalid(format!("{e:#}")))?;
+    eprintln!(
+        "serving gRPC on {}{}; Ctrl-C stops",
+        server.grpc_addr(),
+        server
+            .http_addr()
+            .map(|a| format!(", metrics and health on http://{a}"))
+            .unwrap_or_default()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("shutting down");
+    server.shutdown().await;
+    Ok(0)
 }
 
 fn parse_device(s: &str) -> Result<remotemedia_speech::device::Device, String> {

@@ -67,7 +67,20 @@ pub struct HistogramSnapshot {
     pub p95_us: f64,
     pub p99_us: f64,
     pub max_us: f64,
+    /// Sum of all values, in seconds (for Prometheus `_sum`).
+    #[serde(skip)]
+    pub sum_s: f64,
+    /// Cumulative counts at [`EXPORT_BOUNDS_S`] (for Prometheus `_bucket`): values are placed
+    /// by their bucket's middle, so a bound is as exact as the histogram (about 6%).
+    #[serde(skip)]
+    pub cumulative: Vec<u64>,
 }
+
+/// Upper bounds, in seconds, at which histograms are exported as Prometheus buckets.
+pub const EXPORT_BOUNDS_S: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
 
 impl Histogram {
     pub fn record(&self, d: Duration) {
@@ -115,6 +128,22 @@ impl Histogram {
         self.max.load(Relaxed)
     }
 
+    fn cumulative(&self) -> Vec<u64> {
+        let mut out = vec![0; EXPORT_BOUNDS_S.len()];
+        for (i, b) in self.buckets.iter().enumerate() {
+            let n = b.load(Relaxed);
+            if n == 0 {
+                continue;
+            }
+            let v = bucket_value(i) as f64 / 1e9;
+            let first = EXPORT_BOUNDS_S.partition_point(|&le| le < v);
+            for c in &mut out[first..] {
+                *c += n;
+            }
+        }
+        out
+    }
+
     pub fn snapshot(&self) -> HistogramSnapshot {
         let count = self.count.load(Relaxed);
         let us = |ns: u64| ns as f64 / 1000.0;
@@ -129,6 +158,8 @@ impl Histogram {
             p95_us: us(self.quantile_ns(0.95)),
             p99_us: us(self.quantile_ns(0.99)),
             max_us: us(self.max.load(Relaxed)),
+            sum_s: self.sum.load(Relaxed) as f64 / 1e9,
+            cumulative: self.cumulative(),
         }
     }
 }
@@ -420,6 +451,27 @@ pub fn record_overhead_ns() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn export_buckets_are_cumulative_at_their_bounds() {
+        let h = Histogram::default();
+        for us in [30, 80, 80, 700, 3_000, 40_000_000] {
+            h.record_ns(us * 1000);
+        }
+        let s = h.snapshot();
+        let at = |le: f64| s.cumulative[EXPORT_BOUNDS_S.iter().position(|&b| b == le).unwrap()];
+        assert_eq!(at(0.000_05), 1);
+        assert_eq!(at(0.000_1), 3);
+        assert_eq!(at(0.001), 4);
+        assert_eq!(at(0.005), 5);
+        assert_eq!(
+            at(10.0),
+            5,
+            "40 s is above every bound: only in +Inf (the count)"
+        );
+        assert_eq!(s.count, 6);
+        assert!((s.sum_s - 40.003_89).abs() < 1e-9);
+    }
 
     #[test]
     fn buckets_round_trip_within_resolution() {

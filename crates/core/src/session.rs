@@ -763,6 +763,16 @@ impl SessionInput {
 
     /// Sends to the input ports of one node (`node` or `node.port`).
     pub async fn send_to(&self, target: &str, data: RuntimeData) -> Result<(), SessionError> {
+        self.send_to_at(target, data, self.started.elapsed()).await
+    }
+
+    /// Like [`SessionInput::send_to`] with an explicit media timestamp.
+    pub async fn send_to_at(
+        &self,
+        target: &str,
+        data: RuntimeData,
+        timestamp: Duration,
+    ) -> Result<(), SessionError> {
         let (node, port) = match target.split_once('.') {
             Some((n, p)) => (n, Some(p)),
             None => (target, None),
@@ -774,10 +784,15 @@ impl SessionInput {
             .filter(|e| &*e.node == node && port.is_none_or(|p| &*e.port == p))
             .find(|e| e.accepts(media))
             .ok_or_else(|| SessionError::UnknownInput(target.to_string()))?;
-        let packet = self.packet(data, self.started.elapsed());
+        let packet = self.packet(data, timestamp);
         entry.tx.send(packet).await.map_err(|_| self.ended())?;
         self.metrics.inputs.fetch_add(1, Relaxed);
         Ok(())
+    }
+
+    /// Live metrics of this session.
+    pub fn metrics(&self) -> SessionSnapshot {
+        self.metrics.snapshot()
     }
 
     fn packet(&self, data: RuntimeData, timestamp: Duration) -> Packet {
@@ -866,14 +881,15 @@ impl SessionOutput {
     /// Waits for every node to finish (discarding outputs not yet read) and reports how the
     /// session went: an error if a node failed fatally.
     pub async fn finish(self) -> Result<SessionReport, SessionError> {
-        match self.wind_down().await {
+        match self.finish_report().await {
             (_, Some(f)) => Err(SessionError::Node(f)),
             (report, None) => Ok(report),
         }
     }
 
-    /// Drains, joins every task and reports, with the fatal failure if there was one.
-    async fn wind_down(mut self) -> (SessionReport, Option<NodeFailure>) {
+    /// Like [`SessionOutput::finish`], but the report comes with the fatal failure, if any,
+    /// rather than instead of it.
+    pub async fn finish_report(mut self) -> (SessionReport, Option<NodeFailure>) {
         while self.recv().await.is_some() {}
         let deadline = tokio::time::Instant::now() + CANCEL_GRACE;
         for task in self.tasks.drain(..) {
@@ -972,6 +988,6 @@ impl Session {
     pub async fn cancel(self) -> SessionReport {
         let (_, output) = self.split();
         output.cancel();
-        output.wind_down().await.0
+        output.finish_report().await.0
     }
 }

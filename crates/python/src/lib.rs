@@ -31,7 +31,7 @@ use remotemedia_core::{
 use serde::Deserialize;
 
 pub use config::{RestartPolicy, WorkerConfig};
-pub use node::PythonNode;
+pub use node::{PythonNode, worker_stats};
 
 /// Names the Python interpreter that has the `remotemedia` package.
 pub const PYTHON_ENV: &str = "REMOTEMEDIA_PYTHON";

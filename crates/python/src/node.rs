@@ -8,6 +8,7 @@
 //! session goes on) or fails the session with the node, exit status and last stderr lines.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -22,6 +23,15 @@ use crate::process::{Launch, Process, StartError};
 
 /// Makes service names unique across restarts and sessions in this process.
 static INSTANCE: AtomicU64 = AtomicU64::new(0);
+/// Worker processes that failed (died, hung or broke the protocol) in this process, and
+/// those restarted after a failure: exported as metrics by the server.
+static FAILURES: AtomicU64 = AtomicU64::new(0);
+static RESTARTS: AtomicU64 = AtomicU64::new(0);
+
+/// Worker failures and restarts since this process started.
+pub fn worker_stats() -> (u64, u64) {
+    (FAILURES.load(Relaxed), RESTARTS.load(Relaxed))
+}
 
 /// A live worker and its link. Field order is drop order: the link's ports go before the
 /// process is killed, so our side of shared memory is released first.
@@ -261,6 +271,7 @@ impl PythonNode {
                 // Alive but broken (it broke the protocol): stop it.
                 None => worker.process.kill().await,
             };
+            FAILURES.fetch_add(1, Relaxed);
             let tail = worker.process.stderr_tail().await;
             worker.link.cleanup_dead();
             drop(worker);
@@ -299,6 +310,7 @@ impl PythonNode {
             })?;
         self.worker = Some(worker);
         self.restarts += 1;
+        RESTARTS.fetch_add(1, Relaxed);
         self.failure = None;
         Err(NodeError::rejected(self.describe(&format!(
             "restarted ({} of {}) after: {message}",

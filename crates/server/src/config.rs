@@ -1,0 +1,178 @@
+//! Server configuration: one TOML file (every option documented in `examples/server.toml`),
+//! with command-line flags and the environment overriding it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Environment variable with API tokens, comma-separated; added to the file's tokens.
+pub const TOKENS_ENV: &str = "REMOTEMEDIA_TOKENS";
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub grpc: GrpcConfig,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub client_manifests: ClientManifests,
+    /// Named pipelines clients may open: name → manifest path (relative to the config file).
+    pub pipelines: BTreeMap<String, PathBuf>,
+    /// Named pipelines given as manifest text, by programs that embed the server.
+    #[serde(skip)]
+    pub manifests: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 50051).into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Metrics, health and node listing; `None` turns the HTTP server off.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(([127, 0, 0, 1], 9090).into()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accepted bearer tokens. Empty (and none in the environment): no authentication.
+    pub tokens: Vec<String>,
+    /// Listen on a non-loopback address without tokens (refused unless this is true).
+    pub allow_unauthenticated: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Streaming sessions open at once; one more gets RESOURCE_EXHAUSTED.
+    pub max_sessions: usize,
+    /// Largest message a client may send, in bytes.
+    pub max_message_bytes: usize,
+    /// Longest a session may last; 0 = no limit.
+    pub max_duration_ms: u64,
+    /// Longest a session may go without a client message; 0 = no limit.
+    pub idle_timeout_ms: u64,
+    /// Input audio may arrive at most this many times faster than real time (0 = no limit)...
+    pub max_realtime_factor: f64,
+    /// ...after a head start of this much audio.
+    pub realtime_burst_ms: u64,
+    /// Messages per second a session may send (a one-second burst is allowed); 0 = no limit.
+    pub max_frames_per_second: u32,
+    /// Nodes in a client's manifest.
+    pub max_nodes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_sessions: 256,
+            max_message_bytes: 4 << 20,
+            max_duration_ms: 4 * 3600 * 1000,
+            idle_timeout_ms: 60_000,
+            max_realtime_factor: 4.0,
+            realtime_burst_ms: 2_000,
+            max_frames_per_second: 1_000,
+            max_nodes: 32,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientManifests {
+    /// Clients may send their own manifests (otherwise only named pipelines open).
+    pub allow: bool,
+    /// Node types a client manifest may use; empty = every native type.
+    pub allowed_types: Vec<String>,
+    /// Client manifests may use Python nodes (code running in worker processes).
+    pub allow_python: bool,
+}
+
+/// A configuration problem, naming the file and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl ServerConfig {
+    /// Reads a TOML file; pipeline paths become relative to its folder.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let mut config: ServerConfig =
+            toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in config.pipelines.values_mut() {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Adds tokens from `REMOTEMEDIA_TOKENS`.
+    pub fn add_env_tokens(&mut self) {
+        if let Ok(v) = std::env::var(TOKENS_ENV) {
+            self.auth.tokens.extend(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(String::from),
+            );
+        }
+    }
+
+    /// Refuses what would be unsafe or cannot work.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let open = |a: &SocketAddr| !a.ip().is_loopback();
+        let exposed = open(&self.grpc.listen) || self.http.listen.as_ref().is_some_and(open);
+        if exposed && self.auth.tokens.is_empty() && !self.auth.allow_unauthenticated {
+            return Err(ConfigError(format!(
+                "refusing to listen on a non-loopback address ({}) without API tokens: set \
+                 auth.tokens or {TOKENS_ENV}, or auth.allow_unauthenticated = true",
+                self.grpc.listen
+            )));
+        }
+        if let Some(t) = self.auth.tokens.iter().find(|t| t.len() < 16) {
+            return Err(ConfigError(format!(
+                "API token `{}…` is too short: use at least 16 characters",
+                &t[..t.len().min(3)]
+            )));
+        }
+        if self.limits.max_sessions == 0 {
+            return Err(ConfigError("limits.max_sessions must be at least 1".into()));
+        }
+        if self.limits.max_message_bytes < 1024 {
+            return Err(ConfigError(
+                "limits.max_message_bytes must be at least 1024".into(),
+            ));
+        }
+        if !self.limits.max_realtime_factor.is_finite() || self.limits.max_realtime_factor < 0.0 {
+            return Err(ConfigError(
+                "limits.max_realtime_factor must be a number ≥ 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}

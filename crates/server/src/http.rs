@@ -1,0 +1,312 @@
+//! The HTTP side: Prometheus `/metrics`, `/healthz`, `/readyz` and the node and pipeline
+//! listings as JSON.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use remotemedia_core::metrics::{EXPORT_BOUNDS_S, HistogramSnapshot};
+
+use crate::service::Shared;
+
+pub fn router(shared: Arc<Shared>) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/pipelines", get(pipelines))
+        .with_state(shared)
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    if *shared.shutdown.borrow() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else if shared.ready.load(Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading models\n")
+    }
+}
+
+async fn nodes(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let items = shared
+        .runtime
+        .executors()
+        .catalogue()
+        .into_iter()
+        .map(|(info, executors)| {
+            let mut v = serde_json::to_value(&info).unwrap_or_default();
+            v["executors"] = serde_json::to_value(executors).unwrap_or_default();
+            v
+        })
+        .collect();
+    Json(serde_json::Value::Array(items))
+}
+
+async fn pipelines(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let items = shared
+        .pipelines
+        .iter()
+        .map(|(name, p)| {
+            let (inputs, outputs) = crate::convert::pipeline_ports(p);
+            let names = |ports: Vec<crate::proto::PortInfo>| {
+                ports.into_iter().map(|p| p.name).collect::<Vec<_>>()
+            };
+            serde_json::json!({
+                "name": name,
+                "description": p.manifest.metadata.description,
+                "nodes": p.nodes.iter().map(|n| serde_json::json!({"id": &*n.id, "type": n.node_type})).collect::<Vec<_>>(),
+                "inputs": names(inputs),
+                "outputs": names(outputs),
+            })
+        })
+        .collect();
+    Json(serde_json::Value::Array(items))
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(&shared),
+    )
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(
+        out,
+        "# HELP remotemedia_{name} {help}\n# TYPE remotemedia_{name} {kind}"
+    );
+}
+
+fn plain(out: &mut String, name: &str, kind: &str, help: &str, v: u64) {
+    head(out, name, kind, help);
+    let _ = writeln!(out, "remotemedia_{name} {v}");
+}
+
+/// Prometheus text exposition of the process: sessions, per-node-type counters and latency
+/// histograms, model pools, bytes in and out, refused calls and Python worker restarts.
+pub fn render(shared: &Shared) -> String {
+    let snap = shared.runtime.metrics().snapshot();
+    let stats = &shared.stats;
+    let mut out = String::new();
+    let o = &mut out;
+    plain(
+        o,
+        "sessions_active",
+        "gauge",
+        "Sessions running now.",
+        snap.sessions_active as u64,
+    );
+    plain(
+        o,
+        "sessions_opened_total",
+        "counter",
+        "Sessions started.",
+        snap.sessions_opened,
+    );
+    plain(
+        o,
+        "sessions_failed_total",
+        "counter",
+        "Sessions ended by a fatal node error.",
+        snap.sessions_failed,
+    );
+    plain(
+        o,
+        "grpc_streams_active",
+        "gauge",
+        "StreamPipeline calls open now.",
+        stats.streams_active.load(Relaxed),
+    );
+    plain(
+        o,
+        "received_bytes_total",
+        "counter",
+        "Bytes of client messages received.",
+        stats.bytes_in.load(Relaxed),
+    );
+    plain(
+        o,
+        "sent_bytes_total",
+        "counter",
+        "Bytes of messages sent to clients.",
+        stats.bytes_out.load(Relaxed),
+    );
+    plain(
+        o,
+        "inputs_total",
+        "counter",
+        "Inputs fed into sessions.",
+        snap.inputs,
+    );
+    plain(
+        o,
+        "outputs_total",
+        "counter",
+        "Outputs sessions produced.",
+        snap.outputs,
+    );
+    plain(
+        o,
+        "dropped_total",
+        "counter",
+        "Packets dropped by real-time edge policies.",
+        snap.dropped,
+    );
+    plain(
+        o,
+        "nodes_alive",
+        "gauge",
+        "Node instances alive now.",
+        snap.nodes_alive.max(0) as u64,
+    );
+    plain(
+        o,
+        "node_tasks_alive",
+        "gauge",
+        "Node tasks running now.",
+        snap.tasks_alive.max(0) as u64,
+    );
+    let (failures, restarts) = remotemedia_python::worker_stats();
+    plain(
+        o,
+        "python_worker_failures_total",
+        "counter",
+        "Python worker processes that died, hung or broke the protocol.",
+        failures,
+    );
+    plain(
+        o,
+        "python_worker_restarts_total",
+        "counter",
+        "Python worker processes restarted after a failure.",
+        restarts,
+    );
+    plain(
+        o,
+        "ready",
+        "gauge",
+        "1 once the configured pipelines' models are loaded.",
+        u64::from(shared.ready.load(Relaxed)),
+    );
+    head(
+        &mut out,
+        "grpc_errors_total",
+        "counter",
+        "Calls and streams ended with an error status, by code.",
+    );
+    if let Ok(r) = stats.refused.lock() {
+        for (code, n) in r.iter() {
+            let _ = writeln!(out, "remotemedia_grpc_errors_total{{code=\"{code}\"}} {n}");
+        }
+    }
+    let types = &snap.node_types;
+    for (name, help, get) in [
+        (
+            "node_processed_total",
+            "Inputs a node type processed.",
+            (|c: &remotemedia_core::metrics::CountersSnapshot| c.processed) as fn(&_) -> u64,
+        ),
+        ("node_errors_total", "Inputs a node type failed on.", |c| {
+            c.errors
+        }),
+        ("node_retries_total", "Retries of failed inputs.", |c| {
+            c.retries
+        }),
+        (
+            "node_rejected_total",
+            "Inputs refused by an open circuit breaker.",
+            |c| c.rejected,
+        ),
+    ] {
+        head(&mut out, name, "counter", help);
+        for (t, c) in types {
+            let _ = writeln!(
+                out,
+                "remotemedia_{name}{{type=\"{}\"}} {}",
+                escape(t),
+                get(c)
+            );
+        }
+    }
+    head(
+        &mut out,
+        "node_latency_seconds",
+        "histogram",
+        "Time per process call, by node type.",
+    );
+    for (t, c) in types {
+        histogram(
+            &mut out,
+            "node_latency_seconds",
+            &format!("type=\"{}\"", escape(t)),
+            &c.latency,
+        );
+    }
+    for (name, help, get) in [
+        (
+            "pool_loads_total",
+            "Model loads.",
+            (|p: &remotemedia_core::PoolSnapshot| p.totals.loads) as fn(&_) -> u64,
+        ),
+        (
+            "pool_hits_total",
+            "Model requests served by a loaded model.",
+            |p| p.totals.hits,
+        ),
+        ("pool_evictions_total", "Models evicted.", |p| {
+            p.totals.evictions
+        }),
+        ("pool_models_loaded", "Models loaded now.", |p| {
+            p.models_loaded as u64
+        }),
+        ("pool_memory_bytes", "Memory held by loaded models.", |p| {
+            p.memory_bytes
+        }),
+    ] {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        head(&mut out, name, kind, help);
+        for (pool, p) in &snap.pools {
+            let _ = writeln!(
+                out,
+                "remotemedia_{name}{{pool=\"{}\"}} {}",
+                escape(pool),
+                get(p)
+            );
+        }
+    }
+    out
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
+    for (le, n) in EXPORT_BOUNDS_S.iter().zip(&h.cumulative) {
+        let _ = writeln!(out, "remotemedia_{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "remotemedia_{name}_bucket{{{labels},le=\"+Inf\"}} {}",
+        h.count
+    );
+    let _ = writeln!(out, "remotemedia_{name}_sum{{{labels}}} {}", h.sum_s);
+    let _ = writeln!(out, "remotemedia_{name}_count{{{labels}}} {}", h.count);
+}
+
+/// Label values escaped as the exposition format wants.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,230 @@
+//! RemoteMedia serving: the gRPC `PipelineService` (streaming sessions, unary execution,
+//! version negotiation, listings) with the standard health and reflection services, and an
+//! HTTP port for Prometheus metrics, health and readiness.
+//!
+//! ```no_run
+//! # async fn demo(runtime: remotemedia_core::Runtime) -> anyhow::Result<()> {
+//! let config = remotemedia_server::ServerConfig::default();
+//! let server = remotemedia_server::start(config, std::sync::Arc::new(runtime)).await?;
+//! println!("gRPC on {}", server.grpc_addr());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Every call is authenticated (bearer tokens, [`auth`]), every limit of [`config::LimitsConfig`]
+//! is enforced with the gRPC status a client expects, and a session's nodes are released however
+//! its stream ends. The protocol is `proto/remotemedia/v1/pipeline.proto`.
+
+pub mod auth;
+pub mod config;
+mod convert;
+pub mod http;
+mod service;
+mod stream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+use anyhow::Context;
+use remotemedia_core::Runtime;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+
+pub use config::ServerConfig;
+pub use service::{PROTOCOL, SERVER_VERSION};
+
+/// Generated protocol types and client/server stubs.
+pub mod proto {
+    tonic::include_proto!("remotemedia.v1");
+    /// Encoded descriptors of the protocol, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+}
+
+/// The gRPC service name, as health checks know it.
+pub const SERVICE_NAME: &str = "remotemedia.v1.PipelineService";
+
+/// A running server.
+pub struct RunningServer {
+    grpc_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    shared: Arc<service::Shared>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Prometheus text of the server now (what `/metrics` returns).
+    pub fn metrics_text(&self) -> String {
+        http::render(&self.shared)
+    }
+
+    /// True once the configured pipelines' models are loaded.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Relaxed)
+    }
+
+    /// Ends every session with UNAVAILABLE, stops listening and waits for the servers to stop.
+    pub async fn shutdown(self) {
+        self.stop.send_replace(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Loads the configured pipelines, binds both ports and starts serving. Models of the
+/// configured pipelines load in the background (one session of each is opened and closed,
+/// which fills the shared model pool); `/readyz` and the health service report serving once
+/// they are in.
+pub async fn start(
+    mut config: ServerConfig,
+    runtime: Arc<Runtime>,
+) -> anyhow::Result<RunningServer> {
+    config.add_env_tokens();
+    config.check()?;
+    let mut pipelines = std::collections::BTreeMap::new();
+    for (name, path) in &config.pipelines {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("pipeline `{name}`: cannot read {}", path.display()))?;
+        let p = runtime
+            .load(&text, &path.display().to_string())
+            .map_err(|e| anyhow::anyhow!("pipeline `{name}`: {e}"))?;
+        pipelines.insert(name.clone(), p);
+    }
+    for (name, text) in &config.manifests {
+        let p = runtime
+            .load(text, &format!("pipeline `{name}`"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        pipelines.insert(name.clone(), p);
+    }
+    let grpc = tokio::net::TcpListener::bind(config.grpc.listen)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {}", config.grpc.listen))?;
+    let http = match config.http.listen {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {a}"))?,
+        ),
+        None => None,
+    };
+    let grpc_addr = grpc.local_addr()?;
+    let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
+    let auth = auth::Auth::new(&config.auth.tokens);
+    let (stop, stopped) = watch::channel(false);
+    let max_message = config.limits.max_message_bytes;
+    let shared = Arc::new(service::Shared {
+        runtime,
+        sessions: Arc::new(Semaphore::new(config.limits.max_sessions)),
+        config,
+        pipelines,
+        stats: Default::default(),
+        ready: AtomicBool::new(false),
+        shutdown: stopped.clone(),
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(SERVICE_NAME, tonic_health::ServingStatus::NotServing)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let pipeline_service =
+        proto::pipeline_service_server::PipelineServiceServer::new(service::Service {
+            shared: Arc::clone(&shared),
+        })
+        .max_decoding_message_size(max_message);
+    let check = {
+        let auth = auth.clone();
+        move |req| auth.check(req)
+    };
+    let until = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let mut tasks = Vec::new();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(InterceptedService::new(reflection, {
+            let auth = auth.clone();
+            move |req| auth.check(req)
+        }))
+        .add_service(InterceptedService::new(pipeline_service, check));
+    let grpc_stop = until(stopped.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, grpc_stop)
+            .await
+        {
+            tracing::error!("gRPC server failed: {e}");
+        }
+    }));
+    if let Some(listener) = http {
+        let app = http::router(Arc::clone(&shared));
+        let http_stop = until(stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(http_stop)
+                .await
+            {
+                tracing::error!("HTTP server failed: {e}");
+            }
+        }));
+    }
+    tasks.push(tokio::spawn(warm_up(Arc::clone(&shared), health)));
+    tracing::info!(
+        grpc = %grpc_addr,
+        http = ?http_addr,
+        auth = auth.enabled(),
+        pipelines = shared.pipelines.len(),
+        "serving"
+    );
+    Ok(RunningServer {
+        grpc_addr,
+        http_addr,
+        shared,
+        stop,
+        tasks,
+    })
+}
+
+/// Opens and closes one session of each configured pipeline, so its models are in the shared
+/// pool before the first client, then reports ready.
+async fn warm_up(shared: Arc<service::Shared>, health: tonic_health::server::HealthReporter) {
+    let started = std::time::Instant::now();
+    for (name, pipeline) in &shared.pipelines {
+        match shared.runtime.open(pipeline).await {
+            Ok(session) => {
+                let _ = session.close().await;
+            }
+            Err(e) => {
+                // Clients opening it will get the same error; the others still work.
+                tracing::error!(pipeline = %name, "pipeline cannot start: {e}");
+            }
+        }
+    }
+    shared.ready.store(true, Relaxed);
+    health
+        .set_service_status(SERVICE_NAME, tonic_health::ServingStatus::Serving)
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    tracing::info!(elapsed = ?started.elapsed(), "ready: models of the configured pipelines loaded");
+}

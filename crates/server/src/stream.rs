@@ -1,0 +1,488 @@
+//! `StreamPipeline`: one session per stream.
+//!
+//! Two loops share the stream. The inbound loop reads client messages and feeds the session
+//! (waiting when the pipeline is busy, so backpressure reaches the client through HTTP/2 flow
+//! control); the outbound loop forwards outputs and errors and owns the end of the session.
+//! Whatever ends the stream — the client closing, cancelling or vanishing, a limit, a protocol
+//! error, a fatal node error, server shutdown — the session is closed or cancelled and every
+//! node released before the task ends.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use remotemedia_core::{Control, RuntimeData, SessionInput, SessionOutput};
+use tokio::sync::{mpsc, watch};
+use tonic::{Code, Status, Streaming};
+
+use crate::config::LimitsConfig;
+use crate::convert;
+use crate::proto::{self, session_control::Action, stream_request, stream_response};
+use crate::service::{Granted, PipelineRef, Shared, feed_status, version_string};
+
+/// Responses buffered for a client before the session waits for it to read.
+pub const OUTBOX: usize = 64;
+/// How long the final status may wait for a client that stopped reading.
+const FINAL_SEND: Duration = Duration::from_secs(1);
+
+type Outbox = mpsc::Sender<Result<proto::StreamResponse, Status>>;
+
+fn msg(m: stream_response::Message) -> Result<proto::StreamResponse, Status> {
+    Ok(proto::StreamResponse { message: Some(m) })
+}
+
+/// Serves one stream to its end.
+pub async fn run(shared: Arc<Shared>, mut inbound: Streaming<proto::StreamRequest>, tx: Outbox) {
+    shared.stats.streams_active.fetch_add(1, Relaxed);
+    if let Err(status) = serve(&shared, &mut inbound, &tx).await {
+        let status = shared.stats.refuse(status);
+        let _ = tokio::time::timeout(FINAL_SEND, tx.send(Err(status))).await;
+    }
+    shared.stats.streams_active.fetch_sub(1, Relaxed);
+}
+
+async fn serve(
+    shared: &Arc<Shared>,
+    inbound: &mut Streaming<proto::StreamRequest>,
+    tx: &Outbox,
+) -> Result<(), Status> {
+    let open = first_message(shared, inbound).await?;
+    let granted = shared.grant(
+        &open.protocol_version,
+        open.pipeline.map(PipelineRef::from),
+        open.requested_limits.as_ref(),
+    )?;
+    let session = shared
+        .runtime
+        .open(&granted.pipeline)
+        .await
+        .map_err(|e| Status::internal(format!("could not start the pipeline: {e}")))?;
+    let (inputs, outputs) = convert::pipeline_ports(&granted.pipeline);
+    tracing::info!(session = session.id(), pipeline = %granted.pipeline.name, "session opened");
+    let ready = proto::SessionReady {
+        session_id: session.id().to_string(),
+        server_version: crate::service::SERVER_VERSION.into(),
+        protocol_version: version_string(granted.protocol),
+        limits: Some(limits_out(&granted.limits)),
+        pipeline: granted.pipeline.name.to_string(),
+        inputs,
+        outputs,
+    };
+    if tx
+        .send(msg(stream_response::Message::Ready(ready)))
+        .await
+        .is_err()
+    {
+        return Ok(()); // the client is gone; dropping the session cancels it
+    }
+    let (input, output) = session.split();
+    let stop_tx = watch::channel(None::<Status>).0;
+    let deadline = (granted.limits.max_duration_ms > 0).then(|| {
+        tokio::time::Instant::now() + Duration::from_millis(granted.limits.max_duration_ms)
+    });
+    let feed = Inbound {
+        shared,
+        granted: &granted,
+        input,
+        tx,
+        stop: &stop_tx,
+        pace: Pace::new(&granted.limits),
+    }
+    .run(inbound, stop_tx.subscribe(), deadline);
+    let (_, ended) = tokio::join!(feed, forward(shared, output, tx, &stop_tx));
+    ended
+}
+
+/// Waits for `open`; anything else first is refused.
+async fn first_message(
+    shared: &Shared,
+    inbound: &mut Streaming<proto::StreamRequest>,
+) -> Result<proto::OpenSession, Status> {
+    let idle = shared.config.limits.idle_timeout_ms;
+    let next = inbound.message();
+    let first = if idle == 0 {
+        next.await
+    } else {
+        tokio::time::timeout(Duration::from_millis(idle), next)
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!("no opening message within {idle} ms"))
+            })?
+    };
+    match first.map_err(client_error)? {
+        None => Err(Status::cancelled(
+            "the client closed the stream before opening a session",
+        )),
+        Some(m) => {
+            shared
+                .stats
+                .bytes_in
+                .fetch_add(m.encoded_len() as u64, Relaxed);
+            match m.message {
+                Some(stream_request::Message::Open(o)) => Ok(o),
+                Some(_) => Err(Status::failed_precondition(
+                    "the first message of a stream must be `open`: no session is open yet",
+                )),
+                None => Err(Status::invalid_argument(
+                    "empty message: set open, data or control",
+                )),
+            }
+        }
+    }
+}
+
+/// What reading from the client failed with, as the status the client should get.
+fn client_error(s: Status) -> Status {
+    match s.code() {
+        // tonic reports an over-long message as OUT_OF_RANGE; gRPC says RESOURCE_EXHAUSTED.
+        Code::OutOfRange => Status::resource_exhausted(s.message().to_string()),
+        Code::Internal => Status::internal(format!("malformed message: {}", s.message())),
+        _ => s,
+    }
+}
+
+struct Inbound<'a> {
+    shared: &'a Shared,
+    granted: &'a Granted,
+    input: SessionInput,
+    tx: &'a Outbox,
+    stop: &'a watch::Sender<Option<Status>>,
+    pace: Pace,
+}
+
+impl Inbound<'_> {
+    /// Feeds the session until the client closes its input (or the session must end). Ending
+    /// drops the input: the nodes flush and the outbound loop finishes the session.
+    async fn run(
+        mut self,
+        inbound: &mut Streaming<proto::StreamRequest>,
+        mut stop: watch::Receiver<Option<Status>>,
+        deadline: Option<tokio::time::Instant>,
+    ) {
+        let limits = &self.granted.limits;
+        let idle =
+            (limits.idle_timeout_ms > 0).then(|| Duration::from_millis(limits.idle_timeout_ms));
+        let max_bytes = limits.max_message_bytes;
+        loop {
+            let next = tokio::select! {
+                m = inbound.message() => m,
+                _ = sleep_opt(idle.map(|d| tokio::time::Instant::now() + d)) => {
+                    return self.fail(Status::deadline_exceeded(format!(
+                        "no message from the client for {} ms (idle timeout)",
+                        limits.idle_timeout_ms
+                    )));
+                }
+                _ = sleep_opt(deadline) => {
+                    return self.fail(Status::deadline_exceeded(format!(
+                        "the session reached its maximum duration of {} ms",
+                        limits.max_duration_ms
+                    )));
+                }
+                _ = stop.changed() => return,
+            };
+            let m = match next {
+                Ok(Some(m)) => m,
+                Ok(None) => return, // half-close: end of input
+                Err(s) if matches!(s.code(), Code::OutOfRange | Code::Internal) => {
+                    return self.fail(client_error(s));
+                }
+                Err(s) => {
+                    // The client cancelled or vanished: nobody is left to tell.
+                    tracing::info!(code = ?s.code(), "client stream ended: {}", s.message());
+                    return self.fail(Status::cancelled("the client went away"));
+                }
+            };
+            let len = m.encoded_len();
+            self.shared.stats.bytes_in.fetch_add(len as u64, Relaxed);
+            if len > max_bytes {
+                return self.fail(Status::resource_exhausted(format!(
+                    "a {len}-byte message is over this session's limit of {max_bytes} bytes"
+                )));
+            }
+            if let Err(s) = self.pace.frame() {
+                return self.fail(s);
+            }
+            let handled = match m.message {
+                Some(stream_request::Message::Data(frame)) => self.data(frame).await,
+                Some(stream_request::Message::Control(c)) => match Action::try_from(c.action) {
+                    Ok(Action::Close) => return,
+                    Ok(Action::Metrics) => {
+                        let json = serde_json::to_string(&self.input.metrics()).unwrap_or_default();
+                        let m = stream_response::Message::Metrics(proto::SessionMetrics { json });
+                        let _ = self.tx.send(msg(m)).await;
+                        Ok(true)
+                    }
+                    Ok(Action::Flush) => self.feed(RuntimeData::Control(Control::Flush)).await,
+                    Ok(Action::Cancel) => {
+                        let reason = if c.reason.is_empty() {
+                            "client cancel".into()
+                        } else {
+                            c.reason
+                        };
+                        self.feed(RuntimeData::Control(Control::Cancel {
+                            reason: reason.into(),
+                        }))
+                        .await
+                    }
+                    _ => Err(Status::invalid_argument(format!(
+                        "unknown control action {}",
+                        c.action
+                    ))),
+                },
+                Some(stream_request::Message::Open(_)) => Err(Status::failed_precondition(
+                    "a session is already open on this stream; open another stream for another \
+                     session",
+                )),
+                None => Err(Status::invalid_argument(
+                    "empty message: set data or control",
+                )),
+            };
+            match handled {
+                Ok(true) => {}
+                Ok(false) => return, // the session ended; the outbound loop reports why
+                Err(s) => return self.fail(s),
+            }
+        }
+    }
+
+    async fn data(&mut self, frame: proto::DataFrame) -> Result<bool, Status> {
+        let data = convert::data_in(frame.data)?;
+        if let RuntimeData::Audio(a) = &data {
+            self.pace.audio(a.duration())?;
+        }
+        let ts = frame.timestamp_us.map(convert::micros);
+        let sent = match (frame.target.as_str(), ts) {
+            ("", Some(ts)) => self.input.send_at(data, ts).await,
+            ("", None) => self.input.send(data).await,
+            (target, Some(ts)) => self.input.send_to_at(target, data, ts).await,
+            (target, None) => self.input.send_to(target, data).await,
+        };
+        match sent {
+            Ok(()) => Ok(true),
+            Err(e) => feed_status(&e).map_or(Ok(false), Err),
+        }
+    }
+
+    async fn feed(&mut self, data: RuntimeData) -> Result<bool, Status> {
+        match self.input.send(data).await {
+            Ok(()) => Ok(true),
+            Err(e) => feed_status(&e).map_or(Ok(false), Err),
+        }
+    }
+
+    /// Ends the session with `status` for the client.
+    fn fail(self, status: Status) {
+        self.stop.send_replace(Some(status));
+    }
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Cancels the session once, keeping the first reason.
+fn halt(output: &SessionOutput, stopped: &mut Option<Status>, s: Status) {
+    if stopped.is_none() {
+        output.cancel();
+        *stopped = Some(s);
+    }
+}
+
+/// Forwards outputs until the session ends, then reports how it ended: `closed`, or the
+/// status that stopped it.
+async fn forward(
+    shared: &Shared,
+    mut output: SessionOutput,
+    tx: &Outbox,
+    stop_tx: &watch::Sender<Option<Status>>,
+) -> Result<(), Status> {
+    let mut stop = stop_tx.subscribe();
+    let mut shutdown = shared.shutdown.clone();
+    let mut stopped: Option<Status> = None;
+    loop {
+        let item = tokio::select! {
+            item = output.recv() => item,
+            _ = stop.changed(), if stopped.is_none() => {
+                let s = stop.borrow().clone().unwrap_or_else(|| Status::cancelled("stopped"));
+                halt(&output, &mut stopped, s);
+                continue;
+            }
+            _ = shutdown.wait_for(|v| *v), if stopped.is_none() => {
+                halt(&output, &mut stopped, Status::unavailable("the server is shutting down"));
+                continue;
+            }
+            _ = tx.closed(), if stopped.is_none() => {
+                halt(&output, &mut stopped, Status::cancelled("the client went away"));
+                continue;
+            }
+        };
+        let Some(item) = item else { break };
+        if stopped.is_some() {
+            continue; // draining a cancelled session
+        }
+        let m = match item {
+            Ok(p) => stream_response::Message::Output(convert::output(&p)),
+            Err(f) => stream_response::Message::Error(convert::error(&f)),
+        };
+        let m = proto::StreamResponse { message: Some(m) };
+        shared
+            .stats
+            .bytes_out
+            .fetch_add(m.encoded_len() as u64, Relaxed);
+        let sent = tokio::select! {
+            r = tx.send(Ok(m)) => r.is_ok(),
+            _ = stop.changed() => {
+                let s = stop.borrow().clone().unwrap_or_else(|| Status::cancelled("stopped"));
+                halt(&output, &mut stopped, s);
+                continue;
+            }
+        };
+        if !sent {
+            halt(
+                &output,
+                &mut stopped,
+                Status::cancelled("the client went away"),
+            );
+        }
+    }
+    // Wake the inbound loop if it still waits for the client (the session ended on its own).
+    stop_tx.send_modify(|_| {});
+    let id = output.session_id().to_string();
+    let (report, failure) = output.finish_report().await;
+    if let Some(s) = stopped {
+        tracing::info!(session = %id, code = ?s.code(), "session stopped: {}", s.message());
+        return Err(s);
+    }
+    let reason = match failure {
+        Some(f) => {
+            tracing::warn!(session = %id, "session failed: {f}");
+            "failed"
+        }
+        None => "closed",
+    };
+    tracing::info!(session = %id, reason, "session closed");
+    let m = &report.metrics;
+    let closed = proto::SessionClosed {
+        reason: reason.into(),
+        inputs: m.inputs,
+        outputs: m.outputs,
+        metrics_json: serde_json::to_string(m).unwrap_or_default(),
+    };
+    let closed = msg(stream_response::Message::Closed(closed));
+    let _ = tokio::time::timeout(FINAL_SEND, tx.send(closed)).await;
+    Ok(())
+}
+
+fn limits_out(l: &LimitsConfig) -> proto::Limits {
+    proto::Limits {
+        max_duration_ms: l.max_duration_ms,
+        idle_timeout_ms: l.idle_timeout_ms,
+        max_message_bytes: l.max_message_bytes as u64,
+        max_realtime_factor: l.max_realtime_factor,
+        max_frames_per_second: l.max_frames_per_second,
+    }
+}
+
+/// The rate limits of one session's input: messages per second (a token bucket holding one
+/// second's worth) and audio no faster than a multiple of real time after a head start.
+struct Pace {
+    started: Instant,
+    audio: Duration,
+    factor: f64,
+    burst: Duration,
+    fps: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Pace {
+    fn new(l: &LimitsConfig) -> Self {
+        let now = Instant::now();
+        let fps = f64::from(l.max_frames_per_second);
+        Self {
+            started: now,
+            audio: Duration::ZERO,
+            factor: l.max_realtime_factor,
+            burst: Duration::from_millis(l.realtime_burst_ms),
+            fps,
+            tokens: fps,
+            last: now,
+        }
+    }
+
+    fn frame(&mut self) -> Result<(), Status> {
+        if self.fps == 0.0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.fps;
+        self.tokens = (self.tokens + refill).min(self.fps);
+        self.last = now;
+        if self.tokens < 1.0 {
+            return Err(Status::resource_exhausted(format!(
+                "more than {} messages per second (max_frames_per_second); send larger frames",
+                self.fps
+            )));
+        }
+        self.tokens -= 1.0;
+        Ok(())
+    }
+
+    fn audio(&mut self, d: Duration) -> Result<(), Status> {
+        if self.factor == 0.0 {
+            return Ok(());
+        }
+        self.audio += d;
+        let elapsed = self.started.elapsed();
+        if self.audio > self.burst + elapsed.mul_f64(self.factor) {
+            return Err(Status::resource_exhausted(format!(
+                "input audio arrives faster than {}× real time ({:.1} s of audio in {:.1} s; \
+                 max_realtime_factor)",
+                self.factor,
+                self.audio.as_secs_f64(),
+                elapsed.as_secs_f64()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pace_allows_real_time_with_a_burst_and_refuses_faster() {
+        let limits = LimitsConfig {
+            max_realtime_factor: 2.0,
+            realtime_burst_ms: 1_000,
+            max_frames_per_second: 0,
+            ..Default::default()
+        };
+        let mut pace = Pace::new(&limits);
+        for _ in 0..50 {
+            pace.audio(Duration::from_millis(20)).unwrap(); // 1 s: the head start
+        }
+        let err = pace.audio(Duration::from_millis(100)).unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted);
+        assert!(err.message().contains("2× real time"), "{}", err.message());
+    }
+
+    #[test]
+    fn pace_refuses_a_flood_of_messages() {
+        let limits = LimitsConfig {
+            max_frames_per_second: 100,
+            ..Default::default()
+        };
+        let mut pace = Pace::new(&limits);
+        let refused = (0..1_000).filter(|_| pace.frame().is_err()).count();
+        assert!(
+            refused >= 800,
+            "a one-second burst of 100, then refusals: {refused}"
+        );
+    }
+}
