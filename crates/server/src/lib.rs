@@ -138,18 +138,21 @@ pub async fn start(
     health
         .set_service_status(SERVICE_NAME, tonic_health::ServingStatus::NotServing)
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions: grpcurl and most tools ask v1, grpcio's client v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection, reflection_alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
     let pipeline_service =
         proto::pipeline_service_server::PipelineServiceServer::new(service::Service {
             shared: Arc::clone(&shared),
         })
         .max_decoding_message_size(max_message);
     let check = {
-        let auth = auth.clone();
-        move |req| auth.check(req)
+        let (auth, shared) = (auth.clone(), Arc::clone(&shared));
+        move |req: tonic::Request<()>| auth.check(req).map_err(|s| shared.stats.refuse(s))
     };
     let until = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -161,10 +164,8 @@ pub async fn start(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health_service)
-        .add_service(InterceptedService::new(reflection, {
-            let auth = auth.clone();
-            move |req| auth.check(req)
-        }))
+        .add_service(InterceptedService::new(reflection, check.clone()))
+        .add_service(InterceptedService::new(reflection_alpha, check.clone()))
         .add_service(InterceptedService::new(pipeline_service, check));
     let grpc_stop = until(stopped.clone());
     tasks.push(tokio::spawn(async move {

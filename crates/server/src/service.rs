@@ -89,10 +89,10 @@ impl Shared {
     /// Takes a session slot: RESOURCE_EXHAUSTED when every slot is in use.
     pub fn slot(&self) -> Result<OwnedSemaphorePermit, Status> {
         Arc::clone(&self.sessions).try_acquire_owned().map_err(|_| {
-            self.stats.refuse(Status::resource_exhausted(format!(
+            Status::resource_exhausted(format!(
                 "the server is at its limit of {} concurrent sessions; retry later",
                 self.config.limits.max_sessions
-            )))
+            ))
         })
     }
 
@@ -103,23 +103,14 @@ impl Shared {
         pipeline: Option<PipelineRef>,
         requested: Option<&proto::Limits>,
     ) -> Result<Granted, Status> {
-        let check = || {
-            let protocol = negotiate(version)?;
-            let pipeline = self.pipeline(pipeline)?;
-            let permit = self.slot()?;
-            Ok(Granted {
-                pipeline,
-                limits: self.limits(requested),
-                protocol,
-                permit,
-            })
-        };
-        check().map_err(|s: Status| {
-            if s.code() == tonic::Code::ResourceExhausted {
-                s // counted by slot()
-            } else {
-                self.stats.refuse(s)
-            }
+        let protocol = negotiate(version)?;
+        let pipeline = self.pipeline(pipeline)?;
+        let permit = self.slot()?;
+        Ok(Granted {
+            pipeline,
+            limits: self.limits(requested),
+            protocol,
+            permit,
         })
     }
 
@@ -280,28 +271,8 @@ pub struct Service {
     pub shared: Arc<Shared>,
 }
 
-#[tonic::async_trait]
-impl PipelineService for Service {
-    type StreamPipelineStream =
-        tokio_stream::wrappers::ReceiverStream<Result<proto::StreamResponse, Status>>;
-
-    async fn stream_pipeline(
-        &self,
-        request: Request<tonic::Streaming<proto::StreamRequest>>,
-    ) -> Result<Response<Self::StreamPipelineStream>, Status> {
-        let (tx, rx) = tokio::sync::mpsc::channel(crate::stream::OUTBOX);
-        let shared = Arc::clone(&self.shared);
-        tokio::spawn(crate::stream::run(shared, request.into_inner(), tx));
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
-            rx,
-        )))
-    }
-
-    async fn execute_pipeline(
-        &self,
-        request: Request<proto::ExecuteRequest>,
-    ) -> Result<Response<proto::ExecuteResponse>, Status> {
-        let req = request.into_inner();
+impl Service {
+    async fn execute(&self, req: proto::ExecuteRequest) -> Result<proto::ExecuteResponse, Status> {
         let shared = &self.shared;
         let granted = shared.grant(
             &req.protocol_version,
@@ -312,8 +283,7 @@ impl PipelineService for Service {
             .inputs
             .into_iter()
             .map(|f| Ok((f.target, convert::data_in(f.data)?, f.timestamp_us)))
-            .collect::<Result<Vec<_>, Status>>()
-            .map_err(|s| shared.stats.refuse(s))?;
+            .collect::<Result<Vec<_>, Status>>()?;
         let session = shared
             .runtime
             .open(&granted.pipeline)
@@ -352,13 +322,13 @@ impl PipelineService for Service {
             tokio::time::timeout(Duration::from_millis(limit), run)
                 .await
                 .map_err(|_| {
-                    shared.stats.refuse(Status::deadline_exceeded(format!(
+                    Status::deadline_exceeded(format!(
                         "the pipeline ran longer than the session limit of {limit} ms"
-                    )))
+                    ))
                 })?
         };
         if let Some(status) = refused {
-            return Err(shared.stats.refuse(status));
+            return Err(status);
         }
         resp.metrics_json = serde_json::to_string(&output.metrics()).unwrap_or_default();
         let _ = output.finish().await;
@@ -366,7 +336,40 @@ impl PipelineService for Service {
             .stats
             .bytes_out
             .fetch_add(prost::Message::encoded_len(&resp) as u64, Relaxed);
-        Ok(Response::new(resp))
+        Ok(resp)
+    }
+}
+
+#[tonic::async_trait]
+impl PipelineService for Service {
+    type StreamPipelineStream =
+        tokio_stream::wrappers::ReceiverStream<Result<proto::StreamResponse, Status>>;
+
+    async fn stream_pipeline(
+        &self,
+        request: Request<tonic::Streaming<proto::StreamRequest>>,
+    ) -> Result<Response<Self::StreamPipelineStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::stream::OUTBOX);
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(crate::stream::run(shared, request.into_inner(), tx));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    async fn execute_pipeline(
+        &self,
+        request: Request<proto::ExecuteRequest>,
+    ) -> Result<Response<proto::ExecuteResponse>, Status> {
+        let req = request.into_inner();
+        self.shared
+            .stats
+            .bytes_in
+            .fetch_add(prost::Message::encoded_len(&req) as u64, Relaxed);
+        self.execute(req)
+            .await
+            .map(Response::new)
+            .map_err(|s| self.shared.stats.refuse(s))
     }
 
     async fn get_version(

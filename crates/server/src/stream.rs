@@ -305,6 +305,7 @@ async fn forward(
     let mut stopped: Option<Status> = None;
     loop {
         let item = tokio::select! {
+            biased;
             item = output.recv() => item,
             _ = stop.changed(), if stopped.is_none() => {
                 let s = stop.borrow().clone().unwrap_or_else(|| Status::cancelled("stopped"));
@@ -348,6 +349,10 @@ async fn forward(
                 Status::cancelled("the client went away"),
             );
         }
+    }
+    // The inbound loop may have failed just as the session ended (its input drops with it).
+    if stopped.is_none() {
+        stopped = stop.borrow().clone();
     }
     // Wake the inbound loop if it still waits for the client (the session ended on its own).
     stop_tx.send_modify(|_| {});

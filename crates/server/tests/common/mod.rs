@@ -1,0 +1,189 @@
+//! A server on loopback with light native pipelines, and a tonic client for it.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use remotemedia_core::{ExecutorRegistry, NodeRegistry, Runtime};
+use remotemedia_server::proto::{self, pipeline_service_client::PipelineServiceClient};
+use remotemedia_server::{RunningServer, ServerConfig};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::{Request, Status, Streaming};
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+pub const GAIN: &str =
+    "version: v1\nnodes:\n  - {id: gain, type: AudioGain, params: {gain_db: 0}}\n";
+pub const UPPER: &str =
+    "version: v1\nnodes:\n  - {id: shout, type: TextTransform, params: {op: uppercase}}\n";
+pub const VAD: &str = "version: v1
+nodes:
+  - {id: resample, type: AudioResample, params: {target_rate: 16000}}
+  - {id: vad, type: EnergyVAD}
+connections:
+  - {from: resample, to: vad}
+";
+
+pub fn runtime() -> Runtime {
+    let mut nodes = NodeRegistry::with_builtins();
+    remotemedia_audio::register(&mut nodes);
+    let mut executors = ExecutorRegistry::new();
+    executors.add_executor(Arc::new(nodes));
+    remotemedia_python::register(&mut executors);
+    Runtime::new(executors)
+}
+
+/// Loopback ports chosen by the OS, the three light pipelines, and `tweak` applied last.
+pub async fn serve(tweak: impl FnOnce(&mut ServerConfig)) -> RunningServer {
+    let mut config = ServerConfig::default();
+    config.grpc.listen = ([127, 0, 0, 1], 0).into();
+    config.http.listen = Some(([127, 0, 0, 1], 0).into());
+    for (name, text) in [("gain", GAIN), ("upper", UPPER), ("vad", VAD)] {
+        config.manifests.insert(name.into(), text.into());
+    }
+    tweak(&mut config);
+    remotemedia_server::start(config, Arc::new(runtime()))
+        .await
+        .expect("server starts")
+}
+
+pub async fn client(server: &RunningServer) -> PipelineServiceClient<Channel> {
+    PipelineServiceClient::connect(format!("http://{}", server.grpc_addr()))
+        .await
+        .expect("connects")
+}
+
+/// A request with the test token.
+pub fn authed<T>(msg: T) -> Request<T> {
+    let mut req = Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    req
+}
+
+/// One streaming call: send with `tx`, read with `rx`.
+pub struct Stream {
+    pub tx: mpsc::Sender<proto::StreamRequest>,
+    pub rx: Streaming<proto::StreamResponse>,
+}
+
+pub async fn stream(
+    client: &mut PipelineServiceClient<Channel>,
+    wrap: impl FnOnce(
+        tokio_stream::wrappers::ReceiverStream<proto::StreamRequest>,
+    ) -> Request<tokio_stream::wrappers::ReceiverStream<proto::StreamRequest>>,
+) -> Result<Stream, Status> {
+    let (tx, rx) = mpsc::channel(256);
+    let rx = client
+        .stream_pipeline(wrap(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .await?
+        .into_inner();
+    Ok(Stream { tx, rx })
+}
+
+pub fn open(pipeline: &str) -> proto::StreamRequest {
+    use proto::open_session::Pipeline;
+    open_with(Pipeline::PipelineName(pipeline.into()), "1.0")
+}
+
+pub fn open_with(pipeline: proto::open_session::Pipeline, version: &str) -> proto::StreamRequest {
+    proto::StreamRequest {
+        message: Some(proto::stream_request::Message::Open(proto::OpenSession {
+            pipeline: Some(pipeline),
+            protocol_version: version.into(),
+            requested_limits: None,
+        })),
+    }
+}
+
+pub fn audio(samples: Vec<f32>, rate: u32) -> proto::StreamRequest {
+    data(
+        "",
+        proto::data::Kind::Audio(proto::AudioBuffer {
+            samples,
+            sample_rate: rate,
+            channels: 1,
+        }),
+    )
+}
+
+pub fn text(target: &str, s: &str) -> proto::StreamRequest {
+    data(
+        target,
+        proto::data::Kind::Text(proto::TextData {
+            text: s.into(),
+            is_final: true,
+            span: None,
+        }),
+    )
+}
+
+pub fn data(target: &str, kind: proto::data::Kind) -> proto::StreamRequest {
+    proto::StreamRequest {
+        message: Some(proto::stream_request::Message::Data(proto::DataFrame {
+            target: target.into(),
+            data: Some(proto::Data { kind: Some(kind) }),
+            timestamp_us: None,
+        })),
+    }
+}
+
+pub fn control(action: proto::session_control::Action) -> proto::StreamRequest {
+    proto::StreamRequest {
+        message: Some(proto::stream_request::Message::Control(
+            proto::SessionControl {
+                action: action as i32,
+                reason: String::new(),
+            },
+        )),
+    }
+}
+
+pub type Msg = proto::stream_response::Message;
+
+/// The next response, within 10 s.
+pub async fn next(rx: &mut Streaming<proto::StreamResponse>) -> Result<Option<Msg>, Status> {
+    tokio::time::timeout(Duration::from_secs(10), rx.message())
+        .await
+        .expect("a response within 10 s")
+        .map(|m| m.and_then(|m| m.message))
+}
+
+/// Reads until the stream ends with an error status, which is returned.
+pub async fn status_of(rx: &mut Streaming<proto::StreamResponse>) -> Status {
+    loop {
+        match next(rx).await {
+            Err(s) => return s,
+            Ok(None) => panic!("the stream ended without an error status"),
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+/// Waits until the server has no session, stream or node task left (or fails after 10 s).
+pub async fn assert_no_leaks(server: &RunningServer) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = server.metrics_text();
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("remotemedia_{name} ")))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(-1.0)
+        };
+        let left = [
+            ("sessions_active", value("sessions_active")),
+            ("grpc_streams_active", value("grpc_streams_active")),
+            ("node_tasks_alive", value("node_tasks_alive")),
+            ("nodes_alive", value("nodes_alive")),
+        ];
+        if left.iter().all(|(_, v)| *v == 0.0) {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("left behind after 10 s: {left:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

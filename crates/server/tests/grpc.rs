@@ -1,0 +1,550 @@
+//! The pipeline service over real loopback gRPC: sessions, auth, limits, versions and bad
+//! input, each answered with the status a client expects, and nothing left behind.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use remotemedia_server::proto::{self, session_control::Action};
+use tonic::{Code, Request};
+
+fn pcm(n: usize) -> Vec<f32> {
+    (0..n).map(|i| (i as f32 * 0.05).sin() * 0.3).collect()
+}
+
+#[tokio::test]
+async fn a_stream_opens_a_session_streams_outputs_and_closes() {
+    let server = serve(|_| {}).await;
+    let mut c = client(&server).await;
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    s.tx.send(open("gain")).await.unwrap();
+    let Some(Msg::Ready(ready)) = next(&mut s.rx).await.unwrap() else {
+        panic!("ready first")
+    };
+    assert!(!ready.session_id.is_empty());
+    assert_eq!(ready.protocol_version, "1.0");
+    assert_eq!(ready.server_version, remotemedia_server::SERVER_VERSION);
+    assert_eq!(ready.inputs[0].name, "gain.in");
+    assert!(ready.limits.unwrap().max_message_bytes > 0);
+
+    let sent: Vec<Vec<f32>> = (0..20).map(|i| pcm(320 + i)).collect();
+    for samples in &sent {
+        s.tx.send(audio(samples.clone(), 16_000)).await.unwrap();
+    }
+    s.tx.send(control(Action::Metrics)).await.unwrap();
+    s.tx.send(control(Action::Close)).await.unwrap();
+    let (mut got, mut metrics, mut closed) = (Vec::new(), None, None);
+    while let Some(m) = next(&mut s.rx).await.unwrap() {
+        match m {
+            Msg::Output(o) => {
+                assert_eq!((o.node.as_str(), o.port.as_str()), ("gain", "out"));
+                assert_eq!(o.seq, got.len() as u64);
+                let Some(proto::data::Kind::Audio(a)) = o.data.unwrap().kind else {
+                    panic!("audio out")
+                };
+                got.push(a.samples);
+            }
+            Msg::Metrics(m) => metrics = Some(m.json),
+            Msg::Closed(c) => closed = Some(c),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        got, sent,
+        "0 dB gain returns every frame unchanged, in order"
+    );
+    let metrics: serde_json::Value = serde_json::from_str(&metrics.expect("metrics")).unwrap();
+    assert!(metrics["nodes"]["gain"]["processed"].as_u64().is_some());
+    let closed = closed.expect("closed last");
+    assert_eq!(
+        (closed.reason.as_str(), closed.inputs, closed.outputs),
+        ("closed", 20, 20)
+    );
+    assert_no_leaks(&server).await;
+    let text = server.metrics_text();
+    assert!(
+        text.contains("remotemedia_node_processed_total{type=\"AudioGain\"} 20"),
+        "{text}"
+    );
+    assert!(text.contains("remotemedia_node_latency_seconds_count{type=\"AudioGain\"} 20"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn text_goes_to_a_named_input_and_unary_execute_returns_everything() {
+    let server = serve(|_| {}).await;
+    let mut c = client(&server).await;
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    s.tx.send(open("upper")).await.unwrap();
+    assert!(matches!(
+        next(&mut s.rx).await.unwrap(),
+        Some(Msg::Ready(_))
+    ));
+    s.tx.send(text("shout.in", "hello")).await.unwrap();
+    let Some(Msg::Output(o)) = next(&mut s.rx).await.unwrap() else {
+        panic!("output")
+    };
+    let Some(proto::data::Kind::Text(t)) = o.data.unwrap().kind else {
+        panic!("text")
+    };
+    assert_eq!(t.text, "HELLO");
+    drop(s.tx); // half-close ends the input like CLOSE
+    assert!(matches!(
+        next(&mut s.rx).await.unwrap(),
+        Some(Msg::Closed(_))
+    ));
+
+    let inputs = ["a", "b", "c"].map(|w| match text("", w).message {
+        Some(proto::stream_request::Message::Data(d)) => d,
+        _ => unreachable!(),
+    });
+    let resp = c
+        .execute_pipeline(proto::ExecuteRequest {
+            pipeline: Some(proto::execute_request::Pipeline::PipelineName(
+                "upper".into(),
+            )),
+            protocol_version: "1.0".into(),
+            inputs: inputs.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let words: Vec<String> = resp
+        .outputs
+        .into_iter()
+        .map(|o| match o.data.unwrap().kind {
+            Some(proto::data::Kind::Text(t)) => t.text,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(words, ["A", "B", "C"]);
+    assert!(resp.errors.is_empty());
+    assert_no_leaks(&server).await;
+}
+
+#[tokio::test]
+async fn tokens_are_checked_on_every_call_including_streams() {
+    let server = serve(|c| c.auth.tokens = vec![TOKEN.into()]).await;
+    let mut c = client(&server).await;
+
+    // Streaming without a token, with a wrong one, then with the right one.
+    let err = stream(&mut c, Request::new).await.err().expect("refused");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let wrong = |r| {
+        let mut r = Request::new(r);
+        r.metadata_mut().insert(
+            "authorization",
+            "Bearer test-token-0123456788".parse().unwrap(),
+        );
+        r
+    };
+    let err = stream(&mut c, wrong).await.err().expect("refused");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut s = stream(&mut c, authed).await.unwrap();
+    s.tx.send(open("gain")).await.unwrap();
+    assert!(matches!(
+        next(&mut s.rx).await.unwrap(),
+        Some(Msg::Ready(_))
+    ));
+
+    // Unary calls too.
+    let err = c.list_nodes(proto::ListNodesRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = c
+        .get_version(proto::VersionRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let nodes = c
+        .list_nodes(authed(proto::ListNodesRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        nodes
+            .nodes
+            .iter()
+            .any(|n| n.name == "AudioGain" && n.executors == ["native"])
+    );
+    let pipelines = c
+        .list_pipelines(authed(proto::ListPipelinesRequest {}))
+        .await
+        .unwrap();
+    let names: Vec<String> = pipelines
+        .into_inner()
+        .pipelines
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["gain", "upper", "vad"]);
+
+    // Health checks need no token (load balancers and orchestrators call them).
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: remotemedia_server::SERVICE_NAME.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "serving after warm-up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(s);
+    assert_no_leaks(&server).await;
+}
+
+#[tokio::test]
+async fn one_session_over_the_limit_gets_resource_exhausted_until_one_ends() {
+    let server = serve(|c| c.limits.max_sessions = 2).await;
+    let mut c = client(&server).await;
+    let mut open_one = async || {
+        let mut s = stream(&mut c, Request::new).await.unwrap();
+        s.tx.send(open("gain")).await.unwrap();
+        let first = next(&mut s.rx).await;
+        (s, first)
+    };
+    let (a, first) = open_one().await;
+    assert!(matches!(first.unwrap(), Some(Msg::Ready(_))));
+    let (_b, first) = open_one().await;
+    assert!(matches!(first.unwrap(), Some(Msg::Ready(_))));
+    let (_c, first) = open_one().await;
+    let err = first.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("2 concurrent sessions"),
+        "{}",
+        err.message()
+    );
+
+    a.tx.send(control(Action::Close)).await.unwrap();
+    let mut a = a;
+    while let Ok(Some(_)) = next(&mut a.rx).await {}
+    let (_d, first) = open_one().await;
+    assert!(
+        matches!(first.unwrap(), Some(Msg::Ready(_))),
+        "a slot is free again"
+    );
+    assert!(
+        server
+            .metrics_text()
+            .contains("remotemedia_grpc_errors_total{code=\"RESOURCE_EXHAUSTED\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn versions_are_negotiated_and_a_different_major_is_refused() {
+    let server = serve(|_| {}).await;
+    let mut c = client(&server).await;
+    let v = |s: &str| proto::VersionRequest {
+        protocol_version: s.into(),
+    };
+    let ok = c.get_version(v("1.7")).await.unwrap().into_inner();
+    assert_eq!((ok.protocol_version.as_str(), ok.compatible), ("1.0", true));
+    let err = c.get_version(v("2.0")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("2.0") && err.message().contains("1.0"),
+        "{}",
+        err.message()
+    );
+    let err = c.get_version(v("one")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    let name = proto::open_session::Pipeline::PipelineName("gain".into());
+    s.tx.send(open_with(name, "2.1")).await.unwrap();
+    let err = status_of(&mut s.rx).await;
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_no_leaks(&server).await;
+}
+
+#[tokio::test]
+async fn client_manifests_follow_the_server_policy() {
+    let server = serve(|c| {
+        c.client_manifests.allow = true;
+        c.limits.max_nodes = 2;
+    })
+    .await;
+    let mut c = client(&server).await;
+    let mut first_status = async |manifest: &str| {
+        let mut s = stream(&mut c, Request::new).await.unwrap();
+        let m = proto::open_session::Pipeline::Manifest(manifest.into());
+        s.tx.send(open_with(m, "1.0")).await.unwrap();
+        match next(&mut s.rx).await {
+            Ok(Some(Msg::Ready(_))) => tonic::Status::ok(""),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => e,
+        }
+    };
+    // A bad manifest: the validation message with its line and column.
+    let bad = "version: v1\nnodes:\n  - {id: g, type: AudioGain, params: {gain_db: loud}}\n";
+    let err = first_status(bad).await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("manifest:3:"), "{}", err.message());
+    assert!(err.message().contains("gain_db"), "{}", err.message());
+    // An unknown type lists the known ones.
+    let err = first_status("version: v1\nnodes:\n  - {id: g, type: AudioGian}\n").await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("AudioGain"), "{}", err.message());
+    // Python code from clients is off by default.
+    let err = first_status("version: v1\nnodes:\n  - {id: e, type: Echo}\n").await;
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("Python"), "{}", err.message());
+    // Too many nodes.
+    let three = "version: v1\nnodes:\n  - {id: a, type: AudioGain}\n  - {id: b, type: AudioGain}\n  - {id: c, type: AudioGain}\nconnections:\n  - {from: a, to: b}\n  - {from: b, to: c}\n";
+    let err = first_status(three).await;
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("at most 2"), "{}", err.message());
+    // A good one opens.
+    assert_eq!(first_status(GAIN).await.code(), Code::Ok);
+    // Unknown pipeline names list the configured ones.
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    s.tx.send(open("nope")).await.unwrap();
+    let err = status_of(&mut s.rx).await;
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        err.message().contains("gain, upper, vad"),
+        "{}",
+        err.message()
+    );
+    assert_no_leaks(&server).await;
+
+    // With client manifests off, even a good one is refused.
+    let closed = serve(|_| {}).await;
+    let mut c = client(&closed).await;
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    let m = proto::open_session::Pipeline::Manifest(GAIN.into());
+    s.tx.send(open_with(m, "1.0")).await.unwrap();
+    assert_eq!(status_of(&mut s.rx).await.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn protocol_violations_get_their_status_and_the_session_is_released() {
+    let server = serve(|_| {}).await;
+    let mut c = client(&server).await;
+    // Data before open.
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    s.tx.send(audio(pcm(320), 16_000)).await.unwrap();
+    let err = status_of(&mut s.rx).await;
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("first message"), "{}", err.message());
+    // A second open.
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    s.tx.send(open("gain")).await.unwrap();
+    s.tx.send(open("gain")).await.unwrap();
+    let err = status_of(&mut s.rx).await;
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("already open"), "{}", err.message());
+    // A frame for a node that is not an input.
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    s.tx.send(open("vad")).await.unwrap();
+    s.tx.send(text("nosuch", "x")).await.unwrap();
+    let err = status_of(&mut s.rx).await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("nosuch"), "{}", err.message());
+    // Data no input takes, and audio that is not audio.
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    s.tx.send(open("gain")).await.unwrap();
+    s.tx.send(text("", "words")).await.unwrap();
+    let err = status_of(&mut s.rx).await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("gain.in takes audio"),
+        "{}",
+        err.message()
+    );
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    s.tx.send(open("gain")).await.unwrap();
+    s.tx.send(audio(vec![0.0; 10], 0)).await.unwrap();
+    let err = status_of(&mut s.rx).await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("sample_rate"), "{}", err.message());
+    // An empty message.
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    s.tx.send(open("gain")).await.unwrap();
+    s.tx.send(proto::StreamRequest { message: None })
+        .await
+        .unwrap();
+    assert_eq!(status_of(&mut s.rx).await.code(), Code::InvalidArgument);
+    assert_no_leaks(&server).await;
+}
+
+#[tokio::test]
+async fn limits_on_size_rate_real_time_idle_and_duration_are_enforced() {
+    let server = serve(|c| {
+        c.limits.max_message_bytes = 64 * 1024;
+        c.limits.max_frames_per_second = 200;
+        c.limits.max_realtime_factor = 2.0;
+        c.limits.realtime_burst_ms = 500;
+        c.limits.idle_timeout_ms = 300;
+    })
+    .await;
+    let mut c = client(&server).await;
+    let opened = async |c: &mut _| {
+        let mut s = stream(c, Request::new).await.unwrap();
+        s.tx.send(open("gain")).await.unwrap();
+        assert!(matches!(
+            next(&mut s.rx).await.unwrap(),
+            Some(Msg::Ready(_))
+        ));
+        s
+    };
+    // A message over the size limit.
+    let mut s = opened(&mut c).await;
+    s.tx.send(audio(pcm(32_000), 16_000)).await.unwrap();
+    let err = status_of(&mut s.rx).await;
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // A flood of tiny frames (1 ms each: under the real-time limit, over the rate).
+    let mut s = opened(&mut c).await;
+    let flood = async {
+        for _ in 0..2_000 {
+            if s.tx.send(audio(pcm(16), 16_000)).await.is_err() {
+                break;
+            }
+        }
+    };
+    let (_, err) = tokio::join!(flood, status_of(&mut s.rx));
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.message().contains("messages per second"),
+        "{}",
+        err.message()
+    );
+    // Audio much faster than real time.
+    let mut s = opened(&mut c).await;
+    let fast = async {
+        for _ in 0..50 {
+            if s.tx.send(audio(pcm(1_600), 16_000)).await.is_err() {
+                break;
+            }
+        }
+    };
+    let (_, err) = tokio::join!(fast, status_of(&mut s.rx));
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("real time"), "{}", err.message());
+    // Silence from the client.
+    let mut s = opened(&mut c).await;
+    let err = status_of(&mut s.rx).await;
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert!(err.message().contains("idle"), "{}", err.message());
+    assert_no_leaks(&server).await;
+
+    // A session that outlives its maximum duration, though the client keeps talking.
+    let server = serve(|c| c.limits.max_duration_ms = 300).await;
+    let mut c = client(&server).await;
+    let mut s = opened(&mut c).await;
+    let talk = async {
+        for _ in 0..100 {
+            if s.tx.send(audio(pcm(320), 16_000)).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let read = async {
+        loop {
+            match next(&mut s.rx).await {
+                Err(e) => return e,
+                Ok(Some(Msg::Output(_))) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let (_, err) = tokio::join!(talk, read);
+    assert_eq!(err.code(), Code::DeadlineExceeded);
+    assert!(
+        err.message().contains("maximum duration"),
+        "{}",
+        err.message()
+    );
+    assert_no_leaks(&server).await;
+}
+
+#[tokio::test]
+async fn a_client_may_ask_for_tighter_limits_but_not_looser() {
+    let server = serve(|c| c.limits.max_message_bytes = 64 * 1024).await;
+    let mut c = client(&server).await;
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    let mut req = open("gain");
+    if let Some(proto::stream_request::Message::Open(o)) = &mut req.message {
+        o.requested_limits = Some(proto::Limits {
+            max_message_bytes: 1 << 30,
+            idle_timeout_ms: 1_000,
+            ..Default::default()
+        });
+    }
+    s.tx.send(req).await.unwrap();
+    let Some(Msg::Ready(r)) = next(&mut s.rx).await.unwrap() else {
+        panic!()
+    };
+    let l = r.limits.unwrap();
+    assert_eq!((l.max_message_bytes, l.idle_timeout_ms), (64 * 1024, 1_000));
+}
+
+#[tokio::test]
+async fn clients_that_vanish_or_cancel_leave_nothing_behind() {
+    let server = serve(|_| {}).await;
+    for round in 0..6 {
+        let mut c = client(&server).await;
+        let mut s = stream(&mut c, Request::new).await.unwrap();
+        s.tx.send(open("vad")).await.unwrap();
+        assert!(matches!(
+            next(&mut s.rx).await.unwrap(),
+            Some(Msg::Ready(_))
+        ));
+        for _ in 0..5 {
+            s.tx.send(audio(pcm(960), 48_000)).await.unwrap();
+        }
+        match round % 3 {
+            0 => drop(s),    // the whole call goes away
+            1 => drop(s.rx), // stops reading: the call is cancelled
+            _ => {
+                drop(c); // the connection closes under a live stream
+                drop(s);
+            }
+        }
+    }
+    assert_no_leaks(&server).await;
+    // The server still serves.
+    let mut c = client(&server).await;
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    s.tx.send(open("gain")).await.unwrap();
+    assert!(matches!(
+        next(&mut s.rx).await.unwrap(),
+        Some(Msg::Ready(_))
+    ));
+}
+
+#[tokio::test]
+async fn shutdown_ends_live_sessions_with_unavailable() {
+    let server = serve(|_| {}).await;
+    let mut c = client(&server).await;
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    s.tx.send(open("gain")).await.unwrap();
+    assert!(matches!(
+        next(&mut s.rx).await.unwrap(),
+        Some(Msg::Ready(_))
+    ));
+    let stopping = tokio::spawn(server.shutdown());
+    let err = status_of(&mut s.rx).await;
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown completes")
+        .unwrap();
+}
