@@ -300,10 +300,11 @@ fn server_config(
         config.grpc.listen = a;
     }
     if let Some(a) = http {
-        config.http.listen = Some(a);
+        config.http.listen = a;
+        config.http.enabled = true;
     }
     if no_http {
-        config.http.listen = None;
+        config.http.enabled = false;
     }
     for p in pipelines {
         let (name, file) = p

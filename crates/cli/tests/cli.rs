@@ -448,3 +448,114 @@ fn subtitles_come_as_srt_and_webvtt() {
     assert!(vtt.starts_with("WEBVTT\n\n00:00:0"), "{vtt}");
     assert!(vtt.to_lowercase().contains("ever tried"), "{vtt}");
 }
+
+/// The Python environment of the test command (scripts/setup-python.sh).
+fn venv_python() -> PathBuf {
+    let p = repo(".venv/bin/python");
+    assert!(p.exists(), "run ./scripts/setup-python.sh first");
+    p
+}
+
+#[test]
+fn serve_takes_tokens_from_the_environment_and_stops_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let token = "env-token-0123456789abcdef";
+    let mut server = bin()
+        .args([
+            "serve",
+            "--grpc",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--pipeline",
+        ])
+        .arg(format!("gain={}", repo("examples/gain.yaml").display()))
+        .env(
+            "REMOTEMEDIA_TOKENS",
+            format!("other-token-0123456789, {token}"),
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    // serving gRPC on 127.0.0.1:P, metrics and health on http://127.0.0.1:Q; Ctrl-C stops
+    let grpc = line
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .trim_end_matches(',')
+        .to_string();
+    let http = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let get = |path: &str| {
+        let mut tcp = std::net::TcpStream::connect(&http).unwrap();
+        write!(
+            tcp,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).unwrap();
+        text
+    };
+    while !get("/readyz").starts_with("HTTP/1.1 200") {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(get("/v1/pipelines").contains("\"gain\""));
+
+    let wav = repo("models/samples/beckett.wav");
+    let client = |token: &str| {
+        Command::new(venv_python())
+            .arg(repo("examples/grpc_client/client.py"))
+            .args(["--addr", &grpc, "--pipeline", "gain", "--speed", "3"])
+            .arg(&wav)
+            .env("REMOTEMEDIA_TOKEN", token)
+            .env("REMOTEMEDIA_STUBS_DIR", temp("stubs"))
+            .output()
+            .unwrap()
+    };
+    let refused = client("not-a-token-of-this-server");
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("UNAUTHENTICATED"),
+        "{}",
+        stderr(&refused)
+    );
+    let ok = client(token);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(stderr(&ok).contains("closed"), "{}", stderr(&ok));
+
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let status = server.wait().unwrap();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{status:?}: {rest}");
+    assert!(rest.contains("shutting down"), "{rest}");
+}
+
+#[test]
+fn serve_refuses_to_expose_itself_without_tokens() {
+    let o = run(&["serve", "--grpc", "0.0.0.0:0", "--no-http"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("refusing to listen on a non-loopback address"),
+        "{}",
+        stderr(&o)
+    );
+    let help = stdout(&run(&["serve", "--help"]));
+    assert!(
+        help.contains("examples/server.toml") && help.contains("REMOTEMEDIA_TOKENS"),
+        "{help}"
+    );
+}

@@ -25,7 +25,7 @@ pub struct ServerConfig {
     pub manifests: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {
     pub listen: SocketAddr,
@@ -39,22 +39,24 @@ impl Default for GrpcConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Metrics, health and node listing; `None` turns the HTTP server off.
-    pub listen: Option<SocketAddr>,
+    /// Metrics, health and node listing.
+    pub listen: SocketAddr,
+    pub enabled: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            listen: Some(([127, 0, 0, 1], 9090).into()),
+            listen: ([127, 0, 0, 1], 9090).into(),
+            enabled: true,
         }
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Accepted bearer tokens. Empty (and none in the environment): no authentication.
@@ -63,7 +65,7 @@ pub struct AuthConfig {
     pub allow_unauthenticated: bool,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Streaming sessions open at once; one more gets RESOURCE_EXHAUSTED.
@@ -99,7 +101,7 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientManifests {
     /// Clients may send their own manifests (otherwise only named pipelines open).
@@ -146,7 +148,7 @@ impl ServerConfig {
     /// Refuses what would be unsafe or cannot work.
     pub fn check(&self) -> Result<(), ConfigError> {
         let open = |a: &SocketAddr| !a.ip().is_loopback();
-        let exposed = open(&self.grpc.listen) || self.http.listen.as_ref().is_some_and(open);
+        let exposed = open(&self.grpc.listen) || (self.http.enabled && open(&self.http.listen));
         if exposed && self.auth.tokens.is_empty() && !self.auth.allow_unauthenticated {
             return Err(ConfigError(format!(
                 "refusing to listen on a non-loopback address ({}) without API tokens: set \
@@ -174,5 +176,48 @@ impl ServerConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_states_every_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/server.toml");
+        let c = ServerConfig::from_file(&path).unwrap();
+        let d = ServerConfig::default();
+        assert_eq!(c.grpc, d.grpc);
+        assert_eq!(c.http, d.http);
+        assert_eq!(c.auth, d.auth);
+        assert_eq!(c.limits, d.limits);
+        assert_eq!(c.client_manifests, d.client_manifests);
+        let transcribe = &c.pipelines["transcribe"];
+        assert!(transcribe.ends_with("examples/transcribe.yaml") && transcribe.exists());
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let dir = std::env::temp_dir().join(format!("rm-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "[limits]\nmax_sesions = 3\n").unwrap();
+        let e = ServerConfig::from_file(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("bad.toml") && e.contains("max_sesions") && e.contains("line 2"),
+            "{e}"
+        );
+
+        let mut c = ServerConfig::default();
+        c.grpc.listen = "0.0.0.0:50051".parse().unwrap();
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.contains("without API tokens"), "{e}");
+        c.auth.tokens = vec!["short".into()];
+        assert!(c.check().unwrap_err().to_string().contains("too short"));
+        c.auth.tokens = vec!["a-long-enough-token-123".into()];
+        c.check().unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

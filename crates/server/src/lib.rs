@@ -111,13 +111,14 @@ pub async fn start(
     let grpc = tokio::net::TcpListener::bind(config.grpc.listen)
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", config.grpc.listen))?;
-    let http = match config.http.listen {
-        Some(a) => Some(
-            tokio::net::TcpListener::bind(a)
-                .await
-                .with_context(|| format!("cannot listen for HTTP on {a}"))?,
-        ),
-        None => None,
+    let http = if config.http.enabled {
+        let a = config.http.listen;
+        let listener = tokio::net::TcpListener::bind(a)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {a}"))?;
+        Some(listener)
+    } else {
+        None
     };
     let grpc_addr = grpc.local_addr()?;
     let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;

@@ -38,7 +38,7 @@ pub fn runtime() -> Runtime {
 pub async fn serve(tweak: impl FnOnce(&mut ServerConfig)) -> RunningServer {
     let mut config = ServerConfig::default();
     config.grpc.listen = ([127, 0, 0, 1], 0).into();
-    config.http.listen = Some(([127, 0, 0, 1], 0).into());
+    config.http.listen = ([127, 0, 0, 1], 0).into();
     for (name, text) in [("gain", GAIN), ("upper", UPPER), ("vad", VAD)] {
         config.manifests.insert(name.into(), text.into());
     }
