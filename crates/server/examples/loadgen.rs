@@ -65,7 +65,7 @@ fn frame(k: u64, samples: usize, rate: u32) -> Vec<f32> {
     (0..samples)
         .map(|i| {
             let t = (k as usize * samples + i) as f32 / rate as f32;
-            let on = (t / 0.7) as u64 % 2 == 0;
+            let on = ((t / 0.7) as u64).is_multiple_of(2);
             if on {
                 (t * 220.0 * std::f32::consts::TAU).sin() * 0.3
             } else {
@@ -160,12 +160,11 @@ async fn session(
                             o.data.and_then(|d| d.kind),
                             Some(proto::data::Kind::Audio(_))
                         );
-                        if let (true, Some(at)) =
-                            (audio, sent.lock().unwrap().remove(&o.timestamp_us))
+                        if audio
+                            && let Some(at) = sent.lock().unwrap().remove(&o.timestamp_us)
+                            && at >= measure_from
                         {
-                            if at >= measure_from {
-                                lat.push(at.elapsed().as_micros() as u32);
-                            }
+                            lat.push(at.elapsed().as_micros() as u32);
                         }
                     }
                 }

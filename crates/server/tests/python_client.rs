@@ -74,17 +74,25 @@ async fn grpcio_streams_a_recording_and_meets_every_refusal() {
     // Models load at start, before any client: sessions then only hit the shared pool.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !server.is_ready() {
-        assert!(tokio::time::Instant::now() < deadline, "ready within a minute");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ready within a minute"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let pool = |name: &str| -> u64 {
         let text = server.metrics_text();
         let prefix = format!("remotemedia_{name}{{pool=\"models\"}} ");
         let line = text.lines().find_map(|l| l.strip_prefix(&prefix));
-        line.unwrap_or_else(|| panic!("no {prefix} in {text}")).parse().unwrap()
+        line.unwrap_or_else(|| panic!("no {prefix} in {text}"))
+            .parse()
+            .unwrap()
     };
     let (loads, hits) = (pool("pool_loads_total"), pool("pool_hits_total"));
-    assert!(loads >= 2, "the VAD and recogniser models were preloaded: {loads}");
+    assert!(
+        loads >= 2,
+        "the VAD and recogniser models were preloaded: {loads}"
+    );
 
     // The example client, as a user runs it: 20 ms frames at three times real time.
     let client = root().join("examples/grpc_client/client.py");
@@ -115,7 +123,11 @@ async fn grpcio_streams_a_recording_and_meets_every_refusal() {
     }
     assert!(stdout.contains("[00:0"), "timed lines: {stdout}");
     assert!(stderr.contains("closed"), "{stderr}");
-    assert_eq!(pool("pool_loads_total"), loads, "the session loaded nothing itself");
+    assert_eq!(
+        pool("pool_loads_total"),
+        loads,
+        "the session loaded nothing itself"
+    );
     assert!(pool("pool_hits_total") > hits);
 
     let script = root().join("crates/server/tests/py/statuses.py");
