@@ -78,9 +78,6 @@ async fn serve(
     }
     let (input, output) = session.split();
     let stop_tx = watch::channel(None::<Status>).0;
-    let deadline = (granted.limits.max_duration_ms > 0).then(|| {
-        tokio::time::Instant::now() + Duration::from_millis(granted.limits.max_duration_ms)
-    });
     let feed = Inbound {
         shared,
         granted: &granted,
@@ -89,8 +86,16 @@ async fn serve(
         stop: &stop_tx,
         pace: Pace::new(&granted.limits),
     }
-    .run(inbound, stop_tx.subscribe(), deadline);
-    let (_, ended) = tokio::join!(feed, forward(shared, output, tx, &stop_tx));
+    .run(inbound, stop_tx.subscribe());
+    let ends = Ends {
+        stop: stop_tx.subscribe(),
+        shutdown: shared.shutdown.clone(),
+        max_duration_ms: granted.limits.max_duration_ms,
+        deadline: (granted.limits.max_duration_ms > 0).then(|| {
+            tokio::time::Instant::now() + Duration::from_millis(granted.limits.max_duration_ms)
+        }),
+    };
+    let (_, ended) = tokio::join!(feed, forward(shared, output, tx, &stop_tx, ends));
     ended
 }
 
@@ -158,7 +163,6 @@ impl Inbound<'_> {
         mut self,
         inbound: &mut Streaming<proto::StreamRequest>,
         mut stop: watch::Receiver<Option<Status>>,
-        deadline: Option<tokio::time::Instant>,
     ) {
         let limits = &self.granted.limits;
         let idle =
@@ -171,12 +175,6 @@ impl Inbound<'_> {
                     return self.fail(Status::deadline_exceeded(format!(
                         "no message from the client for {} ms (idle timeout)",
                         limits.idle_timeout_ms
-                    )));
-                }
-                _ = sleep_opt(deadline) => {
-                    return self.fail(Status::deadline_exceeded(format!(
-                        "the session reached its maximum duration of {} ms",
-                        limits.max_duration_ms
                     )));
                 }
                 _ = stop.changed() => return,
@@ -210,8 +208,10 @@ impl Inbound<'_> {
                     Ok(Action::Metrics) => {
                         let json = serde_json::to_string(&self.input.metrics()).unwrap_or_default();
                         let m = stream_response::Message::Metrics(proto::SessionMetrics { json });
-                        let _ = self.tx.send(msg(m)).await;
-                        Ok(true)
+                        tokio::select! {
+                            _ = self.tx.send(msg(m)) => Ok(true),
+                            _ = stop.changed() => return,
+                        }
                     }
                     Ok(Action::Flush) => self.feed(RuntimeData::Control(Control::Flush)).await,
                     Ok(Action::Cancel) => {
@@ -284,11 +284,34 @@ async fn sleep_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Cancels the session once, keeping the first reason.
-fn halt(output: &SessionOutput, stopped: &mut Option<Status>, s: Status) {
-    if stopped.is_none() {
-        output.cancel();
-        *stopped = Some(s);
+/// What may stop a session from the outside, besides its own end.
+struct Ends {
+    /// A status set by the inbound loop (a protocol error, a limit, the client gone).
+    stop: watch::Receiver<Option<Status>>,
+    shutdown: watch::Receiver<bool>,
+    deadline: Option<tokio::time::Instant>,
+    max_duration_ms: u64,
+}
+
+impl Ends {
+    /// Resolves with the status to end the session with.
+    async fn next(&mut self, tx: &Outbox) -> Status {
+        let shutdown = async {
+            if self.shutdown.wait_for(|v| *v).await.is_err() {
+                std::future::pending::<()>().await; // no server handle: no shutdown
+            }
+        };
+        tokio::select! {
+            _ = self.stop.changed() => {
+                self.stop.borrow().clone().unwrap_or_else(|| Status::cancelled("stopped"))
+            }
+            _ = shutdown => Status::unavailable("the server is shutting down"),
+            _ = tx.closed() => Status::cancelled("the client went away"),
+            _ = sleep_opt(self.deadline) => Status::deadline_exceeded(format!(
+                "the session reached its maximum duration of {} ms",
+                self.max_duration_ms
+            )),
+        }
     }
 }
 
@@ -299,25 +322,16 @@ async fn forward(
     mut output: SessionOutput,
     tx: &Outbox,
     stop_tx: &watch::Sender<Option<Status>>,
+    mut ends: Ends,
 ) -> Result<(), Status> {
-    let mut stop = stop_tx.subscribe();
-    let mut shutdown = shared.shutdown.clone();
     let mut stopped: Option<Status> = None;
     loop {
         let item = tokio::select! {
             biased;
             item = output.recv() => item,
-            _ = stop.changed(), if stopped.is_none() => {
-                let s = stop.borrow().clone().unwrap_or_else(|| Status::cancelled("stopped"));
-                halt(&output, &mut stopped, s);
-                continue;
-            }
-            _ = shutdown.wait_for(|v| *v), if stopped.is_none() => {
-                halt(&output, &mut stopped, Status::unavailable("the server is shutting down"));
-                continue;
-            }
-            _ = tx.closed(), if stopped.is_none() => {
-                halt(&output, &mut stopped, Status::cancelled("the client went away"));
+            s = ends.next(tx), if stopped.is_none() => {
+                output.cancel();
+                stopped = Some(s);
                 continue;
             }
         };
@@ -334,25 +348,19 @@ async fn forward(
             .stats
             .bytes_out
             .fetch_add(m.encoded_len() as u64, Relaxed);
-        let sent = tokio::select! {
-            r = tx.send(Ok(m)) => r.is_ok(),
-            _ = stop.changed() => {
-                let s = stop.borrow().clone().unwrap_or_else(|| Status::cancelled("stopped"));
-                halt(&output, &mut stopped, s);
-                continue;
-            }
+        // A client that stops reading makes this wait, and every limit still applies.
+        let failed = tokio::select! {
+            r = tx.send(Ok(m)) => r.err().map(|_| Status::cancelled("the client went away")),
+            s = ends.next(tx) => Some(s),
         };
-        if !sent {
-            halt(
-                &output,
-                &mut stopped,
-                Status::cancelled("the client went away"),
-            );
+        if let Some(s) = failed {
+            output.cancel();
+            stopped = Some(s);
         }
     }
     // The inbound loop may have failed just as the session ended (its input drops with it).
     if stopped.is_none() {
-        stopped = stop.borrow().clone();
+        stopped = ends.stop.borrow().clone();
     }
     // Wake the inbound loop if it still waits for the client (the session ended on its own).
     stop_tx.send_modify(|_| {});

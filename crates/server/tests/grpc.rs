@@ -548,3 +548,31 @@ async fn shutdown_ends_live_sessions_with_unavailable() {
         .expect("shutdown completes")
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_still_meets_the_duration_limit() {
+    let server = serve(|c| {
+        c.limits.max_duration_ms = 500;
+        c.limits.max_realtime_factor = 0.0;
+        c.limits.max_frames_per_second = 0;
+    })
+    .await;
+    let mut c = client(&server).await;
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    s.tx.send(open("gain")).await.unwrap();
+    assert!(matches!(next(&mut s.rx).await.unwrap(), Some(Msg::Ready(_))));
+    // Far more output than the outbox, the HTTP/2 window and the edges hold, never read.
+    let tx = s.tx.clone();
+    let writer = tokio::spawn(async move {
+        for _ in 0..5_000 {
+            if tx.send(audio(pcm(4_000), 16_000)).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(server.metrics_text().contains("remotemedia_sessions_active 1\n"));
+    assert_no_leaks(&server).await; // gone once the 500 ms are up, though nobody reads
+    writer.abort();
+    drop(s);
+}
