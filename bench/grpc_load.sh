@@ -15,7 +15,8 @@ SESSIONS="${SESSIONS:-200 400 600 800 1000 1200}"
 SECS="${SECONDS_PER_RUN:-20}"
 PIPELINE="${PIPELINE:-bench/grpc/vad.yaml}"
 PORT="${PORT:-50151}"
-cargo build --release --locked -q -p remotemedia-cli -p remotemedia-server --example loadgen
+cargo build --release --locked -q -p remotemedia-cli --bin remotemedia
+cargo build --release --locked -q -p remotemedia-server --example loadgen
 target/release/remotemedia serve --pipeline "load=$PIPELINE" --grpc "127.0.0.1:$PORT" --no-http \
     --max-sessions 100000 --log error &
 SERVER=$!
@@ -25,6 +26,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 sleep 1
+kill -0 $SERVER || { echo "the server did not start" >&2; exit 1; }
 TICK=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$SERVER/status"; }

@@ -1,6 +1,7 @@
 //! Load client for `remotemedia serve`: N concurrent StreamPipeline sessions, each on its own
 //! connection, each sending 20 ms audio frames in real time, and measuring for every frame the
-//! time from sending it to receiving the pipeline's audio output with the same timestamp.
+//! time from sending it to receiving the pipeline's audio output for it (the pipelines this is
+//! for emit one audio frame per input frame, so the k-th audio output answers the k-th frame).
 //!
 //!   cargo run --release -p remotemedia-server --example loadgen -- \
 //!       --addr 127.0.0.1:50051 --pipeline vad --sessions 200 --seconds 20
@@ -9,7 +10,7 @@
 //! late the client itself sent frames (if that is high, the client, not the server, is the
 //! bottleneck). The first `--warmup` seconds are not measured. Used by bench/grpc_load.sh.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -106,7 +107,7 @@ async fn session(
         })) => {}
         other => return Err(format!("no ready: {other:?}")),
     }
-    let sent: Arc<Mutex<HashMap<i64, Instant>>> = Default::default();
+    let sent: Arc<Mutex<VecDeque<Instant>>> = Default::default();
     let period = Duration::from_millis(args.frame_ms);
     let samples = (args.rate as u64 * args.frame_ms / 1000) as usize;
     let measure_from = start + Duration::from_secs_f64(args.warmup);
@@ -128,7 +129,7 @@ async fn session(
                     lags.push(due.elapsed().as_micros() as u32);
                 }
                 let ts = (k * args.frame_ms * 1000) as i64;
-                sent.lock().unwrap().insert(ts, now);
+                sent.lock().unwrap().push_back(now);
                 let msg = proto::StreamRequest {
                     message: Some(proto::stream_request::Message::Data(proto::DataFrame {
                         target: String::new(),
@@ -161,7 +162,7 @@ async fn session(
                             Some(proto::data::Kind::Audio(_))
                         );
                         if audio
-                            && let Some(at) = sent.lock().unwrap().remove(&o.timestamp_us)
+                            && let Some(at) = sent.lock().unwrap().pop_front()
                             && at >= measure_from
                         {
                             lat.push(at.elapsed().as_micros() as u32);

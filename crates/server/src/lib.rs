@@ -160,9 +160,10 @@ pub async fn start(
     };
 
     let mut tasks = Vec::new();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+    // Without TCP_NODELAY, Nagle's algorithm holds a small response back until the client's
+    // next message acknowledges the last one: one frame period of latency on every output.
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
     let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(InterceptedService::new(reflection, check.clone()))

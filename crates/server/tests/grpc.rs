@@ -560,7 +560,10 @@ async fn a_client_that_stops_reading_still_meets_the_duration_limit() {
     let mut c = client(&server).await;
     let mut s = stream(&mut c, Request::new).await.unwrap();
     s.tx.send(open("gain")).await.unwrap();
-    assert!(matches!(next(&mut s.rx).await.unwrap(), Some(Msg::Ready(_))));
+    assert!(matches!(
+        next(&mut s.rx).await.unwrap(),
+        Some(Msg::Ready(_))
+    ));
     // Far more output than the outbox, the HTTP/2 window and the edges hold, never read.
     let tx = s.tx.clone();
     let writer = tokio::spawn(async move {
@@ -571,7 +574,11 @@ async fn a_client_that_stops_reading_still_meets_the_duration_limit() {
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(server.metrics_text().contains("remotemedia_sessions_active 1\n"));
+    assert!(
+        server
+            .metrics_text()
+            .contains("remotemedia_sessions_active 1\n")
+    );
     assert_no_leaks(&server).await; // gone once the 500 ms are up, though nobody reads
     writer.abort();
     drop(s);
