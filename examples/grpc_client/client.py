@@ -246,8 +246,11 @@ def request_stream(
         elif state is not None and state.stop.is_set():
             return
         chunk = audio.samples[start * audio.channels : (start + step) * audio.channels]
+        # Little-endian float32 bytes: one copy, no Python float per sample.
         buffer = pb2.AudioBuffer(
-            samples=chunk.tolist(), sample_rate=audio.sample_rate, channels=audio.channels
+            samples_f32le=chunk.astype("<f4").tobytes(),
+            sample_rate=audio.sample_rate,
+            channels=audio.channels,
         )
         yield pb2.StreamRequest(
             data=pb2.DataFrame(

@@ -6,6 +6,7 @@
 //!   cargo run --release -p remotemedia-server --example loadgen -- \
 //!       --addr 127.0.0.1:50051 --pipeline vad --sessions 200 --seconds 20
 //!
+//! Audio goes as `samples_f32le` bytes unless `--floats` asks for repeated floats.
 //! Prints one JSON line: sessions, frames measured, latency p50/p99/p99.9/max in ms, and how
 //! late the client itself sent frames (if that is high, the client, not the server, is the
 //! bottleneck). The first `--warmup` seconds are not measured. Used by bench/grpc_load.sh.
@@ -25,6 +26,8 @@ struct Args {
     warmup: f64,
     frame_ms: u64,
     rate: u32,
+    /// Send samples as repeated floats instead of little-endian bytes.
+    floats: bool,
 }
 
 fn args() -> Args {
@@ -36,9 +39,14 @@ fn args() -> Args {
         warmup: 3.0,
         frame_ms: 20,
         rate: 48_000,
+        floats: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
+        if k == "--floats" {
+            a.floats = true;
+            continue;
+        }
         let v = it.next().unwrap_or_else(|| panic!("{k} needs a value"));
         match k.as_str() {
             "--addr" => a.addr = v,
@@ -59,6 +67,24 @@ struct Results {
     latency_us: Vec<u32>,
     send_lag_us: Vec<u32>,
     failed: Vec<String>,
+}
+
+/// Samples as repeated floats, or (the default) as little-endian bytes.
+fn audio_buffer(samples: Vec<f32>, rate: u32, floats: bool) -> proto::AudioBuffer {
+    let (samples, samples_f32le) = if floats {
+        (samples, Vec::new())
+    } else {
+        (
+            Vec::new(),
+            samples.iter().flat_map(|s| s.to_le_bytes()).collect(),
+        )
+    };
+    proto::AudioBuffer {
+        samples,
+        sample_rate: rate,
+        channels: 1,
+        samples_f32le,
+    }
 }
 
 /// A speech-like test signal: a tone switched on and off every 700 ms, so a VAD has events.
@@ -134,11 +160,11 @@ async fn session(
                     message: Some(proto::stream_request::Message::Data(proto::DataFrame {
                         target: String::new(),
                         data: Some(proto::Data {
-                            kind: Some(proto::data::Kind::Audio(proto::AudioBuffer {
-                                samples: frame(k, samples, args.rate),
-                                sample_rate: args.rate,
-                                channels: 1,
-                            })),
+                            kind: Some(proto::data::Kind::Audio(audio_buffer(
+                                frame(k, samples, args.rate),
+                                args.rate,
+                                args.floats,
+                            ))),
                         }),
                         timestamp_us: Some(ts),
                     })),

@@ -19,7 +19,25 @@ pub fn data_in(data: Option<proto::Data>) -> Result<RuntimeData, Status> {
         .and_then(|d| d.kind)
         .ok_or_else(|| Status::invalid_argument("data frame without data"))?;
     Ok(match kind {
-        Kind::Audio(a) => {
+        Kind::Audio(mut a) => {
+            if !a.samples_f32le.is_empty() {
+                if !a.samples.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "audio has both samples and samples_f32le; send one",
+                    ));
+                }
+                if a.samples_f32le.len() % 4 != 0 {
+                    return Err(Status::invalid_argument(format!(
+                        "samples_f32le has {} bytes, not a whole number of 4-byte floats",
+                        a.samples_f32le.len()
+                    )));
+                }
+                a.samples = a
+                    .samples_f32le
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+            }
             if a.sample_rate == 0 || a.sample_rate > MAX_RATE {
                 return Err(Status::invalid_argument(format!(
                     "audio sample_rate {} is out of range (1..={MAX_RATE})",
@@ -92,6 +110,7 @@ pub fn data_out(data: &RuntimeData) -> proto::Data {
             samples: a.samples().to_vec(),
             sample_rate: a.sample_rate,
             channels: u32::from(a.channels),
+            samples_f32le: Vec::new(),
         }),
         RuntimeData::Text(t) => Kind::Text(proto::TextData {
             text: t.text.to_string(),

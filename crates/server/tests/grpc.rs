@@ -29,8 +29,14 @@ async fn a_stream_opens_a_session_streams_outputs_and_closes() {
     assert!(ready.limits.unwrap().max_message_bytes > 0);
 
     let sent: Vec<Vec<f32>> = (0..20).map(|i| pcm(320 + i)).collect();
-    for samples in &sent {
-        s.tx.send(audio(samples.clone(), 16_000)).await.unwrap();
+    for (i, samples) in sent.iter().enumerate() {
+        // Both forms of samples: floats, and little-endian bytes.
+        let frame = if i % 2 == 0 {
+            audio(samples.clone(), 16_000)
+        } else {
+            audio_le(samples, 16_000)
+        };
+        s.tx.send(frame).await.unwrap();
     }
     s.tx.send(control(Action::Metrics)).await.unwrap();
     s.tx.send(control(Action::Close)).await.unwrap();
@@ -374,6 +380,19 @@ async fn protocol_violations_get_their_status_and_the_session_is_released() {
     let err = status_of(&mut s.rx).await;
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("sample_rate"), "{}", err.message());
+    // Bytes that are not whole floats.
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    s.tx.send(open("gain")).await.unwrap();
+    let mut odd = audio_le(&[0.5; 4], 16_000);
+    if let Some(proto::stream_request::Message::Data(d)) = &mut odd.message
+        && let Some(proto::data::Kind::Audio(a)) = d.data.as_mut().and_then(|d| d.kind.as_mut())
+    {
+        a.samples_f32le.pop();
+    }
+    s.tx.send(odd).await.unwrap();
+    let err = status_of(&mut s.rx).await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("4-byte floats"), "{}", err.message());
     // An empty message.
     let mut s = stream(&mut c, Request::new).await.unwrap();
     s.tx.send(open("gain")).await.unwrap();

@@ -104,6 +104,20 @@ pub fn audio(samples: Vec<f32>, rate: u32) -> proto::StreamRequest {
             samples,
             sample_rate: rate,
             channels: 1,
+            samples_f32le: Vec::new(),
+        }),
+    )
+}
+
+/// Audio with the samples as little-endian bytes.
+pub fn audio_le(samples: &[f32], rate: u32) -> proto::StreamRequest {
+    data(
+        "",
+        proto::data::Kind::Audio(proto::AudioBuffer {
+            samples: Vec::new(),
+            sample_rate: rate,
+            channels: 1,
+            samples_f32le: samples.iter().flat_map(|s| s.to_le_bytes()).collect(),
         }),
     )
 }
