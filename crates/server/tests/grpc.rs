@@ -183,7 +183,7 @@ async fn tokens_are_checked_on_every_call_including_streams() {
         .into_iter()
         .map(|p| p.name)
         .collect();
-    assert_eq!(names, ["gain", "upper", "vad"]);
+    assert_eq!(names, ["gain", "picky", "upper", "vad"]);
 
     // Health checks need no token (load balancers and orchestrators call them).
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr()))
@@ -324,7 +324,7 @@ async fn client_manifests_follow_the_server_policy() {
     let err = status_of(&mut s.rx).await;
     assert_eq!(err.code(), Code::NotFound);
     assert!(
-        err.message().contains("gain, upper, vad"),
+        err.message().contains("gain, picky, upper, vad"),
         "{}",
         err.message()
     );
@@ -601,4 +601,53 @@ async fn a_client_that_stops_reading_still_meets_the_duration_limit() {
     assert_no_leaks(&server).await; // gone once the 500 ms are up, though nobody reads
     writer.abort();
     drop(s);
+}
+
+#[tokio::test]
+async fn node_failures_arrive_as_typed_errors_and_a_fatal_one_closes_the_session() {
+    let server = serve(|_| {}).await;
+    let mut c = client(&server).await;
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    s.tx.send(open("picky")).await.unwrap();
+    assert!(matches!(
+        next(&mut s.rx).await.unwrap(),
+        Some(Msg::Ready(_))
+    ));
+    for word in ["fine", "bad", "still fine", "boom"] {
+        s.tx.send(text("", word)).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while let Some(m) = next(&mut s.rx).await.expect("the call itself succeeds") {
+        got.push(match m {
+            Msg::Output(o) => match o.data.unwrap().kind {
+                Some(proto::data::Kind::Text(t)) => format!("output {}", t.text),
+                other => panic!("{other:?}"),
+            },
+            Msg::Error(e) => format!(
+                "error {} {} fatal={}: {}",
+                e.node, e.node_type, e.fatal, e.message
+            ),
+            Msg::Closed(c) => format!("closed {}", c.reason),
+            other => panic!("{other:?}"),
+        });
+    }
+    // Outputs keep their order; failures travel beside them, so only the end is ordered.
+    assert_eq!(got.last().unwrap(), "closed failed");
+    let mut rest = got[..got.len() - 1].to_vec();
+    rest.sort();
+    assert_eq!(
+        rest,
+        [
+            "error picky Picky fatal=false: cannot take `bad`",
+            "error picky Picky fatal=true: `boom` breaks me",
+            "output fine",
+            "output still fine",
+        ]
+    );
+    assert_no_leaks(&server).await;
+    assert!(
+        server
+            .metrics_text()
+            .contains("remotemedia_sessions_failed_total 1\n")
+    );
 }

@@ -184,7 +184,7 @@ async fn http_serves_metrics_health_readiness_and_listings() {
     assert_eq!(code, 200);
     for line in [
         "# TYPE remotemedia_sessions_active gauge",
-        "remotemedia_sessions_opened_total 4", // three warm-ups and one client
+        "remotemedia_sessions_opened_total 5", // four warm-ups and one client
         "# TYPE remotemedia_node_latency_seconds histogram",
         "remotemedia_node_latency_seconds_count{type=\"AudioResample\"} 1",
         "remotemedia_node_errors_total{type=\"AudioResample\"} 0",
@@ -217,8 +217,8 @@ async fn http_serves_metrics_health_readiness_and_listings() {
     );
     let (_, pipelines) = get(http, "/v1/pipelines").await;
     let pipelines: serde_json::Value = serde_json::from_str(&pipelines).unwrap();
-    assert_eq!(pipelines[2]["name"], "vad");
-    assert_eq!(pipelines[2]["inputs"][0], "resample.in");
+    assert_eq!(pipelines[3]["name"], "vad");
+    assert_eq!(pipelines[3]["inputs"][0], "resample.in");
     assert_eq!(get(http, "/nope").await.0, 404);
 }
 

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use remotemedia_core::{ExecutorRegistry, NodeRegistry, Runtime};
+use remotemedia_core::{
+    ExecutorRegistry, MediaType, Node, NodeContext, NodeError, NodeRegistry, NodeType, Outputs,
+    Packet, Ports, Runtime,
+};
 use remotemedia_server::proto::{self, pipeline_service_client::PipelineServiceClient};
 use remotemedia_server::{RunningServer, ServerConfig};
 use tokio::sync::mpsc;
@@ -25,8 +28,50 @@ connections:
   - {from: resample, to: vad}
 ";
 
+/// Fails on one input (`bad`) and fatally on another (`boom`); echoes the rest.
+pub struct Picky;
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+pub struct PickyParams {}
+
+#[async_trait::async_trait]
+impl Node for Picky {
+    async fn process(
+        &mut self,
+        _: usize,
+        input: &Packet,
+        out: &mut Outputs,
+    ) -> Result<(), NodeError> {
+        match input.data.as_text().map(|t| &*t.text) {
+            Some("bad") => Err(NodeError::rejected("cannot take `bad`")),
+            Some("boom") => Err(NodeError::fatal("`boom` breaks me")),
+            _ => {
+                out.push(input.data.clone());
+                Ok(())
+            }
+        }
+    }
+}
+
+impl NodeType for Picky {
+    type Params = PickyParams;
+    const NAME: &'static str = "Picky";
+    const DESCRIPTION: &'static str = "Test node: fails on `bad`, fatally on `boom`";
+
+    fn ports() -> Ports {
+        Ports::one_to_one(&[MediaType::Text], &[MediaType::Text])
+    }
+
+    fn new(_: PickyParams, _: &NodeContext) -> Result<Self, NodeError> {
+        Ok(Picky)
+    }
+}
+
+pub const PICKY: &str = "version: v1\nnodes:\n  - {id: picky, type: Picky}\n";
+
 pub fn runtime() -> Runtime {
     let mut nodes = NodeRegistry::with_builtins();
+    nodes.register::<Picky>();
     remotemedia_audio::register(&mut nodes);
     let mut executors = ExecutorRegistry::new();
     executors.add_executor(Arc::new(nodes));
@@ -39,7 +84,12 @@ pub async fn serve(tweak: impl FnOnce(&mut ServerConfig)) -> RunningServer {
     let mut config = ServerConfig::default();
     config.grpc.listen = ([127, 0, 0, 1], 0).into();
     config.http.listen = ([127, 0, 0, 1], 0).into();
-    for (name, text) in [("gain", GAIN), ("upper", UPPER), ("vad", VAD)] {
+    for (name, text) in [
+        ("gain", GAIN),
+        ("upper", UPPER),
+        ("vad", VAD),
+        ("picky", PICKY),
+    ] {
         config.manifests.insert(name.into(), text.into());
     }
     tweak(&mut config);
