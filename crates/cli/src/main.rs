@@ -152,30 +152,34 @@ enum Command {
     ///   remotemedia serve --config examples/server.toml
     ///   remotemedia serve --pipeline vad=examples/energy_vad.yaml --grpc 127.0.0.1:6000
     #[command(verbatim_doc_comment)]
-    Serve {
-        /// Configuration file (TOML).
-        #[arg(short, long)]
-        config: Option<PathBuf>,
-        /// gRPC address (default 127.0.0.1:50051).
-        #[arg(long)]
-        grpc: Option<std::net::SocketAddr>,
-        /// HTTP address for metrics and health (default 127.0.0.1:9090).
-        #[arg(long, conflicts_with = "no_http")]
-        http: Option<std::net::SocketAddr>,
-        /// No HTTP server.
-        #[arg(long)]
-        no_http: bool,
-        /// A pipeline clients may open: NAME=MANIFEST (repeatable; adds to the file's).
-        #[arg(long = "pipeline", value_name = "NAME=MANIFEST")]
-        pipelines: Vec<String>,
-        /// Concurrent sessions allowed.
-        #[arg(long)]
-        max_sessions: Option<usize>,
-        /// Let clients send their own manifests (native node types only, unless the file
-        /// allows Python).
-        #[arg(long)]
-        allow_client_manifests: bool,
-    },
+    Serve(ServeArgs),
+}
+
+// Options of `serve`; each overrides the configuration file.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Configuration file (TOML).
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// gRPC address (default 127.0.0.1:50051).
+    #[arg(long)]
+    grpc: Option<std::net::SocketAddr>,
+    /// HTTP address for metrics and health (default 127.0.0.1:9090).
+    #[arg(long, conflicts_with = "no_http")]
+    http: Option<std::net::SocketAddr>,
+    /// No HTTP server.
+    #[arg(long)]
+    no_http: bool,
+    /// A pipeline clients may open: NAME=MANIFEST (repeatable; adds to the file's).
+    #[arg(long = "pipeline", value_name = "NAME=MANIFEST")]
+    pipelines: Vec<String>,
+    /// Concurrent sessions allowed.
+    #[arg(long)]
+    max_sessions: Option<usize>,
+    /// Let clients send their own manifests (native node types only, unless the file
+    /// allows Python).
+    #[arg(long)]
+    allow_client_manifests: bool,
 }
 
 /// Exit codes: 0 success, 1 the pipeline failed while running, 2 bad manifest or arguments.
@@ -201,24 +205,7 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
-        Command::Serve {
-            config,
-            grpc,
-            http,
-            no_http,
-            pipelines,
-            max_sessions,
-            allow_client_manifests,
-        } => server_config(
-            config,
-            grpc,
-            http,
-            no_http,
-            pipelines,
-            max_sessions,
-            allow_client_manifests,
-        )
-        .and_then(|config| {
+        Command::Serve(args) => server_config(args).and_then(|config| {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -281,15 +268,16 @@ fn main() -> ExitCode {
 }
 
 /// The server's configuration: the file, then the flags.
-fn server_config(
-    path: Option<PathBuf>,
-    grpc: Option<std::net::SocketAddr>,
-    http: Option<std::net::SocketAddr>,
-    no_http: bool,
-    pipelines: Vec<String>,
-    max_sessions: Option<usize>,
-    allow_client_manifests: bool,
-) -> anyhow::Result<remotemedia_server::ServerConfig> {
+fn server_config(args: ServeArgs) -> anyhow::Result<remotemedia_server::ServerConfig> {
+    let ServeArgs {
+        config: path,
+        grpc,
+        http,
+        no_http,
+        pipelines,
+        max_sessions,
+        allow_client_manifests,
+    } = args;
     let mut config = match &path {
         Some(p) => {
             remotemedia_server::ServerConfig::from_file(p).map_err(|e| Invalid(e.to_string()))?

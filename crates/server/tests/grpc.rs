@@ -81,12 +81,7 @@ async fn a_stream_opens_a_session_streams_outputs_and_closes() {
 async fn text_goes_to_a_named_input_and_unary_execute_returns_everything() {
     let server = serve(|_| {}).await;
     let mut c = client(&server).await;
-    let mut s = stream(&mut c, Request::new).await.unwrap();
-    s.tx.send(open("upper")).await.unwrap();
-    assert!(matches!(
-        next(&mut s.rx).await.unwrap(),
-        Some(Msg::Ready(_))
-    ));
+    let mut s = opened(&mut c, "upper").await;
     s.tx.send(text("shout.in", "hello")).await.unwrap();
     let Some(Msg::Output(o)) = next(&mut s.rx).await.unwrap() else {
         panic!("output")
@@ -414,30 +409,14 @@ async fn limits_on_size_rate_real_time_idle_and_duration_are_enforced() {
     })
     .await;
     let mut c = client(&server).await;
-    let opened = async |c: &mut _| {
-        let mut s = stream(c, Request::new).await.unwrap();
-        s.tx.send(open("gain")).await.unwrap();
-        assert!(matches!(
-            next(&mut s.rx).await.unwrap(),
-            Some(Msg::Ready(_))
-        ));
-        s
-    };
     // A message over the size limit.
-    let mut s = opened(&mut c).await;
+    let mut s = opened(&mut c, "gain").await;
     s.tx.send(audio(pcm(32_000), 16_000)).await.unwrap();
     let err = status_of(&mut s.rx).await;
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     // A flood of tiny frames (1 ms each: under the real-time limit, over the rate).
-    let mut s = opened(&mut c).await;
-    let flood = async {
-        for _ in 0..2_000 {
-            if s.tx.send(audio(pcm(16), 16_000)).await.is_err() {
-                break;
-            }
-        }
-    };
-    let (_, err) = tokio::join!(flood, status_of(&mut s.rx));
+    let mut s = opened(&mut c, "gain").await;
+    let err = refused_after(&mut s, 2_000, || audio(pcm(16), 16_000)).await;
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(
         err.message().contains("messages per second"),
@@ -445,19 +424,12 @@ async fn limits_on_size_rate_real_time_idle_and_duration_are_enforced() {
         err.message()
     );
     // Audio much faster than real time.
-    let mut s = opened(&mut c).await;
-    let fast = async {
-        for _ in 0..50 {
-            if s.tx.send(audio(pcm(1_600), 16_000)).await.is_err() {
-                break;
-            }
-        }
-    };
-    let (_, err) = tokio::join!(fast, status_of(&mut s.rx));
+    let mut s = opened(&mut c, "gain").await;
+    let err = refused_after(&mut s, 50, || audio(pcm(1_600), 16_000)).await;
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.message().contains("real time"), "{}", err.message());
     // Silence from the client.
-    let mut s = opened(&mut c).await;
+    let mut s = opened(&mut c, "gain").await;
     let err = status_of(&mut s.rx).await;
     assert_eq!(err.code(), Code::DeadlineExceeded);
     assert!(err.message().contains("idle"), "{}", err.message());
@@ -466,7 +438,7 @@ async fn limits_on_size_rate_real_time_idle_and_duration_are_enforced() {
     // A session that outlives its maximum duration, though the client keeps talking.
     let server = serve(|c| c.limits.max_duration_ms = 300).await;
     let mut c = client(&server).await;
-    let mut s = opened(&mut c).await;
+    let mut s = opened(&mut c, "gain").await;
     let talk = async {
         for _ in 0..100 {
             if s.tx.send(audio(pcm(320), 16_000)).await.is_err() {
@@ -520,12 +492,7 @@ async fn clients_that_vanish_or_cancel_leave_nothing_behind() {
     let server = serve(|_| {}).await;
     for round in 0..6 {
         let mut c = client(&server).await;
-        let mut s = stream(&mut c, Request::new).await.unwrap();
-        s.tx.send(open("vad")).await.unwrap();
-        assert!(matches!(
-            next(&mut s.rx).await.unwrap(),
-            Some(Msg::Ready(_))
-        ));
+        let s = opened(&mut c, "vad").await;
         for _ in 0..5 {
             s.tx.send(audio(pcm(960), 48_000)).await.unwrap();
         }
@@ -541,24 +508,14 @@ async fn clients_that_vanish_or_cancel_leave_nothing_behind() {
     assert_no_leaks(&server).await;
     // The server still serves.
     let mut c = client(&server).await;
-    let mut s = stream(&mut c, Request::new).await.unwrap();
-    s.tx.send(open("gain")).await.unwrap();
-    assert!(matches!(
-        next(&mut s.rx).await.unwrap(),
-        Some(Msg::Ready(_))
-    ));
+    opened(&mut c, "gain").await;
 }
 
 #[tokio::test]
 async fn shutdown_ends_live_sessions_with_unavailable() {
     let server = serve(|_| {}).await;
     let mut c = client(&server).await;
-    let mut s = stream(&mut c, Request::new).await.unwrap();
-    s.tx.send(open("gain")).await.unwrap();
-    assert!(matches!(
-        next(&mut s.rx).await.unwrap(),
-        Some(Msg::Ready(_))
-    ));
+    let mut s = opened(&mut c, "gain").await;
     let stopping = tokio::spawn(server.shutdown());
     let err = status_of(&mut s.rx).await;
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
@@ -577,12 +534,7 @@ async fn a_client_that_stops_reading_still_meets_the_duration_limit() {
     })
     .await;
     let mut c = client(&server).await;
-    let mut s = stream(&mut c, Request::new).await.unwrap();
-    s.tx.send(open("gain")).await.unwrap();
-    assert!(matches!(
-        next(&mut s.rx).await.unwrap(),
-        Some(Msg::Ready(_))
-    ));
+    let s = opened(&mut c, "gain").await;
     // Far more output than the outbox, the HTTP/2 window and the edges hold, never read.
     let tx = s.tx.clone();
     let writer = tokio::spawn(async move {
@@ -607,12 +559,7 @@ async fn a_client_that_stops_reading_still_meets_the_duration_limit() {
 async fn node_failures_arrive_as_typed_errors_and_a_fatal_one_closes_the_session() {
     let server = serve(|_| {}).await;
     let mut c = client(&server).await;
-    let mut s = stream(&mut c, Request::new).await.unwrap();
-    s.tx.send(open("picky")).await.unwrap();
-    assert!(matches!(
-        next(&mut s.rx).await.unwrap(),
-        Some(Msg::Ready(_))
-    ));
+    let mut s = opened(&mut c, "picky").await;
     for word in ["fine", "bad", "still fine", "boom"] {
         s.tx.send(text("", word)).await.unwrap();
     }

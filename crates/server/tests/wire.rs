@@ -84,12 +84,7 @@ async fn bytes_that_are_not_a_message_end_the_call_with_internal_and_nothing_els
 
     // Other sessions are unaffected.
     let mut c = client(&server).await;
-    let mut s = stream(&mut c, tonic::Request::new).await.unwrap();
-    s.tx.send(open("gain")).await.unwrap();
-    assert!(matches!(
-        next(&mut s.rx).await.unwrap(),
-        Some(Msg::Ready(_))
-    ));
+    opened(&mut c, "gain").await;
 }
 
 #[tokio::test]
@@ -97,12 +92,7 @@ async fn a_connection_cut_in_the_middle_of_a_message_releases_the_session() {
     let server = serve(|_| {}).await;
     let mut c = client(&server).await;
     // A healthy session on another connection keeps working throughout.
-    let mut other = stream(&mut c, tonic::Request::new).await.unwrap();
-    other.tx.send(open("upper")).await.unwrap();
-    assert!(matches!(
-        next(&mut other.rx).await.unwrap(),
-        Some(Msg::Ready(_))
-    ));
+    let mut other = opened(&mut c, "upper").await;
 
     for _ in 0..5 {
         let (mut send, resp, conn) = raw_call(server.grpc_addr()).await;

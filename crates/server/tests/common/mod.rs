@@ -132,6 +132,33 @@ pub async fn stream(
     Ok(Stream { tx, rx })
 }
 
+/// A stream with a session of `pipeline` open (ready received).
+pub async fn opened(client: &mut PipelineServiceClient<Channel>, pipeline: &str) -> Stream {
+    let mut s = stream(client, Request::new).await.unwrap();
+    s.tx.send(open(pipeline)).await.unwrap();
+    let ready = next(&mut s.rx).await.unwrap();
+    assert!(matches!(ready, Some(Msg::Ready(_))), "{ready:?}");
+    s
+}
+
+/// Sends `frame()` up to `n` times, as fast as the server takes them, and returns the status
+/// the server ended the call with.
+pub async fn refused_after(
+    s: &mut Stream,
+    n: usize,
+    frame: impl Fn() -> proto::StreamRequest,
+) -> Status {
+    let tx = s.tx.clone();
+    let send = async move {
+        for _ in 0..n {
+            if tx.send(frame()).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::join!(send, status_of(&mut s.rx)).1
+}
+
 pub fn open(pipeline: &str) -> proto::StreamRequest {
     use proto::open_session::Pipeline;
     open_with(Pipeline::PipelineName(pipeline.into()), "1.0")
