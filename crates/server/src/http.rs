@@ -87,117 +87,35 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     );
 }
 
-fn plain(out: &mut String, name: &str, kind: &str, help: &str, v: u64) {
-    head(out, name, kind, help);
-    let _ = writeln!(out, "remotemedia_{name} {v}");
-}
-
 /// Prometheus text exposition of the process: sessions, per-node-type counters and latency
 /// histograms, model pools, bytes in and out, refused calls and Python worker restarts.
 pub fn render(shared: &Shared) -> String {
     let snap = shared.runtime.metrics().snapshot();
     let stats = &shared.stats;
-    let mut out = String::new();
-    let o = &mut out;
-    plain(
-        o,
-        "sessions_active",
-        "gauge",
-        "Sessions running now.",
-        snap.sessions_active as u64,
-    );
-    plain(
-        o,
-        "sessions_opened_total",
-        "counter",
-        "Sessions started.",
-        snap.sessions_opened,
-    );
-    plain(
-        o,
-        "sessions_failed_total",
-        "counter",
-        "Sessions ended by a fatal node error.",
-        snap.sessions_failed,
-    );
-    plain(
-        o,
-        "grpc_streams_active",
-        "gauge",
-        "StreamPipeline calls open now.",
-        stats.streams_active.load(Relaxed),
-    );
-    plain(
-        o,
-        "received_bytes_total",
-        "counter",
-        "Bytes of client messages received.",
-        stats.bytes_in.load(Relaxed),
-    );
-    plain(
-        o,
-        "sent_bytes_total",
-        "counter",
-        "Bytes of messages sent to clients.",
-        stats.bytes_out.load(Relaxed),
-    );
-    plain(
-        o,
-        "inputs_total",
-        "counter",
-        "Inputs fed into sessions.",
-        snap.inputs,
-    );
-    plain(
-        o,
-        "outputs_total",
-        "counter",
-        "Outputs sessions produced.",
-        snap.outputs,
-    );
-    plain(
-        o,
-        "dropped_total",
-        "counter",
-        "Packets dropped by real-time edge policies.",
-        snap.dropped,
-    );
-    plain(
-        o,
-        "nodes_alive",
-        "gauge",
-        "Node instances alive now.",
-        snap.nodes_alive.max(0) as u64,
-    );
-    plain(
-        o,
-        "node_tasks_alive",
-        "gauge",
-        "Node tasks running now.",
-        snap.tasks_alive.max(0) as u64,
-    );
     let (failures, restarts) = remotemedia_python::worker_stats();
-    plain(
-        o,
-        "python_worker_failures_total",
-        "counter",
-        "Python worker processes that died, hung or broke the protocol.",
-        failures,
-    );
-    plain(
-        o,
-        "python_worker_restarts_total",
-        "counter",
-        "Python worker processes restarted after a failure.",
-        restarts,
-    );
-    plain(
-        o,
-        "ready",
-        "gauge",
-        "1 once the configured pipelines' models are loaded.",
-        u64::from(shared.ready.load(Relaxed)),
-    );
+    let (g, c) = ("gauge", "counter");
+    #[rustfmt::skip]
+    let plain = [
+        ("sessions_active", g, "Sessions running now.", snap.sessions_active as u64),
+        ("sessions_opened_total", c, "Sessions started.", snap.sessions_opened),
+        ("sessions_failed_total", c, "Sessions ended by a fatal node error.", snap.sessions_failed),
+        ("grpc_streams_active", g, "StreamPipeline calls open now.", stats.streams_active.load(Relaxed)),
+        ("received_bytes_total", c, "Bytes of client messages received.", stats.bytes_in.load(Relaxed)),
+        ("sent_bytes_total", c, "Bytes of messages sent to clients.", stats.bytes_out.load(Relaxed)),
+        ("inputs_total", c, "Inputs fed into sessions.", snap.inputs),
+        ("outputs_total", c, "Outputs sessions produced.", snap.outputs),
+        ("dropped_total", c, "Packets dropped by real-time edge policies.", snap.dropped),
+        ("nodes_alive", g, "Node instances alive now.", snap.nodes_alive.max(0) as u64),
+        ("node_tasks_alive", g, "Node tasks running now.", snap.tasks_alive.max(0) as u64),
+        ("python_worker_failures_total", c, "Python worker processes that died, hung or broke the protocol.", failures),
+        ("python_worker_restarts_total", c, "Python worker processes restarted after a failure.", restarts),
+        ("ready", g, "1 once the configured pipelines' models are loaded.", u64::from(shared.ready.load(Relaxed))),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, v) in plain {
+        head(&mut out, name, kind, help);
+        let _ = writeln!(out, "remotemedia_{name} {v}");
+    }
     head(
         &mut out,
         "grpc_errors_total",
