@@ -52,11 +52,85 @@ impl fmt::Display for MediaType {
     }
 }
 
+/// The sample memory of an [`AudioFrame`]: reference-counted, so clones share it. Either the
+/// runtime owns it, or it is lent by a foreign owner (a numpy array, a shared-memory sample)
+/// that stays alive, unchanged, for as long as any frame uses it: no copy either way.
+#[derive(Clone)]
+pub struct Samples(SamplesInner);
+
+#[derive(Clone)]
+enum SamplesInner {
+    Owned(Arc<[f32]>),
+    Foreign(Arc<dyn ForeignSamples>),
+}
+
+/// Memory someone else owns, lent to the runtime without a copy. `samples` must return the same
+/// slice, with the same contents, for the owner's whole life.
+pub trait ForeignSamples: Send + Sync + 'static {
+    fn samples(&self) -> &[f32];
+}
+
+impl Samples {
+    /// Lends a foreign owner's memory.
+    pub fn foreign(owner: Arc<dyn ForeignSamples>) -> Self {
+        Samples(SamplesInner::Foreign(owner))
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        match &self.0 {
+            SamplesInner::Owned(a) => a,
+            SamplesInner::Foreign(f) => f.samples(),
+        }
+    }
+
+    /// True when both read the same memory.
+    pub fn ptr_eq(&self, other: &Samples) -> bool {
+        std::ptr::eq(self.as_slice(), other.as_slice())
+    }
+}
+
+impl std::ops::Deref for Samples {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for Samples {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl From<Arc<[f32]>> for Samples {
+    fn from(a: Arc<[f32]>) -> Self {
+        Samples(SamplesInner::Owned(a))
+    }
+}
+
+impl From<Vec<f32>> for Samples {
+    fn from(v: Vec<f32>) -> Self {
+        Samples(SamplesInner::Owned(v.into()))
+    }
+}
+
+impl From<Box<[f32]>> for Samples {
+    fn from(v: Box<[f32]>) -> Self {
+        Samples(SamplesInner::Owned(v.into()))
+    }
+}
+
+impl From<&[f32]> for Samples {
+    fn from(v: &[f32]) -> Self {
+        Samples(SamplesInner::Owned(v.into()))
+    }
+}
+
 /// Interleaved f32 PCM. The sample buffer is shared: clones point at the same memory, which is
 /// what makes fan-out free and lets tests prove it with [`AudioFrame::shares_samples_with`].
 #[derive(Clone, PartialEq)]
 pub struct AudioFrame {
-    samples: Arc<[f32]>,
+    samples: Samples,
     /// Samples per second per channel.
     pub sample_rate: u32,
     /// Number of interleaved channels (at least 1).
@@ -65,7 +139,7 @@ pub struct AudioFrame {
 
 impl AudioFrame {
     /// Wraps interleaved samples. `channels` of 0 is treated as mono.
-    pub fn new(samples: impl Into<Arc<[f32]>>, sample_rate: u32, channels: u16) -> Self {
+    pub fn new(samples: impl Into<Samples>, sample_rate: u32, channels: u16) -> Self {
         Self {
             samples: samples.into(),
             sample_rate,
@@ -79,7 +153,7 @@ impl AudioFrame {
     }
 
     /// The shared buffer itself, for zero-copy hand-off.
-    pub fn shared_samples(&self) -> &Arc<[f32]> {
+    pub fn shared_samples(&self) -> &Samples {
         &self.samples
     }
 
@@ -98,7 +172,7 @@ impl AudioFrame {
 
     /// True when both frames read the same memory (no copy was made between them).
     pub fn shares_samples_with(&self, other: &AudioFrame) -> bool {
-        Arc::ptr_eq(&self.samples, &other.samples)
+        self.samples.ptr_eq(&other.samples)
     }
 }
 
@@ -172,7 +246,7 @@ impl RuntimeData {
     }
 
     /// Mono or interleaved audio.
-    pub fn audio(samples: impl Into<Arc<[f32]>>, sample_rate: u32, channels: u16) -> Self {
+    pub fn audio(samples: impl Into<Samples>, sample_rate: u32, channels: u16) -> Self {
         RuntimeData::Audio(AudioFrame::new(samples, sample_rate, channels))
     }
 

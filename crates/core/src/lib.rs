@@ -24,7 +24,10 @@ pub mod retry;
 pub mod session;
 pub mod testing;
 
-pub use data::{AudioFrame, Control, ImageFrame, MediaType, Packet, RuntimeData, TextFrame};
+pub use data::{
+    AudioFrame, Control, ForeignSamples, ImageFrame, MediaType, Packet, RuntimeData, Samples,
+    TextFrame,
+};
 pub use executor::{Executor, ExecutorKind, ExecutorRegistry};
 pub use manifest::{Manifest, RuntimeHint};
 pub use node::{ErrorKind, Node, NodeContext, NodeError, NodeType, NodeTypeInfo, Outputs, Ports};

@@ -3,7 +3,8 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -162,6 +163,53 @@ connections:
     for p in &out {
         assert!(p.data.as_audio().unwrap().shares_samples_with(&original));
     }
+}
+
+/// Memory lent by someone else (as a numpy array is), with a flag for when it is given back.
+struct Lent {
+    data: Vec<f32>,
+    returned: Arc<AtomicBool>,
+}
+
+impl remotemedia_core::ForeignSamples for Lent {
+    fn samples(&self) -> &[f32] {
+        &self.data
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.returned.store(true, SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn lent_samples_cross_a_session_in_place_and_go_back_with_the_last_frame() {
+    let rt = runtime();
+    let p = rt
+        .load(
+            "version: v1\nnodes:\n  - {id: a, type: PassThrough}\n  - {id: b, type: TestAudioOnly}\nconnections:\n  - {from: a, to: b}\n",
+            "lent.yaml",
+        )
+        .unwrap();
+    let returned = Arc::new(AtomicBool::new(false));
+    let lent = Arc::new(Lent {
+        data: vec![0.5; 320],
+        returned: Arc::clone(&returned),
+    });
+    let at = lent.data.as_ptr();
+    let frame = RuntimeData::audio(remotemedia_core::Samples::foreign(lent), 16_000, 1);
+    let out = rt.execute(&p, vec![frame]).await.unwrap();
+    let audio = out[0].data.as_audio().unwrap();
+    assert_eq!(
+        audio.samples().as_ptr(),
+        at,
+        "no copy from the lender to the output"
+    );
+    assert_eq!(audio.duration(), Duration::from_millis(20));
+    assert!(!returned.load(SeqCst));
+    drop(out);
+    assert!(returned.load(SeqCst), "released with the last frame");
 }
 
 #[tokio::test]

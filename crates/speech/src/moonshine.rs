@@ -24,7 +24,7 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorRef};
 use remotemedia_core::node::{NodeType, Ports};
 use remotemedia_core::{
-    MediaType, Node, NodeContext, NodeError, Outputs, Packet, RuntimeData, TextFrame,
+    MediaType, Node, NodeContext, NodeError, Outputs, Packet, RuntimeData, Samples, TextFrame,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -483,7 +483,7 @@ impl MoonshineASRNode {
     }
 
     /// Runs a transcription without stalling the async reactor.
-    async fn transcribe(&self, samples: Arc<[f32]>) -> Result<Transcript, NodeError> {
+    async fn transcribe(&self, samples: Samples) -> Result<Transcript, NodeError> {
         let engine = Arc::clone(&self.engine);
         crate::tts::off_reactor(move || engine.transcribe(&samples))
             .await
@@ -521,7 +521,7 @@ impl Node for MoonshineASRNode {
             return Ok(());
         }
         let began = Instant::now();
-        let t = self.transcribe(Arc::clone(frame.shared_samples())).await?;
+        let t = self.transcribe(frame.shared_samples().clone()).await?;
         let audio_s = duration.as_secs_f64();
         let took_s = began.elapsed().as_secs_f64();
         if t.capped {

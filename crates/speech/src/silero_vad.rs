@@ -385,7 +385,7 @@ impl Node for SileroVADNode {
             e.pending.extend_from_slice(frame.samples());
             return Ok(());
         }
-        let samples = Arc::clone(frame.shared_samples());
+        let samples = frame.shared_samples().clone();
         self.with_engine(move |e| e.feed(&samples)).await?;
         self.emit(out, None);
         Ok(())
