@@ -164,6 +164,7 @@ pub async fn start(
     // next message acknowledges the last one: one frame period of latency on every output.
     let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
     let router = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(size_status))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(InterceptedService::new(reflection, check.clone()))
@@ -205,6 +206,21 @@ pub async fn start(
         stop,
         tasks,
     })
+}
+
+/// tonic refuses a unary request over the size limit with OUT_OF_RANGE before our code runs;
+/// gRPC's status table says RESOURCE_EXHAUSTED, which is what streams get, so unary calls get
+/// it too.
+fn size_status<B>(mut resp: ::http::Response<B>) -> ::http::Response<B> {
+    let h = resp.headers_mut();
+    let too_large = h
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(|m| m.contains("length%20too%20large") || m.contains("length too large"));
+    if too_large && h.get("grpc-status").is_some_and(|v| v == "11") {
+        h.insert("grpc-status", ::http::HeaderValue::from_static("8"));
+    }
+    resp
 }
 
 /// Opens and closes one session of each configured pipeline, so its models are in the shared

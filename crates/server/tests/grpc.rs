@@ -414,6 +414,22 @@ async fn limits_on_size_rate_real_time_idle_and_duration_are_enforced() {
     s.tx.send(audio(pcm(32_000), 16_000)).await.unwrap();
     let err = status_of(&mut s.rx).await;
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // A unary request over the size limit gets the same code.
+    let frame = match audio(pcm(32_000), 16_000).message {
+        Some(proto::stream_request::Message::Data(d)) => d,
+        _ => unreachable!(),
+    };
+    let err = c
+        .execute_pipeline(proto::ExecuteRequest {
+            pipeline: Some(proto::execute_request::Pipeline::PipelineName(
+                "gain".into(),
+            )),
+            protocol_version: "1.0".into(),
+            inputs: vec![frame],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     // A flood of tiny frames (1 ms each: under the real-time limit, over the rate).
     let mut s = opened(&mut c, "gain").await;
     let err = refused_after(&mut s, 2_000, || audio(pcm(16), 16_000)).await;
