@@ -223,9 +223,13 @@ def request_stream(
     if (pipeline_name is None) == (manifest is None):
         raise ValueError("give exactly one of pipeline_name and manifest")
     if pipeline_name is not None:
-        opening = pb2.OpenSession(pipeline_name=pipeline_name, protocol_version=PROTOCOL_VERSION)
+        opening = pb2.OpenSession(
+            pipeline_name=pipeline_name, protocol_version=PROTOCOL_VERSION, audio_out_f32le=True
+        )
     else:
-        opening = pb2.OpenSession(manifest=manifest, protocol_version=PROTOCOL_VERSION)
+        opening = pb2.OpenSession(
+            manifest=manifest, protocol_version=PROTOCOL_VERSION, audio_out_f32le=True
+        )
     yield pb2.StreamRequest(open=opening)
 
     if state is not None:
@@ -305,6 +309,14 @@ def describe_ready(ready) -> str:
     )
 
 
+def audio_samples(audio) -> np.ndarray:
+    """An AudioBuffer's interleaved samples as float32, from whichever form it came in (the
+    session asks for little-endian bytes, which numpy reads without a per-sample loop)."""
+    if audio.samples_f32le:
+        return np.frombuffer(audio.samples_f32le, dtype="<f4")
+    return np.asarray(audio.samples, dtype=np.float32)
+
+
 def describe_output(output) -> str:
     data = output.data
     kind = data.WhichOneof("kind")
@@ -321,8 +333,9 @@ def describe_output(output) -> str:
     if kind == "audio":
         audio = data.audio
         channels = audio.channels or 1
-        seconds = len(audio.samples) / channels / audio.sample_rate if audio.sample_rate else 0.0
-        size = f"{len(audio.samples)} samples, {audio.sample_rate} Hz x{channels} ({seconds:.2f} s)"
+        samples = audio_samples(audio)
+        seconds = len(samples) / channels / audio.sample_rate if audio.sample_rate else 0.0
+        size = f"{len(samples)} samples, {audio.sample_rate} Hz x{channels} ({seconds:.2f} s)"
     elif kind == "json":
         preview = " ".join(data.json.split())
         preview = preview if len(preview) <= 60 else preview[:57] + "..."

@@ -118,6 +118,7 @@ async fn session(
             )),
             protocol_version: "1.0".into(),
             requested_limits: None,
+            audio_out_f32le: !args.floats,
         })),
     })
     .await

@@ -104,14 +104,23 @@ fn us(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-pub fn data_out(data: &RuntimeData) -> proto::Data {
+/// `f32le`: audio samples as little-endian bytes rather than repeated floats.
+pub fn data_out(data: &RuntimeData, f32le: bool) -> proto::Data {
     let kind = match data {
-        RuntimeData::Audio(a) => Kind::Audio(proto::AudioBuffer {
-            samples: a.samples().to_vec(),
-            sample_rate: a.sample_rate,
-            channels: u32::from(a.channels),
-            samples_f32le: Vec::new(),
-        }),
+        RuntimeData::Audio(a) => {
+            let (samples, samples_f32le) = if f32le {
+                let bytes = a.samples().iter().flat_map(|s| s.to_le_bytes()).collect();
+                (Vec::new(), bytes)
+            } else {
+                (a.samples().to_vec(), Vec::new())
+            };
+            Kind::Audio(proto::AudioBuffer {
+                samples,
+                sample_rate: a.sample_rate,
+                channels: u32::from(a.channels),
+                samples_f32le,
+            })
+        }
         RuntimeData::Text(t) => Kind::Text(proto::TextData {
             text: t.text.to_string(),
             is_final: t.is_final,
@@ -144,11 +153,11 @@ pub fn data_out(data: &RuntimeData) -> proto::Data {
     proto::Data { kind: Some(kind) }
 }
 
-pub fn output(p: &Packet) -> proto::OutputFrame {
+pub fn output(p: &Packet, f32le: bool) -> proto::OutputFrame {
     proto::OutputFrame {
         node: p.source.to_string(),
         port: p.port.to_string(),
-        data: Some(data_out(&p.data)),
+        data: Some(data_out(&p.data, f32le)),
         seq: p.seq,
         timestamp_us: us(p.timestamp),
     }

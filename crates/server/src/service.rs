@@ -273,6 +273,7 @@ pub struct Service {
 
 impl Service {
     async fn execute(&self, req: proto::ExecuteRequest) -> Result<proto::ExecuteResponse, Status> {
+        let f32le = req.audio_out_f32le;
         let shared = &self.shared;
         let granted = shared.grant(
             &req.protocol_version,
@@ -308,7 +309,7 @@ impl Service {
             let mut resp = proto::ExecuteResponse::default();
             while let Some(item) = output.recv().await {
                 match item {
-                    Ok(p) => resp.outputs.push(convert::output(&p)),
+                    Ok(p) => resp.outputs.push(convert::output(&p, f32le)),
                     Err(f) => resp.errors.push(convert::error(&f)),
                 }
             }

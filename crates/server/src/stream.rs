@@ -95,7 +95,10 @@ async fn serve(
             tokio::time::Instant::now() + Duration::from_millis(granted.limits.max_duration_ms)
         }),
     };
-    let (_, ended) = tokio::join!(feed, forward(shared, output, tx, &stop_tx, ends));
+    let (_, ended) = tokio::join!(
+        feed,
+        forward(shared, output, tx, &stop_tx, ends, open.audio_out_f32le)
+    );
     ended
 }
 
@@ -323,6 +326,7 @@ async fn forward(
     tx: &Outbox,
     stop_tx: &watch::Sender<Option<Status>>,
     mut ends: Ends,
+    f32le: bool,
 ) -> Result<(), Status> {
     let mut stopped: Option<Status> = None;
     loop {
@@ -340,7 +344,7 @@ async fn forward(
             continue; // draining a cancelled session
         }
         let m = match item {
-            Ok(p) => stream_response::Message::Output(convert::output(&p)),
+            Ok(p) => stream_response::Message::Output(convert::output(&p, f32le)),
             Err(f) => stream_response::Message::Error(convert::error(&f)),
         };
         let m = proto::StreamResponse { message: Some(m) };

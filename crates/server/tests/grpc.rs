@@ -107,6 +107,7 @@ async fn text_goes_to_a_named_input_and_unary_execute_returns_everything() {
             )),
             protocol_version: "1.0".into(),
             inputs: inputs.to_vec(),
+            audio_out_f32le: false,
         })
         .await
         .unwrap()
@@ -426,6 +427,7 @@ async fn limits_on_size_rate_real_time_idle_and_duration_are_enforced() {
             )),
             protocol_version: "1.0".into(),
             inputs: vec![frame],
+            audio_out_f32le: false,
         })
         .await
         .unwrap_err();
@@ -613,4 +615,35 @@ async fn node_failures_arrive_as_typed_errors_and_a_fatal_one_closes_the_session
             .metrics_text()
             .contains("remotemedia_sessions_failed_total 1\n")
     );
+}
+
+#[tokio::test]
+async fn output_audio_comes_as_bytes_when_the_client_asks() {
+    let server = serve(|_| {}).await;
+    let mut c = client(&server).await;
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    let mut req = open("gain");
+    if let Some(proto::stream_request::Message::Open(o)) = &mut req.message {
+        o.audio_out_f32le = true;
+    }
+    s.tx.send(req).await.unwrap();
+    assert!(matches!(
+        next(&mut s.rx).await.unwrap(),
+        Some(Msg::Ready(_))
+    ));
+    let sent = pcm(480);
+    s.tx.send(audio(sent.clone(), 16_000)).await.unwrap();
+    let Some(Msg::Output(o)) = next(&mut s.rx).await.unwrap() else {
+        panic!()
+    };
+    let Some(proto::data::Kind::Audio(a)) = o.data.unwrap().kind else {
+        panic!()
+    };
+    assert!(a.samples.is_empty());
+    let got: Vec<f32> = a
+        .samples_f32le
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(got, sent);
 }

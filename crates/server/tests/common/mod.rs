@@ -170,6 +170,7 @@ pub fn open_with(pipeline: proto::open_session::Pipeline, version: &str) -> prot
             pipeline: Some(pipeline),
             protocol_version: version.into(),
             requested_limits: None,
+            audio_out_f32le: false,
         })),
     }
 }
