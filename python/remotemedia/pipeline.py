@@ -1,0 +1,171 @@
+"""Run pipelines on the Rust runtime from Python.
+
+::
+
+    from remotemedia.pipeline import Pipeline
+    from remotemedia import Audio
+
+    pipeline = Pipeline.from_yaml("examples/transcribe.yaml")
+    results = pipeline.run_sync([Audio(samples, 16000)])   # or: await pipeline.run([...])
+    for r in results:
+        print(r.node, r.data)
+
+Manifests are validated by the same code as the ``remotemedia`` CLI: a bad one raises
+:class:`ManifestError` with the same ``origin:line:column`` message. While a pipeline runs the
+GIL is released, so other Python threads go on. Audio crosses without a copy in both
+directions: a C-contiguous float32 array is read in place by the runtime, and output audio is a
+read-only numpy view of the runtime's buffer. Other sample types are converted first: other
+float arrays with ``astype(float32)``, int16 and int32 PCM scaled to [-1, 1); anything else is
+refused with ``TypeError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, List, Sequence, Tuple
+
+import numpy as np
+
+from . import _native
+from .data import Audio, Binary, Json, RuntimeData, Text, wrap
+
+ManifestError = _native.ManifestError
+PipelineError = _native.PipelineError
+
+
+@dataclass
+class Result:
+    """One output of a run: the data and the node and port that produced it."""
+
+    node: str
+    port: str
+    data: RuntimeData
+
+
+@dataclass
+class Failure:
+    """A node that failed on an input (``fatal`` ones end the run)."""
+
+    node: str
+    node_type: str
+    message: str
+    fatal: bool
+
+
+class RunError(PipelineError):
+    """A run ended by a fatal node failure; ``results`` and ``failures`` hold what it did."""
+
+    def __init__(self, failure: Failure, results: List[Result], failures: List[Failure]):
+        super().__init__(f"node `{failure.node}` ({failure.node_type}): {failure.message}")
+        self.results = results
+        self.failures = failures
+
+
+class Pipeline:
+    """A validated pipeline, ready to run on the Rust runtime."""
+
+    def __init__(self, text: str, origin: str = "<manifest>"):
+        self._native = _native.NativePipeline(text, origin)
+        self.text = text
+        self.origin = origin
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "Pipeline":
+        """Loads a manifest file (YAML or JSON)."""
+        with open(path, encoding="utf-8") as f:
+            return cls(f.read(), os.fspath(path))
+
+    @classmethod
+    def from_dict(cls, manifest: dict, origin: str = "<dict>") -> "Pipeline":
+        """A manifest given as a dict (the same fields as the YAML form)."""
+        return cls(json.dumps(manifest, indent=1), origin)
+
+    @property
+    def node_ids(self) -> List[str]:
+        return list(self._native.node_ids())
+
+    def run_sync(self, inputs: Iterable[Any]) -> List[Result]:
+        """Runs one session over ``inputs`` (data objects, or str / bytes / JSON values) and
+        returns every output. Failures that cost one input are in ``last_failures``; a fatal
+        one raises :class:`RunError`."""
+        items = [_to_native(wrap(x)) for x in inputs]
+        outputs, failures = self._native.run(items)
+        results = [
+            Result(node, port, _from_native(kind, value, extra, ts))
+            for node, port, ts, kind, value, extra in outputs
+        ]
+        self.last_failures = [Failure(*f) for f in failures]
+        fatal = next((f for f in self.last_failures if f.fatal), None)
+        if fatal is not None:
+            raise RunError(fatal, results, self.last_failures)
+        return results
+
+    async def run(self, inputs: Iterable[Any]) -> List[Result]:
+        """:meth:`run_sync` without blocking the event loop."""
+        return await asyncio.to_thread(self.run_sync, list(inputs))
+
+
+def get_metrics() -> dict:
+    """The process's metrics: sessions, per node type counts, errors and latency percentiles
+    (the same JSON as the CLI's ``--metrics``)."""
+    return json.loads(_native.metrics_json())
+
+
+def as_float32(samples: Any) -> np.ndarray:
+    """Samples as a C-contiguous float32 array: the array itself when it already is one."""
+    a = np.asarray(samples)
+    if a.dtype == np.float32:
+        return np.ascontiguousarray(a).reshape(-1)
+    if a.dtype.kind == "f":
+        return np.ascontiguousarray(a, dtype=np.float32).reshape(-1)
+    if a.dtype == np.int16:
+        return (a.astype(np.float32) / 32768.0).reshape(-1)
+    if a.dtype == np.int32:
+        return (a.astype(np.float32) / 2147483648.0).reshape(-1)
+    raise TypeError(
+        f"audio samples of dtype {a.dtype} are not supported: use float32 (or another float, "
+        "int16, int32)"
+    )
+
+
+def _to_native(d: RuntimeData) -> Tuple:
+    if isinstance(d, Audio):
+        return ("audio", as_float32(d.samples), int(d.sample_rate), int(d.channels))
+    if isinstance(d, Text):
+        return ("text", d.text)
+    if isinstance(d, Json):
+        return ("json", json.dumps(d.value))
+    if isinstance(d, Binary):
+        return ("binary", bytes(d.data))
+    raise TypeError(
+        f"{type(d).__name__} inputs are not supported by Pipeline.run (audio, text, json, binary)"
+    )
+
+
+def _from_native(kind: str, value: Any, extra: Any, ts: float) -> RuntimeData:
+    if kind == "audio":
+        rate, channels = extra
+        return Audio(value, rate, channels, timestamp=ts)
+    if kind == "text":
+        is_final, span = extra
+        return Text(value, is_final=is_final, span=span, timestamp=ts)
+    if kind == "json":
+        return Json(json.loads(value), timestamp=ts)
+    if kind == "binary":
+        return Binary(value, timestamp=ts)
+    return Text(value, timestamp=ts)
+
+
+__all__: Sequence[str] = [
+    "Failure",
+    "ManifestError",
+    "Pipeline",
+    "PipelineError",
+    "Result",
+    "RunError",
+    "as_float32",
+    "get_metrics",
+]

@@ -1,0 +1,106 @@
+"""The Python SDK on the Rust runtime: validation, runs, zero-copy audio, the GIL."""
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from remotemedia import Audio, Text
+from remotemedia.pipeline import ManifestError, Pipeline, PipelineError, as_float32, get_metrics
+
+PASS = "version: v1\nnodes:\n  - {id: a, type: PassThrough}\n"
+
+
+def test_a_bad_manifest_raises_with_the_cli_message_and_location():
+    with pytest.raises(ManifestError) as e:
+        Pipeline("version: v1\nnodes:\n  - {id: g, type: AudioGian}\n", "mine.yaml")
+    assert "mine.yaml:3:" in str(e.value)
+    assert "did you mean `AudioGain`" in str(e.value)
+    assert isinstance(e.value, ValueError)
+
+
+def test_from_dict_runs_text_through_the_runtime():
+    p = Pipeline.from_dict(
+        {
+            "version": "v1",
+            "nodes": [{"id": "shout", "type": "TextTransform", "params": {"op": "uppercase"}}],
+        }
+    )
+    results = p.run_sync(["hello", Text("again")])
+    assert [r.data.text for r in results] == ["HELLO", "AGAIN"]
+    assert {r.node for r in results} == {"shout"}
+
+
+def test_float32_audio_goes_in_and_comes_out_without_a_copy():
+    samples = np.linspace(-1, 1, 320, dtype=np.float32)
+    (result,) = Pipeline(PASS).run_sync([Audio(samples, 16000)])
+    out = result.data.samples
+    assert out.ctypes.data == samples.ctypes.data, "the output views the input's memory"
+    assert not out.flags.writeable
+    assert result.data.sample_rate == 16000 and result.data.channels == 1
+    # A real node's output is a view of the runtime's buffer, not a copy made for Python.
+    gain = Pipeline("version: v1\nnodes:\n  - {id: g, type: AudioGain, params: {gain_db: 0}}\n")
+    (r,) = gain.run_sync([Audio(samples, 16000)])
+    assert r.data.samples.base is not None and not r.data.samples.flags.owndata
+    np.testing.assert_allclose(r.data.samples, samples)
+
+
+def test_other_sample_types_follow_the_stated_rule():
+    pcm = np.array([0, 16384, -32768], dtype=np.int16)
+    np.testing.assert_allclose(as_float32(pcm), [0.0, 0.5, -1.0])
+    assert as_float32(np.zeros(4, dtype=np.float64)).dtype == np.float32
+    with pytest.raises(TypeError, match="uint8"):
+        as_float32(np.zeros(4, dtype=np.uint8))
+
+
+def test_the_gil_is_released_while_the_runtime_works():
+    p = Pipeline(
+        "version: v1\nnodes:\n  - {id: r, type: AudioResample, params: {target_rate: 16000}}\n"
+    )
+    frames = [Audio(np.random.default_rng(1).standard_normal(960).astype(np.float32), 48000)] * 3000
+    ticks = 0
+    stop = threading.Event()
+
+    def count():
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            time.sleep(0.001)
+
+    t = threading.Thread(target=count)
+    t.start()
+    time.sleep(0.01)
+    before, started = ticks, time.monotonic()
+    p.run_sync(frames)
+    during, took = ticks - before, time.monotonic() - started
+    stop.set()
+    t.join()
+    assert took > 0.05, f"the run should take a while to show anything ({took:.3f} s)"
+    # Holding the GIL for the whole run would allow at most a tick or two.
+    assert during >= 10, f"another thread ran only {during} times in {took:.2f} s"
+
+
+def test_async_runs_do_not_block_the_event_loop():
+    async def main():
+        p = Pipeline(
+            "version: v1\nnodes:\n  - {id: t, type: TextTransform, params: {op: uppercase}}\n"
+        )
+        a, b = await asyncio.gather(p.run(["x"]), p.run(["y"]))
+        return a[0].data.text, b[0].data.text
+
+    assert asyncio.run(main()) == ("X", "Y")
+
+
+def test_metrics_are_the_runtimes_own():
+    Pipeline(PASS).run_sync(["m"])
+    m = get_metrics()
+    assert m["node_types"]["PassThrough"]["processed"] >= 1
+    assert m["sessions_active"] == 0
+
+
+def test_data_no_input_takes_raises_and_names_the_inputs():
+    gain = Pipeline("version: v1\nnodes:\n  - {id: g, type: AudioGain}\n")
+    with pytest.raises(PipelineError, match="g.in takes audio"):
+        gain.run_sync(["text is not audio"])
