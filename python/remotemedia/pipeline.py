@@ -103,9 +103,100 @@ class Pipeline:
             raise RunError(fatal, results, self.last_failures)
         return results
 
+    def session(self) -> Session:
+        """Starts a streaming session."""
+        return Session(self._native.open_session())
+
     async def run(self, inputs: Iterable[Any]) -> List[Result]:
         """:meth:`run_sync` without blocking the event loop."""
         return await asyncio.to_thread(self.run_sync, list(inputs))
+
+
+class Session:
+    """A live session of a pipeline (:meth:`Pipeline.session`): send inputs as they come, read
+    outputs as they are produced. Works with ``with`` / ``for`` and ``async with`` /
+    ``async for``; the async forms wait in a worker thread, so the event loop goes on. Leaving
+    the block cancels whatever is still running."""
+
+    def __init__(self, native: Any):
+        self._native = native
+        self.failures: List[Failure] = []
+
+    @property
+    def id(self) -> str:
+        return self._native.id
+
+    def send_sync(self, item: Any, target: str | None = None) -> None:
+        """Sends one input (to every pipeline input that takes it, or to ``target``: a node
+        id or ``node.port``); waits while the pipeline is busy."""
+        self._native.send(_to_native(wrap(item)), target)
+
+    async def send(self, item: Any, target: str | None = None) -> None:
+        await asyncio.to_thread(self.send_sync, item, target)
+
+    def flush_sync(self) -> None:
+        """Asks every node to emit what it has buffered now."""
+        self._native.send(("flush",), None)
+
+    async def flush(self) -> None:
+        await asyncio.to_thread(self.flush_sync)
+
+    def close_input(self) -> None:
+        """Ends the input: nodes flush and the remaining outputs arrive, then iteration ends."""
+        self._native.close_input()
+
+    def cancel(self) -> None:
+        """Stops every node now (from any thread); iteration ends soon after."""
+        self._native.cancel()
+
+    def recv_sync(self, timeout: float | None = None) -> Result | None:
+        """The next output, or None once the session has ended (``TimeoutError`` after
+        ``timeout`` seconds without one). Failures that cost one input are collected in
+        :attr:`failures`; a fatal one raises :class:`RunError`."""
+        while True:
+            item = self._native.recv(timeout)
+            if item is None:
+                return None
+            ok, value = item
+            if ok:
+                node, port, ts, kind, data, extra = value
+                return Result(node, port, _from_native(kind, data, extra, ts))
+            failure = Failure(*value)
+            self.failures.append(failure)
+            if failure.fatal:
+                raise RunError(failure, [], self.failures)
+
+    async def recv(self, timeout: float | None = None) -> Result | None:
+        return await asyncio.to_thread(self.recv_sync, timeout)
+
+    def metrics(self) -> dict:
+        """This session's metrics (while its input is open)."""
+        return json.loads(self._native.metrics_json())
+
+    def __iter__(self):
+        while (r := self.recv_sync()) is not None:
+            yield r
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> Result:
+        r = await self.recv()
+        if r is None:
+            raise StopAsyncIteration
+        return r
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cancel()
+
+    async def __aenter__(self) -> "Session":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.cancel()
 
 
 def get_metrics() -> dict:
@@ -161,6 +252,7 @@ def _from_native(kind: str, value: Any, extra: Any, ts: float) -> RuntimeData:
 
 __all__: Sequence[str] = [
     "Failure",
+    "Session",
     "ManifestError",
     "Pipeline",
     "PipelineError",

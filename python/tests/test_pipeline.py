@@ -104,3 +104,56 @@ def test_data_no_input_takes_raises_and_names_the_inputs():
     gain = Pipeline("version: v1\nnodes:\n  - {id: g, type: AudioGain}\n")
     with pytest.raises(PipelineError, match="g.in takes audio"):
         gain.run_sync(["text is not audio"])
+
+
+UPPER = "version: v1\nnodes:\n  - {id: t, type: TextTransform, params: {op: uppercase}}\n"
+
+
+def test_a_session_streams_outputs_as_inputs_arrive():
+    p = Pipeline(UPPER)
+    with p.session() as s:
+        s.send_sync("one")
+        assert s.recv_sync(timeout=10).data.text == "ONE", "an output before the input ends"
+        s.send_sync(Text("two"), target="t")
+        assert s.metrics()["inputs"] == 2
+        s.close_input()
+        assert [r.data.text for r in s] == ["TWO"]
+
+
+def test_async_sessions_send_and_read_concurrently_without_copying_audio():
+    async def main():
+        frames = [np.full(320, i, dtype=np.float32) for i in range(100)]
+        async with Pipeline(PASS).session() as s:
+
+            async def feed():
+                for f in frames:
+                    await s.send(Audio(f, 16000))
+                s.close_input()
+
+            task = asyncio.create_task(feed())
+            got = [r async for r in s]
+            await task
+        return frames, got
+
+    frames, got = asyncio.run(main())
+    assert len(got) == 100
+    assert all(r.data.samples.ctypes.data == f.ctypes.data for r, f in zip(got, frames))
+
+
+def test_cancel_from_another_thread_ends_a_waiting_reader():
+    s = Pipeline(UPPER).session()
+    ended = threading.Event()
+
+    def read():
+        assert s.recv_sync() is None
+        ended.set()
+
+    t = threading.Thread(target=read)
+    t.start()
+    time.sleep(0.05)
+    assert not ended.is_set(), "the reader waits for output"
+    s.cancel()
+    t.join(timeout=10)
+    assert ended.is_set(), "cancel ends the wait"
+    with pytest.raises(PipelineError, match="closed"):
+        s.send_sync("late")

@@ -36,7 +36,9 @@ pub use pool::{
     Lease, LoadOptions, ModelHandle, ModelKey, ModelPool, PoolConfig, PoolError, PoolSnapshot,
 };
 pub use registry::{NodeFactory, NodeRegistry};
-pub use session::{NodeFailure, Runtime, Session, SessionError, SessionInput, SessionOutput};
+pub use session::{
+    NodeFailure, Runtime, Session, SessionCanceller, SessionError, SessionInput, SessionOutput,
+};
 
 use std::sync::Arc;
 

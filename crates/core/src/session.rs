@@ -835,6 +835,16 @@ pub struct SessionOutput {
     metrics: Arc<SessionMetrics>,
 }
 
+/// Cancels a session (see [`SessionOutput::canceller`]).
+#[derive(Clone)]
+pub struct SessionCanceller(Arc<SessionState>);
+
+impl SessionCanceller {
+    pub fn cancel(&self) {
+        self.0.cancel();
+    }
+}
+
 /// What a finished session did.
 #[derive(Clone, Debug)]
 pub struct SessionReport {
@@ -867,6 +877,12 @@ impl SessionOutput {
     /// Stops every node now; queued data is discarded and nodes are closed.
     pub fn cancel(&self) {
         self.state.cancel();
+    }
+
+    /// A handle that cancels this session from anywhere, e.g. another thread while this one
+    /// waits in [`SessionOutput::recv`].
+    pub fn canceller(&self) -> SessionCanceller {
+        SessionCanceller(Arc::clone(&self.state))
     }
 
     pub fn session_id(&self) -> &str {

@@ -7,7 +7,7 @@
 //! to the runtime as it is, and output audio comes back as a read-only numpy view of the
 //! runtime's buffer.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use numpy::ndarray::ArrayView1;
 use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods};
@@ -15,8 +15,8 @@ use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 use remotemedia_core::{
-    ExecutorRegistry, ForeignSamples, NodeFailure, NodeRegistry, Packet, Pipeline, Runtime,
-    RuntimeData, Samples, TextFrame,
+    Control, ExecutorRegistry, ForeignSamples, NodeFailure, NodeRegistry, Packet, Pipeline,
+    Runtime, RuntimeData, Samples, SessionCanceller, SessionInput, SessionOutput, TextFrame,
 };
 
 pyo3::create_exception!(
@@ -131,9 +131,13 @@ fn data_in(item: &Bound<'_, PyAny>) -> PyResult<RuntimeData> {
             RuntimeData::json(v)
         }
         "binary" => RuntimeData::Binary(t.get_item(1)?.extract::<Vec<u8>>()?.into()),
+        "flush" => RuntimeData::Control(Control::Flush),
+        "cancel" => RuntimeData::Control(Control::Cancel {
+            reason: t.get_item(1)?.extract::<String>()?.into(),
+        }),
         other => {
             return Err(PyTypeError::new_err(format!(
-                "unknown input kind `{other}` (audio, text, json, binary)"
+                "unknown input kind `{other}` (audio, text, json, binary, flush, cancel)"
             )));
         }
     })
@@ -233,6 +237,22 @@ impl NativePipeline {
             .collect()
     }
 
+    /// Starts a streaming session.
+    fn open_session(&self, py: Python<'_>) -> PyResult<NativeSession> {
+        let native = native(py)?;
+        let session = py
+            .detach(|| native.tokio.block_on(native.runtime.open(&self.pipeline)))
+            .map_err(|e| PipelineError::new_err(e.to_string()))?;
+        let id = session.id().to_string();
+        let (input, output) = session.split();
+        Ok(NativeSession {
+            id,
+            canceller: output.canceller(),
+            input: Mutex::new(Some(input)),
+            output: tokio::sync::Mutex::new(Some(output)),
+        })
+    }
+
     /// Runs one session over `inputs`, ends its input and returns `(outputs, failures)`. The
     /// GIL is released while the pipeline runs.
     fn run<'py>(
@@ -255,6 +275,114 @@ impl NativePipeline {
             .map(|f| failure_out(py, f))
             .collect::<PyResult<_>>()?;
         Ok((outputs, failures))
+    }
+}
+
+/// A live session: inputs go in as they come, outputs are read as they are produced. Each call
+/// releases the GIL while it waits; sending and receiving may happen on different threads.
+#[pyclass(frozen, module = "remotemedia._native")]
+struct NativeSession {
+    id: String,
+    input: Mutex<Option<SessionInput>>,
+    output: tokio::sync::Mutex<Option<SessionOutput>>,
+    /// Cancels the session from any thread, even while another waits in `recv` or `send`.
+    canceller: SessionCanceller,
+}
+
+#[pymethods]
+impl NativeSession {
+    #[getter]
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Sends one input (or to one node: `target` is `node` or `node.port`); waits while the
+    /// pipeline is busy.
+    #[pyo3(signature = (item, target=None))]
+    fn send(
+        &self,
+        py: Python<'_>,
+        item: &Bound<'_, PyAny>,
+        target: Option<String>,
+    ) -> PyResult<()> {
+        let data = data_in(item)?;
+        let native = native(py)?;
+        let input = self
+            .input
+            .lock()
+            .map_err(|_| PipelineError::new_err("session lock poisoned"))?;
+        let Some(input) = input.as_ref() else {
+            return Err(PipelineError::new_err("the session's input is closed"));
+        };
+        py.detach(|| {
+            native.tokio.block_on(async {
+                match target {
+                    Some(t) => input.send_to(&t, data).await,
+                    None => input.send(data).await,
+                }
+            })
+        })
+        .map_err(|e| PipelineError::new_err(e.to_string()))
+    }
+
+    /// Ends the input: nodes flush, the remaining outputs arrive, then `recv` returns None.
+    fn close_input(&self) {
+        if let Ok(mut input) = self.input.lock() {
+            input.take();
+        }
+    }
+
+    /// The next output `(True, output)` or failure `(False, failure)`, or None once the
+    /// session has ended; `TimeoutError` after `timeout` seconds without either.
+    #[pyo3(signature = (timeout=None))]
+    fn recv<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<(bool, Bound<'py, PyTuple>)>> {
+        let native = native(py)?;
+        let item = py.detach(|| {
+            native.tokio.block_on(async {
+                let mut output = self.output.lock().await;
+                let Some(out) = output.as_mut() else {
+                    return Ok(None);
+                };
+                let next = out.recv();
+                match timeout {
+                    Some(t) => {
+                        tokio::time::timeout(std::time::Duration::from_secs_f64(t.max(0.0)), next)
+                            .await
+                            .map_err(|_| ())
+                    }
+                    None => Ok(next.await),
+                }
+            })
+        });
+        match item {
+            Err(()) => Err(pyo3::exceptions::PyTimeoutError::new_err("no output yet")),
+            Ok(None) => Ok(None),
+            Ok(Some(Ok(p))) => Ok(Some((true, data_out(py, &p)?))),
+            Ok(Some(Err(f))) => Ok(Some((false, failure_out(py, &f)?))),
+        }
+    }
+
+    /// Stops every node now; queued data is discarded and `recv` soon returns None.
+    fn cancel(&self) {
+        self.canceller.cancel();
+        self.close_input();
+    }
+
+    /// This session's metrics as JSON (while its input is open).
+    fn metrics_json(&self) -> PyResult<String> {
+        let input = self
+            .input
+            .lock()
+            .map_err(|_| PipelineError::new_err("session lock poisoned"))?;
+        let snapshot = input
+            .as_ref()
+            .map(|i| i.metrics())
+            .ok_or_else(|| PipelineError::new_err("the session's input is closed"))?;
+        serde_json::to_string(&snapshot).map_err(|e| PipelineError::new_err(e.to_string()))
     }
 }
 
@@ -305,6 +433,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ManifestError", m.py().get_type::<ManifestError>())?;
     m.add("PipelineError", m.py().get_type::<PipelineError>())?;
     m.add_class::<NativePipeline>()?;
+    m.add_class::<NativeSession>()?;
     m.add_class::<SampleBuffer>()?;
     m.add_function(wrap_pyfunction!(metrics_json, m)?)?;
     Ok(())
