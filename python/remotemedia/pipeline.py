@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, List, Sequence, Tuple
 
 import numpy as np
@@ -80,7 +82,13 @@ class Pipeline:
 
     @classmethod
     def from_dict(cls, manifest: dict, origin: str = "<dict>") -> "Pipeline":
-        """A manifest given as a dict (the same fields as the YAML form)."""
+        """A manifest given as a dict (the same fields as the YAML form). A node's ``type``
+        may be a :class:`remotemedia.Node` subclass, from any module or from the running
+        script itself: it runs in worker processes, which import it by module (a script's
+        top-level code runs there too, so keep the script's own work under
+        ``if __name__ == "__main__":``, as with multiprocessing)."""
+        manifest = dict(manifest)
+        manifest["nodes"] = [_node_decl(n) for n in manifest.get("nodes", [])]
         return cls(json.dumps(manifest, indent=1), origin)
 
     @property
@@ -199,6 +207,42 @@ class Session:
         self.cancel()
 
 
+def _node_decl(decl: Any) -> Any:
+    """A node declaration with a class ``type`` turned into ``module:Class``."""
+    if not isinstance(decl, dict) or not isinstance(decl.get("type"), type):
+        return decl
+    return {**decl, "type": node_type_of(decl["type"])}
+
+
+def node_type_of(cls: type) -> str:
+    """The manifest type of a :class:`remotemedia.Node` subclass (``module:Class``), making
+    sure the worker processes can import its module: the folder it is found in goes on their
+    ``PYTHONPATH``. A class of the running script is named by the script's file."""
+    from .node import Node
+
+    if not issubclass(cls, Node):
+        raise TypeError(f"{cls.__name__} is not a remotemedia.Node subclass")
+    if "." in cls.__qualname__:
+        raise TypeError(f"{cls.__qualname__}: node classes must be defined at module level")
+    module = sys.modules.get(cls.__module__)
+    path = getattr(module, "__file__", None)
+    if path is None:
+        raise TypeError(
+            f"{cls.__qualname__} comes from a module without a file; define it in a .py file"
+        )
+    path = Path(path).resolve()
+    if cls.__module__ == "__main__":
+        name, root = path.stem, path.parent
+    else:
+        name = cls.__module__
+        depth = name.count(".") + (1 if path.name == "__init__.py" else 0)
+        root = path.parents[depth]
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(root) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(root), *paths])
+    return f"{name}:{cls.__qualname__}"
+
+
 def get_metrics() -> dict:
     """The process's metrics: sessions, per node type counts, errors and latency percentiles
     (the same JSON as the CLI's ``--metrics``)."""
@@ -260,4 +304,5 @@ __all__: Sequence[str] = [
     "RunError",
     "as_float32",
     "get_metrics",
+    "node_type_of",
 ]

@@ -1,6 +1,8 @@
 """The Python SDK on the Rust runtime: validation, runs, zero-copy audio, the GIL."""
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 
@@ -157,3 +159,39 @@ def test_cancel_from_another_thread_ends_a_waiting_reader():
     assert ended.is_set(), "cancel ends the wait"
     with pytest.raises(PipelineError, match="closed"):
         s.send_sync("late")
+
+
+SCRIPT = """
+from remotemedia import Node, Text
+from remotemedia.pipeline import Pipeline
+
+
+class Shout(Node):
+    async def process(self, data):
+        yield Text(data.text.upper() + "!")
+
+
+if __name__ == "__main__":
+    p = Pipeline.from_dict(
+        {"version": "v1", "nodes": [
+            {"id": "trim", "type": "TextTransform", "params": {"op": "trim"}},
+            {"id": "shout", "type": Shout},
+        ], "connections": [{"from": "trim", "to": "shout"}]}
+    )
+    print([r.data.text for r in p.run_sync(["  hi ", "there"])])
+"""
+
+
+def test_a_node_class_from_the_users_script_runs_in_a_worker(tmp_path):
+    script = tmp_path / "my_script.py"
+    script.write_text(SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['HI!', 'THERE!']"
+
+
+def test_only_node_classes_can_be_node_types():
+    with pytest.raises(TypeError, match="not a remotemedia.Node subclass"):
+        Pipeline.from_dict({"version": "v1", "nodes": [{"id": "x", "type": dict}]})
