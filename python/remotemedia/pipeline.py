@@ -91,6 +91,18 @@ class Pipeline:
         manifest["nodes"] = [_node_decl(n) for n in manifest.get("nodes", [])]
         return cls(json.dumps(manifest, indent=1), origin)
 
+    @classmethod
+    def build(cls, name: str | None = None) -> "Builder":
+        """Builds a pipeline in code::
+
+            p = (Pipeline.build("shout")
+                 .node("trim", "TextTransform", op="trim")
+                 .node("shout", "TextTransform", op="uppercase")
+                 .connect("trim", "shout")
+                 .pipeline())
+        """
+        return Builder(name)
+
     @property
     def node_ids(self) -> List[str]:
         return list(self._native.node_ids())
@@ -118,6 +130,43 @@ class Pipeline:
     async def run(self, inputs: Iterable[Any]) -> List[Result]:
         """:meth:`run_sync` without blocking the event loop."""
         return await asyncio.to_thread(self.run_sync, list(inputs))
+
+
+class Builder:
+    """A manifest assembled in code (:meth:`Pipeline.build`); :meth:`manifest` is the same
+    dict the YAML form would give, so ``Pipeline.from_dict(b.manifest())`` is the same
+    pipeline."""
+
+    def __init__(self, name: str | None = None):
+        self._manifest: dict = {"version": "v1", "nodes": [], "connections": []}
+        if name:
+            self._manifest["metadata"] = {"name": name}
+
+    def node(self, id: str, type: Any, runtime_hint: str | None = None, **params: Any) -> "Builder":
+        """Adds a node: its id, its type (a name or a Node subclass) and its params."""
+        decl: dict = {"id": id, "type": type}
+        if params:
+            decl["params"] = params
+        if runtime_hint:
+            decl["runtime_hint"] = runtime_hint
+        self._manifest["nodes"].append(decl)
+        return self
+
+    def connect(self, source: str, target: str, **options: Any) -> "Builder":
+        """Connects ``node[.port]`` to ``node[.port]`` (options: capacity, drop_policy)."""
+        self._manifest["connections"].append({"from": source, "to": target, **options})
+        return self
+
+    def config(self, **config: Any) -> "Builder":
+        """Pipeline config (metrics, retry, circuit_breaker, edges)."""
+        self._manifest.setdefault("config", {}).update(config)
+        return self
+
+    def manifest(self) -> dict:
+        return json.loads(json.dumps(self._manifest, default=node_type_of))
+
+    def pipeline(self) -> "Pipeline":
+        return Pipeline.from_dict(self._manifest, "<built in code>")
 
 
 class Session:
@@ -295,6 +344,7 @@ def _from_native(kind: str, value: Any, extra: Any, ts: float) -> RuntimeData:
 
 
 __all__: Sequence[str] = [
+    "Builder",
     "Failure",
     "Session",
     "ManifestError",

@@ -195,3 +195,24 @@ def test_a_node_class_from_the_users_script_runs_in_a_worker(tmp_path):
 def test_only_node_classes_can_be_node_types():
     with pytest.raises(TypeError, match="not a remotemedia.Node subclass"):
         Pipeline.from_dict({"version": "v1", "nodes": [{"id": "x", "type": dict}]})
+
+
+def test_a_pipeline_built_in_code_is_the_manifest_it_prints():
+    b = (
+        Pipeline.build("shout")
+        .node("trim", "TextTransform", op="trim")
+        .node("shout", "TextTransform", op="uppercase", suffix="!")
+        .connect("trim", "shout")
+    )
+    assert b.manifest() == {
+        "version": "v1",
+        "metadata": {"name": "shout"},
+        "nodes": [
+            {"id": "trim", "type": "TextTransform", "params": {"op": "trim"}},
+            {"id": "shout", "type": "TextTransform", "params": {"op": "uppercase", "suffix": "!"}},
+        ],
+        "connections": [{"from": "trim", "to": "shout"}],
+    }
+    assert [r.data.text for r in b.pipeline().run_sync([" hi "])] == ["HI!"]
+    with pytest.raises(ManifestError, match="connections"):
+        Pipeline.build().node("a", "PassThrough").connect("a", "nowhere").pipeline()
