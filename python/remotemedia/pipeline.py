@@ -173,7 +173,10 @@ class Session:
     """A live session of a pipeline (:meth:`Pipeline.session`): send inputs as they come, read
     outputs as they are produced. Works with ``with`` / ``for`` and ``async with`` /
     ``async for``; the async forms wait in a worker thread, so the event loop goes on. Leaving
-    the block cancels whatever is still running."""
+    the block cancels whatever is still running.
+
+    Queues between nodes are bounded: ``send`` waits while the pipeline is busy, so read the
+    outputs while sending (another thread or task) rather than after sending everything."""
 
     def __init__(self, native: Any):
         self._native = native

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,3 +217,19 @@ def test_a_pipeline_built_in_code_is_the_manifest_it_prints():
     assert [r.data.text for r in b.pipeline().run_sync([" hi "])] == ["HI!"]
     with pytest.raises(ManifestError, match="connections"):
         Pipeline.build().node("a", "PassThrough").connect("a", "nowhere").pipeline()
+
+
+def test_the_transcribe_example_prints_the_recording_as_timed_text():
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "python/examples/transcribe.py", "models/samples/beckett.wav"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.lower().splitlines()
+    assert len(lines) == 6 and lines[0].startswith("[  0.")
+    for words in ["ever tried", "ever failed", "no matter", "try again", "fail again"]:
+        assert any(words in line for line in lines), done.stdout
