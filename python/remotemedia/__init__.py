@@ -4,10 +4,26 @@ processes, fed over shared memory.
 - :class:`Node` and :func:`register`: the node contract and the table of node types.
 - :mod:`remotemedia.data`: the values nodes receive and yield (audio as numpy arrays).
 - ``python -m remotemedia.worker``: the worker process the runtime starts for each node.
+- :mod:`remotemedia.pipeline`: run pipelines on the Rust runtime (the ``_native`` module).
 """
 
 from .data import Audio, Binary, Control, Image, Json, Output, RuntimeData, Text
 from .node import FatalNodeError, Node, NodeError, register
+
+_RUST = None
+
+
+def is_rust_runtime_available() -> bool:
+    """True when the native runtime (remotemedia._native) is installed; checked once."""
+    global _RUST
+    if _RUST is None:
+        try:
+            from . import _native  # noqa: F401
+
+            _RUST = True
+        except ImportError:
+            _RUST = False
+    return _RUST
 
 __all__ = [
     "Audio",
@@ -21,5 +37,6 @@ __all__ = [
     "Output",
     "RuntimeData",
     "Text",
+    "is_rust_runtime_available",
     "register",
 ]

@@ -31,8 +31,15 @@ from typing import Any, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
-from . import _native
 from .data import Audio, Binary, Json, RuntimeData, Text, wrap
+
+try:
+    from . import _native
+except ImportError as e:  # a source checkout without the built extension
+    raise ImportError(
+        "remotemedia.pipeline needs the native runtime (remotemedia._native), which is built "
+        "when the package is installed: pip install ./python (needs the Rust toolchain)"
+    ) from e
 
 ManifestError = _native.ManifestError
 PipelineError = _native.PipelineError
@@ -130,6 +137,11 @@ class Pipeline:
     async def run(self, inputs: Iterable[Any]) -> List[Result]:
         """:meth:`run_sync` without blocking the event loop."""
         return await asyncio.to_thread(self.run_sync, list(inputs))
+
+    def get_metrics(self) -> dict:
+        """Per node type of this process: counts, errors, retries and p50/p95/p99 latency, with
+        sessions and model pools; the same JSON as the CLI's ``--metrics``."""
+        return get_metrics()
 
 
 class Builder:

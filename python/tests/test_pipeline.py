@@ -1,6 +1,7 @@
 """The Python SDK on the Rust runtime: validation, runs, zero-copy audio, the GIL."""
 
 import asyncio
+import json
 import subprocess
 import sys
 import threading
@@ -96,9 +97,29 @@ def test_async_runs_do_not_block_the_event_loop():
     assert asyncio.run(main()) == ("X", "Y")
 
 
-def test_metrics_are_the_runtimes_own():
-    Pipeline(PASS).run_sync(["m"])
-    m = get_metrics()
+def test_metrics_are_the_runtimes_own_and_shaped_like_the_clis():
+    import remotemedia
+
+    assert remotemedia.is_rust_runtime_available()
+    p = Pipeline(PASS)
+    p.run_sync(["m"])
+    m = p.get_metrics()
+    assert m["node_types"]["PassThrough"]["processed"] >= 1
+    # The same document as the CLI's --metrics (the test command builds the CLI first).
+    root = Path(__file__).resolve().parents[2]
+    cli = json.loads(
+        subprocess.run(
+            [str(root / "target/debug/remotemedia"), "run", "examples/uppercase.yaml"]
+            + ["-i", "examples/lines.txt", "-o", "/dev/null", "--metrics", "-"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=root,
+        ).stderr
+    )
+    assert set(m) == set(cli)
+    assert set(m["node_types"]["PassThrough"]) == set(cli["node_types"]["TextTransform"])
+    assert {"p50_us", "p95_us", "p99_us"} <= set(m["node_types"]["PassThrough"]["latency"])
     assert m["node_types"]["PassThrough"]["processed"] >= 1
     assert m["sessions_active"] == 0
 
