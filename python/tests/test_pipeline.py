@@ -51,6 +51,14 @@ def test_float32_audio_goes_in_and_comes_out_without_a_copy():
     np.testing.assert_allclose(r.data.samples, samples)
 
 
+def test_audio_with_an_impossible_shape_is_refused_before_it_runs():
+    p = Pipeline(PASS)
+    with pytest.raises(ValueError, match="rate must be"):
+        p.run_sync([Audio(np.zeros(4, dtype=np.float32), 0)])
+    with pytest.raises(ValueError, match="whole frames of 2"):
+        p.run_sync([Audio(np.zeros(5, dtype=np.float32), 16000, channels=2)])
+
+
 def test_other_sample_types_follow_the_stated_rule():
     pcm = np.array([0, 16384, -32768], dtype=np.int16)
     np.testing.assert_allclose(as_float32(pcm), [0.0, 0.5, -1.0])

@@ -116,6 +116,18 @@ fn data_in(item: &Bound<'_, PyAny>) -> PyResult<RuntimeData> {
             }
             let rate: u32 = t.get_item(2)?.extract()?;
             let channels: u16 = t.get_item(3)?.extract()?;
+            if rate == 0 || rate > 384_000 || channels == 0 || channels > 64 {
+                return Err(PyValueError::new_err(format!(
+                    "audio at {rate} Hz with {channels} channels: the rate must be 1..=384000 \
+                     and the channels 1..=64"
+                )));
+            }
+            if array.len() % usize::from(channels) != 0 {
+                return Err(PyValueError::new_err(format!(
+                    "{} samples are not whole frames of {channels} interleaved channels",
+                    array.len()
+                )));
+            }
             let lent = NumpySamples {
                 ptr: array.data() as *const f32,
                 len: array.len(),
