@@ -71,7 +71,7 @@ def test_the_gil_is_released_while_the_runtime_works():
     p = Pipeline(
         "version: v1\nnodes:\n  - {id: r, type: AudioResample, params: {target_rate: 16000}}\n"
     )
-    frames = [Audio(np.random.default_rng(1).standard_normal(960).astype(np.float32), 48000)] * 3000
+    frames = [Audio(np.random.default_rng(1).standard_normal(960).astype(np.float32), 48000)] * 20000
     ticks = 0
     stop = threading.Event()
 
@@ -89,9 +89,9 @@ def test_the_gil_is_released_while_the_runtime_works():
     during, took = ticks - before, time.monotonic() - started
     stop.set()
     t.join()
-    assert took > 0.05, f"the run should take a while to show anything ({took:.3f} s)"
+    assert took > 0.1, f"the run should take a while to show anything ({took:.3f} s)"
     # Holding the GIL for the whole run would allow at most a tick or two.
-    assert during >= 10, f"another thread ran only {during} times in {took:.2f} s"
+    assert during >= 20, f"another thread ran only {during} times in {took:.2f} s"
 
 
 def test_async_runs_do_not_block_the_event_loop():
