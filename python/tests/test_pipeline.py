@@ -71,7 +71,8 @@ def test_the_gil_is_released_while_the_runtime_works():
     p = Pipeline(
         "version: v1\nnodes:\n  - {id: r, type: AudioResample, params: {target_rate: 16000}}\n"
     )
-    frames = [Audio(np.random.default_rng(1).standard_normal(960).astype(np.float32), 48000)] * 20000
+    noise = np.random.default_rng(1).standard_normal(960).astype(np.float32)
+    frames = [Audio(noise, 48000)] * 20000
     ticks = 0
     stop = threading.Event()
 
