@@ -20,6 +20,7 @@ PYTHON="${PYTHON:-python3}"
 
 PINS=(
     "numpy==2.4.6"
+    "pyyaml==6.0.3"
     "iceoryx2==0.10.0"
     "flatbuffers==25.12.19"
     "faster-whisper==1.2.1"

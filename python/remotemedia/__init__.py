@@ -11,19 +11,26 @@ from .data import Audio, Binary, Control, Image, Json, Output, RuntimeData, Text
 from .node import FatalNodeError, Node, NodeError, register
 
 _RUST = None
+_RUST_ERROR = ""
 
 
 def is_rust_runtime_available() -> bool:
     """True when the native runtime (remotemedia._native) is installed; checked once."""
-    global _RUST
+    global _RUST, _RUST_ERROR
     if _RUST is None:
         try:
             from . import _native  # noqa: F401
 
             _RUST = True
-        except ImportError:
-            _RUST = False
+        except ImportError as e:
+            _RUST, _RUST_ERROR = False, str(e)
     return _RUST
+
+
+def _native_error() -> str:
+    """Why the native runtime could not be imported."""
+    is_rust_runtime_available()
+    return _RUST_ERROR
 
 __all__ = [
     "Audio",

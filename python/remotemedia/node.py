@@ -99,7 +99,11 @@ class Node:
 _REGISTRY: Dict[str, Type[Node]] = {}
 
 #: Modules imported to fill the registry when a type is looked up by name.
-BUILTIN_MODULES = ["remotemedia.nodes.examples", "remotemedia.nodes.whisper"]
+BUILTIN_MODULES = [
+    "remotemedia.nodes.audio",
+    "remotemedia.nodes.examples",
+    "remotemedia.nodes.whisper",
+]
 
 
 def register(cls: Type[Node]) -> Type[Node]:

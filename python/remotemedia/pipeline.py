@@ -1,4 +1,4 @@
-"""Run pipelines on the Rust runtime from Python.
+"""Run pipelines from Python, on the Rust runtime or, without it, on a pure-Python one.
 
 ::
 
@@ -17,6 +17,14 @@ directions: a C-contiguous float32 array is read in place by the runtime, and ou
 read-only numpy view of the runtime's buffer. Other sample types are converted first: other
 float arrays with ``astype(float32)``, int16 and int32 PCM scaled to [-1, 1); anything else is
 refused with ``TypeError``.
+
+Runtime selection: ``Pipeline(..., runtime_hint="auto" | "rust" | "python")``. ``auto`` (the
+default) runs on the Rust runtime when ``remotemedia._native`` is installed
+(:func:`remotemedia.is_rust_runtime_available`) and otherwise, after one ``RuntimeWarning``, on
+the pure-Python runtime (:mod:`remotemedia.local`) with the Python implementations of the nodes
+(``AudioResample``, ``FormatConverter``, ``AudioChunker`` and ``EnergyVAD`` have them, in
+:mod:`remotemedia.nodes.audio`, as do all Python nodes); ``rust`` raises
+:class:`RuntimeUnavailableError` without the native runtime; ``python`` always runs in Python.
 """
 
 from __future__ import annotations
@@ -25,24 +33,58 @@ import asyncio
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, List, Sequence, Tuple
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import is_rust_runtime_available, local
 from .data import Audio, Binary, Json, RuntimeData, Text, wrap
+from .local import ManifestError, PipelineError
 
-try:
-    from . import _native
-except ImportError as e:  # a source checkout without the built extension
-    raise ImportError(
-        "remotemedia.pipeline needs the native runtime (remotemedia._native), which is built "
-        "when the package is installed: pip install ./python (needs the Rust toolchain)"
-    ) from e
+HINTS = ("auto", "rust", "python")
 
-ManifestError = _native.ManifestError
-PipelineError = _native.PipelineError
+
+class RuntimeUnavailableError(RuntimeError):
+    """``runtime_hint="rust"`` without the native runtime."""
+
+
+_warned = False
+
+
+def select_runtime(hint: str) -> str:
+    """The runtime a pipeline with ``runtime_hint`` runs on: ``"rust"`` or ``"python"``.
+
+    ``auto`` takes the native runtime when it is installed and otherwise the pure-Python one,
+    with one ``RuntimeWarning`` per process; ``rust`` raises :class:`RuntimeUnavailableError`
+    without it; ``python`` always takes the pure-Python runtime."""
+    global _warned
+    if hint not in HINTS:
+        raise ValueError(f'runtime_hint must be "auto", "rust" or "python", not {hint!r}')
+    if hint == "python":
+        return "python"
+    if is_rust_runtime_available():
+        return "rust"
+    from . import _native_error
+
+    if hint == "rust":
+        raise RuntimeUnavailableError(
+            "runtime_hint='rust' needs the native runtime (remotemedia._native), which is not "
+            f"installed ({_native_error()}); install the package with `pip install ./python` "
+            "(needs the Rust toolchain), or use runtime_hint='auto' to fall back to Python"
+        )
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            "remotemedia: the native runtime (remotemedia._native) is not installed "
+            f"({_native_error()}); pipelines run on the pure-Python runtime, which is slower "
+            "and has only the nodes written in Python",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return "python"
 
 
 @dataclass
@@ -74,21 +116,34 @@ class RunError(PipelineError):
 
 
 class Pipeline:
-    """A validated pipeline, ready to run on the Rust runtime."""
+    """A validated pipeline, ready to run.
 
-    def __init__(self, text: str, origin: str = "<manifest>"):
-        self._native = _native.NativePipeline(text, origin)
+    ``runtime_hint`` picks the runtime (:func:`select_runtime`): the Rust runtime
+    (``runtime == "rust"``) or the pure-Python one (``runtime == "python"``), which runs the
+    nodes' Python implementations in this process. A node's own ``runtime_hint: python`` in the
+    manifest runs that node's Python implementation in a worker process of the Rust runtime."""
+
+    def __init__(self, text: str, origin: str = "<manifest>", runtime_hint: str = "auto"):
+        self.runtime = select_runtime(runtime_hint)
+        if self.runtime == "rust":
+            from . import _native
+
+            self._backend = _native.NativePipeline(text, origin)
+        else:
+            self._backend = local.LocalPipeline(_parse(text, origin), origin)
         self.text = text
         self.origin = origin
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "Pipeline":
+    def from_yaml(cls, path: str | os.PathLike, runtime_hint: str = "auto") -> "Pipeline":
         """Loads a manifest file (YAML or JSON)."""
         with open(path, encoding="utf-8") as f:
-            return cls(f.read(), os.fspath(path))
+            return cls(f.read(), os.fspath(path), runtime_hint)
 
     @classmethod
-    def from_dict(cls, manifest: dict, origin: str = "<dict>") -> "Pipeline":
+    def from_dict(
+        cls, manifest: dict, origin: str = "<dict>", runtime_hint: str = "auto"
+    ) -> "Pipeline":
         """A manifest given as a dict (the same fields as the YAML form). A node's ``type``
         may be a :class:`remotemedia.Node` subclass, from any module or from the running
         script itself: it runs in worker processes, which import it by module (a script's
@@ -96,7 +151,7 @@ class Pipeline:
         ``if __name__ == "__main__":``, as with multiprocessing)."""
         manifest = dict(manifest)
         manifest["nodes"] = [_node_decl(n) for n in manifest.get("nodes", [])]
-        return cls(json.dumps(manifest, indent=1), origin)
+        return cls(json.dumps(manifest, indent=1), origin, runtime_hint)
 
     @classmethod
     def build(cls, name: str | None = None) -> "Builder":
@@ -112,14 +167,14 @@ class Pipeline:
 
     @property
     def node_ids(self) -> List[str]:
-        return list(self._native.node_ids())
+        return list(self._backend.node_ids())
 
     def run_sync(self, inputs: Iterable[Any]) -> List[Result]:
         """Runs one session over ``inputs`` (data objects, or str / bytes / JSON values) and
         returns every output. Failures that cost one input are in ``last_failures``; a fatal
         one raises :class:`RunError`."""
         items = [_to_native(wrap(x)) for x in inputs]
-        outputs, failures = self._native.run(items)
+        outputs, failures = self._backend.run(items)
         results = [
             Result(node, port, _from_native(kind, value, extra, ts))
             for node, port, ts, kind, value, extra in outputs
@@ -132,7 +187,7 @@ class Pipeline:
 
     def session(self) -> Session:
         """Starts a streaming session."""
-        return Session(self._native.open_session())
+        return Session(self._backend.open_session())
 
     async def run(self, inputs: Iterable[Any]) -> List[Result]:
         """:meth:`run_sync` without blocking the event loop."""
@@ -140,8 +195,9 @@ class Pipeline:
 
     def get_metrics(self) -> dict:
         """Per node type of this process: counts, errors, retries and p50/p95/p99 latency, with
-        sessions and model pools; the same JSON as the CLI's ``--metrics``."""
-        return get_metrics()
+        sessions and model pools; the same JSON as the CLI's ``--metrics``. On the pure-Python
+        runtime, the keys of that JSON that apply to it."""
+        return get_metrics(self.runtime)
 
 
 class Builder:
@@ -177,8 +233,8 @@ class Builder:
     def manifest(self) -> dict:
         return json.loads(json.dumps(self._manifest, default=node_type_of))
 
-    def pipeline(self) -> "Pipeline":
-        return Pipeline.from_dict(self._manifest, "<built in code>")
+    def pipeline(self, runtime_hint: str = "auto") -> "Pipeline":
+        return Pipeline.from_dict(self._manifest, "<built in code>", runtime_hint)
 
 
 class Session:
@@ -190,43 +246,43 @@ class Session:
     Queues between nodes are bounded: ``send`` waits while the pipeline is busy, so read the
     outputs while sending (another thread or task) rather than after sending everything."""
 
-    def __init__(self, native: Any):
-        self._native = native
+    def __init__(self, backend: Any):
+        self._backend = backend
         self.failures: List[Failure] = []
 
     @property
     def id(self) -> str:
-        return self._native.id
+        return self._backend.id
 
     def send_sync(self, item: Any, target: str | None = None) -> None:
         """Sends one input (to every pipeline input that takes it, or to ``target``: a node
         id or ``node.port``); waits while the pipeline is busy."""
-        self._native.send(_to_native(wrap(item)), target)
+        self._backend.send(_to_native(wrap(item)), target)
 
     async def send(self, item: Any, target: str | None = None) -> None:
         await asyncio.to_thread(self.send_sync, item, target)
 
     def flush_sync(self) -> None:
         """Asks every node to emit what it has buffered now."""
-        self._native.send(("flush",), None)
+        self._backend.send(("flush",), None)
 
     async def flush(self) -> None:
         await asyncio.to_thread(self.flush_sync)
 
     def close_input(self) -> None:
         """Ends the input: nodes flush and the remaining outputs arrive, then iteration ends."""
-        self._native.close_input()
+        self._backend.close_input()
 
     def cancel(self) -> None:
         """Stops every node now (from any thread); iteration ends soon after."""
-        self._native.cancel()
+        self._backend.cancel()
 
     def recv_sync(self, timeout: float | None = None) -> Result | None:
         """The next output, or None once the session has ended (``TimeoutError`` after
         ``timeout`` seconds without one). Failures that cost one input are collected in
         :attr:`failures`; a fatal one raises :class:`RunError`."""
         while True:
-            item = self._native.recv(timeout)
+            item = self._backend.recv(timeout)
             if item is None:
                 return None
             ok, value = item
@@ -243,7 +299,7 @@ class Session:
 
     def metrics(self) -> dict:
         """This session's metrics (while its input is open)."""
-        return json.loads(self._native.metrics_json())
+        return json.loads(self._backend.metrics_json())
 
     def __iter__(self):
         while (r := self.recv_sync()) is not None:
@@ -307,10 +363,29 @@ def node_type_of(cls: type) -> str:
     return f"{name}:{cls.__qualname__}"
 
 
-def get_metrics() -> dict:
+def get_metrics(runtime: Optional[str] = None) -> dict:
     """The process's metrics: sessions, per node type counts, errors and latency percentiles
-    (the same JSON as the CLI's ``--metrics``)."""
+    (the same JSON as the CLI's ``--metrics``), of the Rust runtime when it is installed or
+    ``runtime`` says so, else of the pure-Python runtime."""
+    if runtime == "python" or (runtime is None and not is_rust_runtime_available()):
+        return json.loads(local.metrics_json())
+    from . import _native
+
     return json.loads(_native.metrics_json())
+
+
+def _parse(text: str, origin: str) -> Any:
+    """A manifest's text as data, for the pure-Python runtime (JSON, or YAML with PyYAML)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ManifestError(f"{origin}: {e}") from None
 
 
 def as_float32(samples: Any) -> np.ndarray:
@@ -359,6 +434,7 @@ def _from_native(kind: str, value: Any, extra: Any, ts: float) -> RuntimeData:
 
 
 __all__: Sequence[str] = [
+    "HINTS",
     "Builder",
     "Failure",
     "Session",
@@ -367,7 +443,9 @@ __all__: Sequence[str] = [
     "PipelineError",
     "Result",
     "RunError",
+    "RuntimeUnavailableError",
     "as_float32",
     "get_metrics",
     "node_type_of",
+    "select_runtime",
 ]
