@@ -178,9 +178,9 @@ def test_a_node_hinted_python_runs_its_python_version_in_a_worker_process():
 
 
 def child_commands():
-    """Command lines of this process's children."""
-    pid = os.getpid()
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    """Command lines of this process's children (started by any of its threads)."""
+    tasks = Path(f"/proc/{os.getpid()}/task").glob("*/children")
+    children = [c for t in tasks for c in t.read_text().split()]
     out = []
     for child in children:
         try:
