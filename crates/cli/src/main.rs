@@ -322,7 +322,7 @@ async fn serve(runtime: Runtime, config: remotemedia_server::ServerConfig) -> an
         server.grpc_addr(),
         server
             .http_addr()
-            .map(|a| format!(", metrics and health on http://{a}"))
+            .map(|a| format!(", metrics, health and the browser page on http://{a}/"))
             .unwrap_or_default()
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

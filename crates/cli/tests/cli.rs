@@ -480,7 +480,8 @@ fn serve_takes_tokens_from_the_environment_and_stops_cleanly_on_sigterm() {
     let mut err = BufReader::new(server.stderr.take().unwrap());
     let mut line = String::new();
     err.read_line(&mut line).unwrap();
-    // serving gRPC on 127.0.0.1:P, metrics and health on http://127.0.0.1:Q; Ctrl-C stops
+    // serving gRPC on 127.0.0.1:P, metrics, health and the browser page on http://127.0.0.1:Q/;
+    // Ctrl-C stops
     let grpc = line
         .split_whitespace()
         .nth(3)
@@ -494,6 +495,7 @@ fn serve_takes_tokens_from_the_environment_and_stops_cleanly_on_sigterm() {
         .split(';')
         .next()
         .unwrap()
+        .trim_end_matches('/')
         .to_string();
     let get = |path: &str| {
         let mut tcp = std::net::TcpStream::connect(&http).unwrap();

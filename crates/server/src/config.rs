@@ -2,7 +2,7 @@
 //! with command-line flags and the environment overriding it.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -18,6 +18,7 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub client_manifests: ClientManifests,
+    pub webrtc: WebRtcConfig,
     /// Named pipelines clients may open: name → manifest path (relative to the config file).
     pub pipelines: BTreeMap<String, PathBuf>,
     /// Named pipelines given as manifest text, by programs that embed the server.
@@ -112,6 +113,28 @@ pub struct ClientManifests {
     pub allow_python: bool,
 }
 
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebRtcConfig {
+    /// Browsers may call `POST /v1/webrtc/<pipeline>` on the HTTP port (needs the server built
+    /// with the `webrtc` feature).
+    pub enabled: bool,
+    /// Addresses the calls' UDP sockets bind to, each offered as an ICE host candidate.
+    pub ice_addresses: Vec<IpAddr>,
+    /// A call whose ICE and DTLS have not connected after this long ends (ms).
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ice_addresses: vec![IpAddr::from([127, 0, 0, 1])],
+            connect_timeout_ms: 10_000,
+        }
+    }
+}
+
 /// A configuration problem, naming the file and the field.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -170,6 +193,12 @@ impl ServerConfig {
                 "limits.max_message_bytes must be at least 1024".into(),
             ));
         }
+        if self.webrtc.enabled && self.webrtc.ice_addresses.is_empty() {
+            return Err(ConfigError(
+                "webrtc.ice_addresses is empty: name at least one address (or enabled = false)"
+                    .into(),
+            ));
+        }
         if !self.limits.max_realtime_factor.is_finite() || self.limits.max_realtime_factor < 0.0 {
             return Err(ConfigError(
                 "limits.max_realtime_factor must be a number ≥ 0".into(),
@@ -193,6 +222,7 @@ mod tests {
         assert_eq!(c.auth, d.auth);
         assert_eq!(c.limits, d.limits);
         assert_eq!(c.client_manifests, d.client_manifests);
+        assert_eq!(c.webrtc, d.webrtc);
         let transcribe = &c.pipelines["transcribe"];
         assert!(transcribe.ends_with("examples/transcribe.yaml") && transcribe.exists());
         c.check().unwrap();

@@ -1,5 +1,5 @@
-//! The HTTP side: Prometheus `/metrics`, `/healthz`, `/readyz` and the node and pipeline
-//! listings as JSON.
+//! The HTTP side: Prometheus `/metrics`, `/healthz`, `/readyz`, the node and pipeline listings
+//! as JSON, the browser page (`web/`, at `/`) and WebRTC signalling (`/v1/webrtc/...`).
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -15,13 +15,44 @@ use remotemedia_core::metrics::{EXPORT_BOUNDS_S, HistogramSnapshot};
 use crate::service::Shared;
 
 pub fn router(shared: Arc<Shared>) -> axum::Router {
-    axum::Router::new()
+    let page = |body: &'static str, kind: &'static str| {
+        get(move || async move { ([(header::CONTENT_TYPE, kind)], body) })
+    };
+    let app = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/v1/nodes", get(nodes))
         .route("/v1/pipelines", get(pipelines))
-        .with_state(shared)
+        // The browser client, compiled in so the binary serves it from anywhere.
+        .route(
+            "/",
+            page(
+                include_str!("../../../web/index.html"),
+                "text/html; charset=utf-8",
+            ),
+        )
+        .route(
+            "/app.js",
+            page(include_str!("../../../web/app.js"), "text/javascript"),
+        );
+    #[cfg(feature = "webrtc")]
+    let app = app
+        .with_state(Arc::clone(&shared))
+        .merge(crate::webrtc::router(shared));
+    #[cfg(not(feature = "webrtc"))]
+    let app = app
+        .route(
+            "/v1/webrtc/{pipeline}",
+            axum::routing::post(|| async {
+                (
+                    StatusCode::NOT_IMPLEMENTED,
+                    "this server was built without WebRTC (cargo feature `webrtc`)\n",
+                )
+            }),
+        )
+        .with_state(shared);
+    app
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -125,6 +156,49 @@ pub fn render(shared: &Shared) -> String {
     if let Ok(r) = stats.refused.lock() {
         for (code, n) in r.iter() {
             let _ = writeln!(out, "remotemedia_grpc_errors_total{{code=\"{code}\"}} {n}");
+        }
+    }
+    #[cfg(feature = "webrtc")]
+    {
+        let calls = &shared.calls;
+        head(
+            &mut out,
+            "webrtc_calls_active",
+            "gauge",
+            "WebRTC calls in progress.",
+        );
+        let _ = writeln!(
+            out,
+            "remotemedia_webrtc_calls_active {}",
+            calls.active.load(Relaxed)
+        );
+        head(
+            &mut out,
+            "webrtc_calls_ended_total",
+            "counter",
+            "WebRTC calls ended, by reason.",
+        );
+        if let Ok(ended) = calls.ended.lock() {
+            for (reason, n) in ended.iter() {
+                let _ = writeln!(
+                    out,
+                    "remotemedia_webrtc_calls_ended_total{{reason=\"{reason}\"}} {n}"
+                );
+            }
+        }
+        head(
+            &mut out,
+            "webrtc_refused_total",
+            "counter",
+            "WebRTC requests refused, by HTTP status.",
+        );
+        if let Ok(refused) = calls.refused.lock() {
+            for (status, n) in refused.iter() {
+                let _ = writeln!(
+                    out,
+                    "remotemedia_webrtc_refused_total{{status=\"{status}\"}} {n}"
+                );
+            }
         }
     }
     let types = &snap.node_types;

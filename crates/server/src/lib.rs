@@ -21,6 +21,8 @@ mod convert;
 pub mod http;
 mod service;
 mod stream;
+#[cfg(feature = "webrtc")]
+mod webrtc;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -133,6 +135,8 @@ pub async fn start(
         stats: Default::default(),
         ready: AtomicBool::new(false),
         shutdown: stopped.clone(),
+        #[cfg(feature = "webrtc")]
+        calls: Default::default(),
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();

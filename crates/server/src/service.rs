@@ -75,6 +75,9 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Set when the server shuts down: sessions end with UNAVAILABLE.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// WebRTC calls in progress.
+    #[cfg(feature = "webrtc")]
+    pub calls: crate::webrtc::Calls,
 }
 
 /// A pipeline a client may run, with the limits granted for it.
