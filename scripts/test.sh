@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Every test of the workspace, with everything they need: the models (ONNX Runtime, Silero VAD,
+# Every test of the workspace, with everything they need: the system packages (espeak-ng, and for
+# the WebRTC tests libopus-dev, Chromium and chromedriver), the models (ONNX Runtime, Silero VAD,
 # the sample recordings) and the Python environment of the python executor are installed first
 # by the idempotent setup scripts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup-system.sh
+./scripts/setup-system.sh --test
 ./scripts/setup-models.sh
 ./scripts/setup-python.sh
-cargo test --workspace --locked "$@"
+# The server with its WebRTC endpoint, tested in a real browser.
+cargo test --workspace --locked --features remotemedia-server/webrtc "$@"
 # The Python SDK: rebuild its extension module if the Rust changed (incremental), then its tests.
 VENV="${REMOTEMEDIA_VENV:-.venv}"
 "$VENV/bin/python" -m pip install --quiet --no-deps --disable-pip-version-check -e python

@@ -166,7 +166,8 @@ function stop() {
 
 let lastSpeechEnd = null; // performance.now() of the latest end of speech
 let captionPending = false; // an end of speech still waiting for its caption
-let replyPending = false; // ... and for its reply audio
+let replyPending = false; // a reply to the latest speech was announced; its audio is awaited
+let replyArmedAt = 0;
 
 function watchLevels(stream) {
   const ctx = new AudioContext();
@@ -190,7 +191,8 @@ function watchLevels(stream) {
     } else if (speaking && now - lastLoud > PAUSE_MS) {
       speaking = false;
       lastSpeechEnd = lastLoud;
-      captionPending = replyPending = true;
+      captionPending = true;
+      replyPending = false; // until the reply to this speech is announced
       state.speechEnds += 1;
     }
     if (call && call.replyAnalyser) {
@@ -198,7 +200,9 @@ function watchLevels(stream) {
       state.replyLevelMax = Math.max(state.replyLevelMax, r);
       if (r > SPEECH_RMS) {
         state.replyAudioMs += TICK_MS;
-        if (!replyAudible && replyPending && lastSpeechEnd !== null) {
+        // An onset after the reply was announced (audio still playing from an earlier reply
+        // does not count).
+        if (!replyAudible && replyPending && now > replyArmedAt) {
           record("replyMs", now - lastSpeechEnd);
           replyPending = false;
         }
@@ -263,6 +267,11 @@ function onMessage(msg) {
     state.session = msg.session;
     setStatus(`live — ${msg.pipeline}`);
   } else if (msg.type === "text" && msg.node.startsWith("reply")) {
+    // The reply's audio follows its text: its next onset is the first reply audio.
+    if (lastSpeechEnd !== null && !state.replies.some((r) => r.at > lastSpeechEnd)) {
+      replyPending = true;
+      replyArmedAt = now;
+    }
     state.replies.push({ text: msg.text, at: now });
     addLine($("replies"), msg.text, stamp(msg.start, msg.end));
   } else if (msg.type === "text") {

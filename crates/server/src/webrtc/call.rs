@@ -109,8 +109,8 @@ impl Call {
         let reason = loop {
             // Let the Rtc say everything it has to say; it ends with when it next needs time.
             let timeout = match self.drain(&mut connected, feed_tx.as_ref()) {
-                Ok(Some(t)) => t,
-                Ok(None) => break "disconnected",
+                Ok(Ok(t)) => t,
+                Ok(Err(reason)) => break reason,
                 Err(e) => {
                     tracing::warn!(call = %self.id, "WebRTC error: {e}");
                     break "webrtc error";
@@ -184,15 +184,16 @@ impl Call {
         reason
     }
 
-    /// Handles the Rtc's outputs until it asks for time; None when it has disconnected.
+    /// Handles the Rtc's outputs until it asks for time (`Ok(when)`) or the peer has gone
+    /// (`Err(why)`).
     fn drain(
         &mut self,
         connected: &mut bool,
         feed: Option<&mpsc::Sender<(RuntimeData, Duration)>>,
-    ) -> Result<Option<Instant>, str0m::RtcError> {
+    ) -> Result<Result<Instant, &'static str>, str0m::RtcError> {
         loop {
             match self.rtc.poll_output()? {
-                Output::Timeout(t) => return Ok(Some(t)),
+                Output::Timeout(t) => return Ok(Ok(t)),
                 Output::Transmit(t) => {
                     if let Some(s) = self
                         .sockets
@@ -204,12 +205,16 @@ impl Call {
                 }
                 Output::Event(e) => match e {
                     Event::Connected => *connected = true,
-                    Event::IceConnectionStateChange(IceConnectionState::Disconnected)
-                    | Event::Closed => return Ok(None),
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        return Ok(Err("disconnected"));
+                    }
+                    Event::Closed => return Ok(Err("closed by peer")),
                     Event::MediaAdded(m) if m.kind == MediaKind::Audio => {
                         self.audio = Some(m.mid);
                     }
-                    Event::MediaData(d) => {
+                    // Chromium sends a few packets without payload; decoding them as lost
+                    // packets would corrupt the decoder's state for the rest of the call.
+                    Event::MediaData(d) if !d.data.is_empty() => {
                         if let Some(feed) = feed {
                             self.microphone(&d.data, d.time, feed);
                         }
@@ -224,7 +229,9 @@ impl Call {
                             self.write_channel(&m);
                         }
                     }
-                    Event::ChannelClose(cid) if Some(cid) == self.channel => return Ok(None),
+                    Event::ChannelClose(cid) if Some(cid) == self.channel => {
+                        return Ok(Err("closed by peer"));
+                    }
                     _ => {}
                 },
             }

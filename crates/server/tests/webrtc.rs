@@ -1,0 +1,458 @@
+//! The WebRTC endpoint with real peers. Headless Chromium (Debian's, driven over WebDriver by
+//! chromedriver) loads the page from the server and speaks a real recording into its fake
+//! microphone: it must show that recording's words as captions and play the spoken reply; two
+//! browsers at once each get only their own captions. Bad offers get clear HTTP errors, and a
+//! peer that never connects or vanishes mid-call ends cleanly: no call, session or node is left.
+//!
+//! Needs `./scripts/setup-system.sh --test` (chromium, chromium-driver, libopus-dev) and
+//! `./scripts/setup-models.sh`. The latencies the page measured are printed (`--nocapture`);
+//! BENCHMARKS.md reports them from a release build.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use remotemedia_core::{ExecutorRegistry, NodeRegistry, Runtime};
+use remotemedia_server::{RunningServer, ServerConfig};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "webrtc-test-token-0123456789";
+
+fn root() -> PathBuf {
+    // Canonical: Chromium's fake microphone plays silence for a path with `..` in it.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn runtime() -> Runtime {
+    let mut nodes = NodeRegistry::with_builtins();
+    remotemedia_audio::register(&mut nodes);
+    remotemedia_speech::register(&mut nodes);
+    let mut executors = ExecutorRegistry::new();
+    executors.add_executor(Arc::new(nodes));
+    Runtime::new(executors)
+}
+
+/// A server with the speak-back pipeline, its models loaded.
+async fn server(connect_timeout_ms: u64, tokens: bool) -> RunningServer {
+    let mut config = ServerConfig::default();
+    config.grpc.listen = "127.0.0.1:0".parse().unwrap();
+    config.http.listen = "127.0.0.1:0".parse().unwrap();
+    config.webrtc.connect_timeout_ms = connect_timeout_ms;
+    if tokens {
+        config.auth.tokens = vec![TOKEN.into()];
+    }
+    config.pipelines.insert(
+        "speak-back".into(),
+        root().join("examples/webrtc_speak_back.yaml"),
+    );
+    let server = remotemedia_server::start(config, Arc::new(runtime()))
+        .await
+        .unwrap();
+    let t = Instant::now();
+    while !server.is_ready() {
+        assert!(t.elapsed() < Duration::from_secs(60), "models not loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server
+}
+
+/// One value of the server's Prometheus text.
+fn metric(server: &RunningServer, line_start: &str) -> u64 {
+    server
+        .metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until no call, session or node of any call is left.
+async fn all_released(server: &RunningServer, within: Duration) {
+    let t = Instant::now();
+    loop {
+        let left = [
+            "remotemedia_webrtc_calls_active ",
+            "remotemedia_sessions_active ",
+            "remotemedia_nodes_alive ",
+            "remotemedia_node_tasks_alive ",
+        ]
+        .map(|m| (m, metric(server, m)));
+        if left.iter().all(|(_, v)| *v == 0) {
+            return;
+        }
+        assert!(
+            t.elapsed() < within,
+            "still alive after {within:?}: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A plain HTTP/1.1 exchange (one request per connection): status, headers and body.
+async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(120), read_response(&mut tcp))
+        .await
+        .expect("an answer within 2 minutes")
+}
+
+/// Reads one response: up to its Content-Length, or to the end of the connection.
+async fn read_response(tcp: &mut tokio::net::TcpStream) -> (u16, String, String) {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = tcp.read(&mut buf).await.unwrap();
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            });
+            if n == 0 || length.is_some_and(|len| body.len() >= len) {
+                let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+                return (status, head.to_string(), body.to_string());
+            }
+        }
+        assert!(n > 0, "connection closed before the response's head");
+    }
+}
+
+/// An SDP offer made by str0m as a client, with an audio section and/or a data channel.
+fn offer(audio: bool) -> String {
+    use str0m::media::{Direction, MediaKind};
+    let mut rtc = str0m::RtcConfig::new()
+        .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
+        .build(Instant::now());
+    let mut change = rtc.sdp_api();
+    if audio {
+        change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+    }
+    change.add_channel("events".into());
+    let (offer, _) = change.apply().unwrap();
+    offer.to_sdp_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_offers_get_clear_errors_and_a_peer_that_never_connects_is_released() {
+    let server = server(1_000, true).await;
+    let addr = server.http_addr().unwrap().to_string();
+    let auth = ("Authorization", &*format!("Bearer {TOKEN}"));
+    let sdp = ("Content-Type", "application/sdp");
+    let post = |path: &'static str, headers: Vec<(&'static str, String)>, body: String| {
+        let addr = addr.clone();
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            http(&addr, "POST", path, &h, body.as_bytes()).await
+        }
+    };
+    let with_auth = || vec![(auth.0, auth.1.to_string()), (sdp.0, sdp.1.to_string())];
+
+    let (status, _, body) = post("/v1/webrtc/speak-back", vec![], offer(true)).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _, body) = post(
+        "/v1/webrtc/speak-back",
+        with_auth(),
+        "v=0\r\nnonsense".into(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("malformed SDP offer"), "{body}");
+    let (status, _, body) = post("/v1/webrtc/speak-back", with_auth(), offer(false)).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("no audio section"), "{body}");
+    let (status, _, body) = post("/v1/webrtc/nope", with_auth(), offer(true)).await;
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("no pipeline named `nope`") && body.contains("speak-back"),
+        "{body}"
+    );
+    let (status, _, body) =
+        http(&addr, "DELETE", "/v1/webrtc/sessions/call-99", &[auth], b"").await;
+    assert_eq!(status, 404, "{body}");
+
+    // A valid offer whose peer never does ICE: answered, then ended by the connect timeout.
+    let (status, head, answer) = post("/v1/webrtc/speak-back", with_auth(), offer(true)).await;
+    assert_eq!(status, 201, "{answer}");
+    assert!(
+        answer.starts_with("v=0") && answer.contains("m=audio"),
+        "{answer}"
+    );
+    assert!(
+        head.to_lowercase()
+            .contains("location: /v1/webrtc/sessions/call-"),
+        "{head}"
+    );
+    assert_eq!(metric(&server, "remotemedia_webrtc_calls_active "), 1);
+    all_released(&server, Duration::from_secs(10)).await;
+    assert_eq!(
+        metric(
+            &server,
+            "remotemedia_webrtc_calls_ended_total{reason=\"connect timeout\"} "
+        ),
+        1
+    );
+    // Hanging up an answered call ends it at once.
+    let (_, head, _) = post("/v1/webrtc/speak-back", with_auth(), offer(true)).await;
+    let location = head
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (status, _, _) = http(&addr, "DELETE", &location, &[auth], b"").await;
+    assert_eq!(status, 204);
+    all_released(&server, Duration::from_secs(5)).await;
+    assert_eq!(
+        metric(
+            &server,
+            "remotemedia_webrtc_calls_ended_total{reason=\"hung up\"} "
+        ),
+        1
+    );
+    assert!(metric(&server, "remotemedia_webrtc_refused_total{status=\"400\"} ") >= 2);
+    server.shutdown().await;
+}
+
+// -- the browser ------------------------------------------------------------------------------
+
+/// chromedriver on a free port, killed when dropped.
+struct Driver {
+    addr: String,
+    _child: tokio::process::Child,
+}
+
+impl Driver {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("/usr/bin/chromedriver runs: ./scripts/setup-system.sh --test installs it");
+        let addr = format!("127.0.0.1:{port}");
+        let t = Instant::now();
+        while tokio::net::TcpStream::connect(&addr).await.is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "chromedriver did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            addr,
+            _child: child,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let body = body.to_string();
+        let (status, _, text) = http(
+            &self.addr,
+            method,
+            path,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .await;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        assert_eq!(status, 200, "WebDriver {method} {path}: {text}");
+        v["value"].clone()
+    }
+
+    /// A headless Chromium whose microphone plays `wav` (in a loop), on `url`.
+    async fn browser(&self, wav: &Path, url: &str, profile: &Path) -> Browser<'_> {
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            "--allow-loopback-in-peer-connection",
+            "--autoplay-policy=no-user-gesture-required",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([
+            format!("--user-data-dir={}", profile.display()),
+            format!("--use-file-for-fake-audio-capture={}", wav.display()),
+        ])
+        .collect::<Vec<_>>();
+        let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": "/usr/bin/chromium", "args": args}}}});
+        let id = self.call("POST", "/session", caps).await["sessionId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let b = Browser { driver: self, id };
+        b.driver
+            .call(
+                "POST",
+                &format!("/session/{}/url", b.id),
+                json!({"url": url}),
+            )
+            .await;
+        b
+    }
+}
+
+struct Browser<'a> {
+    driver: &'a Driver,
+    id: String,
+}
+
+impl Browser<'_> {
+    async fn eval(&self, script: &str) -> Value {
+        let path = format!("/session/{}/execute/sync", self.id);
+        self.driver
+            .call("POST", &path, json!({"script": script, "args": []}))
+            .await
+    }
+
+    /// What the page saw (`window.remotemedia`).
+    async fn state(&self) -> Value {
+        self.eval("return window.remotemedia").await
+    }
+
+    /// Closes the browser (without hanging up first: the peer just vanishes).
+    async fn quit(self) {
+        self.driver
+            .call("DELETE", &format!("/session/{}", self.id), json!({}))
+            .await;
+    }
+}
+
+fn captions(state: &Value) -> String {
+    state["captions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["final"] == true)
+        .map(|c| c["text"].as_str().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+fn has_any(text: &str, words: &[&str]) -> usize {
+    words.iter().filter(|w| text.contains(*w)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_get_their_own_captions_and_spoken_replies() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("webrtc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Chromium's fake microphone resamples files to its own rate (beckett.wav is 16 kHz).
+    let beckett = root().join("models/samples/beckett.wav");
+    let two_cities = root().join("models/samples/two_cities.wav");
+    let server = server(10_000, false).await;
+    let page = format!(
+        "http://{}/?pipeline=speak-back&autostart=1",
+        server.http_addr().unwrap()
+    );
+    let driver = Driver::start().await;
+    let a = driver
+        .browser(&beckett, &page, &dir.join("profile-a"))
+        .await;
+    let b = driver
+        .browser(&two_cities, &page, &dir.join("profile-b"))
+        .await;
+
+    // Beckett's words and Dickens's words: each page must show only its own.
+    let (beckett_words, dickens_words) = (
+        ["tried", "failed", "matter", "again", "better"],
+        ["times", "wisdom", "foolishness", "age of"],
+    );
+    let t = Instant::now();
+    let (sa, sb) = loop {
+        let (sa, sb) = (a.state().await, b.state().await);
+        let (ca, cb) = (captions(&sa), captions(&sb));
+        let heard = |s: &Value| s["replyAudioMs"].as_u64().unwrap_or(0) >= 500;
+        if has_any(&ca, &beckett_words) >= 3
+            && has_any(&cb, &dickens_words) >= 2
+            && heard(&sa)
+            && heard(&sb)
+        {
+            break (sa, sb);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "pages after 90 s:\nA: {sa}\nB: {sb}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let (ca, cb) = (captions(&sa), captions(&sb));
+    assert_eq!(has_any(&ca, &dickens_words), 0, "A got B's words: {ca}");
+    assert_eq!(has_any(&cb, &beckett_words), 0, "B got A's words: {cb}");
+    for s in [&sa, &sb] {
+        assert_eq!(s["errors"], json!([]), "{s}");
+        assert!(
+            s["replyLevelMax"].as_f64().unwrap() > 0.01,
+            "reply audio is audible: {s}"
+        );
+        assert!(
+            !s["replies"].as_array().unwrap().is_empty(),
+            "reply transcript: {s}"
+        );
+    }
+    for (name, s) in [("beckett", &sa), ("two_cities", &sb)] {
+        eprintln!(
+            "latency {name}: end of speech -> caption {} ms; -> first reply audio {} ms",
+            s["latency"]["captionMs"], s["latency"]["replyMs"]
+        );
+    }
+
+    // A hangs up with its Stop button; B's browser just goes away.
+    a.eval("document.getElementById('toggle').click()").await;
+    let t = Instant::now();
+    while metric(&server, "remotemedia_webrtc_calls_active ") != 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "Stop did not end A's call"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(
+            &server,
+            "remotemedia_webrtc_calls_ended_total{reason=\"hung up\"} "
+        ),
+        1
+    );
+    b.quit().await;
+    all_released(&server, Duration::from_secs(30)).await;
+    a.quit().await;
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
