@@ -286,8 +286,16 @@ impl Driver {
         v["value"].clone()
     }
 
-    /// A headless Chromium whose microphone plays `wav` (in a loop), on `url`.
-    async fn browser(&self, wav: &Path, url: &str, profile: &Path) -> Browser<'_> {
+    /// A headless Chromium on `url` whose microphone plays `wav` (in a loop), or, without one,
+    /// refuses microphone access as a user would.
+    async fn browser(&self, wav: Option<&Path>, url: &str, profile: &Path) -> Browser<'_> {
+        let mic = match wav {
+            Some(wav) => vec![
+                "--use-fake-ui-for-media-stream".to_string(),
+                format!("--use-file-for-fake-audio-capture={}", wav.display()),
+            ],
+            None => vec!["--deny-permission-prompts".to_string()],
+        };
         let args = [
             "--headless",
             "--no-sandbox",
@@ -297,17 +305,14 @@ impl Driver {
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream",
             "--allow-loopback-in-peer-connection",
             "--autoplay-policy=no-user-gesture-required",
         ]
         .map(String::from)
         .into_iter()
-        .chain([
-            format!("--user-data-dir={}", profile.display()),
-            format!("--use-file-for-fake-audio-capture={}", wav.display()),
-        ])
+        .chain([format!("--user-data-dir={}", profile.display())])
+        .chain(mic)
         .collect::<Vec<_>>();
         let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
             "binary": "/usr/bin/chromium", "args": args}}}});
@@ -383,10 +388,10 @@ async fn two_browsers_get_their_own_captions_and_spoken_replies() {
     );
     let driver = Driver::start().await;
     let a = driver
-        .browser(&beckett, &page, &dir.join("profile-a"))
+        .browser(Some(&beckett), &page, &dir.join("profile-a"))
         .await;
     let b = driver
-        .browser(&two_cities, &page, &dir.join("profile-b"))
+        .browser(Some(&two_cities), &page, &dir.join("profile-b"))
         .await;
 
     // Beckett's words and Dickens's words: each page must show only its own.
@@ -454,5 +459,53 @@ async fn two_browsers_get_their_own_captions_and_spoken_replies() {
     all_released(&server, Duration::from_secs(30)).await;
     a.quit().await;
     server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits until the page reports an error; returns it.
+async fn page_error(browser: &Browser<'_>) -> String {
+    let t = Instant::now();
+    loop {
+        let s = browser.state().await;
+        if let Some(e) = s["errors"].as_array().and_then(|e| e.first()) {
+            return e.as_str().unwrap().to_string();
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no error shown: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_explains_a_refused_microphone_and_a_server_that_is_down() {
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("webrtc-e-{}", std::process::id()));
+    let server = server(10_000, false).await;
+    let http = server.http_addr().unwrap();
+    let driver = Driver::start().await;
+
+    let refused = driver
+        .browser(
+            None,
+            &format!("http://{http}/?autostart=1"),
+            &dir.join("p1"),
+        )
+        .await;
+    let e = page_error(&refused).await;
+    assert!(
+        e.contains("microphone is not available") && e.contains("NotAllowedError"),
+        "{e}"
+    );
+    assert_eq!(metric(&server, "remotemedia_webrtc_calls_active "), 0);
+    refused.quit().await;
+
+    let beckett = root().join("models/samples/beckett.wav");
+    let late = driver
+        .browser(Some(&beckett), &format!("http://{http}/"), &dir.join("p2"))
+        .await;
+    server.shutdown().await;
+    late.eval("document.getElementById('toggle').click()").await;
+    let e = page_error(&late).await;
+    assert!(e.contains("the server cannot be reached"), "{e}");
+    late.quit().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
