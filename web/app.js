@@ -248,6 +248,7 @@ function stamp(start, end) {
 }
 
 let interim = null; // the element showing the current interim caption
+const finalStarts = new Set(); // utterances already captioned for good
 
 function addLine(log, text, time, cls) {
   const line = document.createElement("div");
@@ -275,6 +276,9 @@ function onMessage(msg) {
     state.replies.push({ text: msg.text, at: now });
     addLine($("replies"), msg.text, stamp(msg.start, msg.end));
   } else if (msg.type === "text") {
+    // An interim hypothesis that arrives after its utterance's final text is stale.
+    if (!msg.final && finalStarts.has(msg.start)) return;
+    if (msg.final) finalStarts.add(msg.start);
     const caption = { text: msg.text, final: msg.final, start: msg.start, end: msg.end, at: now };
     if (msg.final && captionPending && lastSpeechEnd !== null) {
       caption.latencyMs = Math.round(now - lastSpeechEnd);

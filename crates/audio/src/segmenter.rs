@@ -34,6 +34,12 @@ pub struct SpeechSegmenterParams {
     /// Shorter utterances are dropped.
     #[schemars(range(max = 60_000))]
     pub min_utterance_ms: u32,
+    /// Instead of whole utterances, emit the utterance heard so far every this many ms while
+    /// it lasts, for interim recognition beside a segmenter of whole utterances (0: whole
+    /// utterances). Give both segmenters the same `pre_roll_ms` so their utterances start at
+    /// the same time.
+    #[schemars(range(max = 60_000))]
+    pub partial_every_ms: u32,
 }
 
 impl Default for SpeechSegmenterParams {
@@ -42,6 +48,7 @@ impl Default for SpeechSegmenterParams {
             pre_roll_ms: 100,
             max_utterance_ms: 20_000,
             min_utterance_ms: 0,
+            partial_every_ms: 0,
         }
     }
 }
@@ -61,6 +68,8 @@ pub struct SpeechSegmenter {
     /// Stream frame index where the latest audio frame starts: a VAD decides after a whole
     /// frame, so its events may point anywhere inside it, however long it is.
     latest: u64,
+    /// In partial mode, where the last partial ended.
+    partial_end: u64,
 }
 
 impl SpeechSegmenter {
@@ -106,15 +115,24 @@ impl SpeechSegmenter {
         self.first += n;
     }
 
-    /// Emits full-length pieces of an over-long utterance, or trims idle history.
+    /// Emits full-length pieces of an over-long utterance (or, in partial mode, the utterance
+    /// so far when it is due), or trims idle history.
     fn settle(&mut self, out: &mut Outputs) {
+        let partials = self.frames_in(self.p.partial_every_ms);
         match self.open {
             Some(start) => {
                 let max = self.frames_in(self.p.max_utterance_ms).max(1);
                 let mut start = start;
                 while self.end() - start >= max {
-                    self.emit(start, start + max, out);
+                    if partials == 0 {
+                        self.emit(start, start + max, out);
+                    }
                     start += max;
+                }
+                let end = self.end();
+                if partials > 0 && end >= self.partial_end.max(start) + partials {
+                    self.emit(start, end, out);
+                    self.partial_end = end;
                 }
                 self.open = Some(start);
                 self.trim_to(start);
@@ -163,9 +181,12 @@ impl Node for SpeechSegmenter {
                 let idx = self.index(ev.time());
                 let start = idx.saturating_sub(self.frames_in(self.p.pre_roll_ms));
                 self.open = Some(start.max(self.first));
+                self.partial_end = 0;
             }
             Some(ev @ VadEvent::SpeechEnd { .. }) => {
-                if let Some(start) = self.open.take() {
+                if let Some(start) = self.open.take()
+                    && self.p.partial_every_ms == 0
+                {
                     let end = self.index(ev.time());
                     self.emit(start, end, out);
                 }
@@ -179,7 +200,9 @@ impl Node for SpeechSegmenter {
     }
 
     async fn flush(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
-        if let Some(start) = self.open.take() {
+        if let Some(start) = self.open.take()
+            && self.p.partial_every_ms == 0
+        {
             self.emit(start, self.end(), out);
         }
         self.settle(out);
@@ -215,6 +238,7 @@ impl NodeType for SpeechSegmenter {
             buf: Vec::new(),
             open: None,
             latest: 0,
+            partial_end: 0,
         })
     }
 }
@@ -272,6 +296,25 @@ mod tests {
         assert_eq!(out.len(), 1);
         // Samples 200..800: 100 ms pre-roll before the start at 300, up to the end at 800.
         assert_eq!(span(&out[0]), (200.0, 799.0, Duration::from_millis(10_200)));
+    }
+
+    #[tokio::test]
+    async fn partial_mode_emits_the_utterance_so_far_and_never_a_whole_one() {
+        let events = [
+            (2, VadEvent::SpeechStart { time: 10.25 }),
+            (9, VadEvent::SpeechEnd { time: 10.95 }),
+        ];
+        let params = json!({"pre_roll_ms": 50, "partial_every_ms": 300});
+        let spans: Vec<_> = run(params, 12, &events).await.iter().map(span).collect();
+        // The utterance opens at 200 (250 - 50 ms pre-roll); a partial each time 300 ms more
+        // audio has arrived: up to 500 (frame 4), to 800 (frame 7); none at the end.
+        assert_eq!(
+            spans,
+            vec![
+                (200.0, 499.0, Duration::from_millis(10_200)),
+                (200.0, 799.0, Duration::from_millis(10_200)),
+            ]
+        );
     }
 
     #[tokio::test]

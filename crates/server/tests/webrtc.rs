@@ -418,6 +418,17 @@ async fn two_browsers_get_their_own_captions_and_spoken_replies() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let (ca, cb) = (captions(&sa), captions(&sb));
+    let interim = |s: &Value| {
+        s["captions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["final"] == false)
+    };
+    assert!(
+        interim(&sb),
+        "interim captions during Dickens's long sentences: {sb}"
+    );
     assert_eq!(has_any(&ca, &dickens_words), 0, "A got B's words: {ca}");
     assert_eq!(has_any(&cb, &beckett_words), 0, "B got A's words: {cb}");
     for s in [&sa, &sb] {
@@ -507,5 +518,49 @@ async fn the_page_explains_a_refused_microphone_and_a_server_that_is_down() {
     let e = page_error(&late).await;
     assert!(e.contains("the server cannot be reached"), "{e}");
     late.quit().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The latency figures of BENCHMARKS.md: one caller speaking `beckett.wav` (short phrases with
+/// pauses) for 40 s, as the page measures them. A benchmark, not a test: run it on a release
+/// build with `./bench/webrtc_latency.sh`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: ./bench/webrtc_latency.sh"]
+async fn latency_of_one_caller() {
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("webrtc-l-{}", std::process::id()));
+    let server = server(10_000, false).await;
+    let page = format!(
+        "http://{}/?pipeline=speak-back&autostart=1",
+        server.http_addr().unwrap()
+    );
+    let driver = Driver::start().await;
+    let beckett = root().join("models/samples/beckett.wav");
+    let caller = driver.browser(Some(&beckett), &page, &dir.join("p")).await;
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let s = caller.state().await;
+    caller.quit().await;
+    let stats = |name: &str| {
+        let mut v: Vec<u64> = s["latency"][name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_u64)
+            .collect();
+        v.sort_unstable();
+        assert!(!v.is_empty(), "no {name} measured: {s}");
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        format!(
+            "n={} p50={} ms p90={} ms max={} ms",
+            v.len(),
+            at(0.5),
+            at(0.9),
+            at(1.0)
+        )
+    };
+    println!("end of speech -> final caption:     {}", stats("captionMs"));
+    println!("end of speech -> first reply audio: {}", stats("replyMs"));
+    println!("captions: {}", captions(&s));
+    server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

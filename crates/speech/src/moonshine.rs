@@ -452,6 +452,9 @@ pub struct MoonshineParams {
     /// cannot stall the stream.
     #[schemars(range(min = 1.0, max = 50.0))]
     pub max_tokens_per_second: f32,
+    /// Mark the text as interim (`is_final: false`): for the partial utterances of a
+    /// `SpeechSegmenter` with `partial_every_ms`, which a later final text replaces.
+    pub interim: bool,
 }
 
 impl Default for MoonshineParams {
@@ -460,6 +463,7 @@ impl Default for MoonshineParams {
             model: None,
             threads: 1,
             max_tokens_per_second: DEFAULT_MAX_TOKENS_PER_SECOND,
+            interim: false,
         }
     }
 }
@@ -471,10 +475,11 @@ impl Default for MoonshineParams {
 /// timestamp to that plus the frame's duration), stamped with the utterance's start. Utterances
 /// shorter than [`MIN_UTTERANCE`], silent ones (peak below [`SILENCE_PEAK`]) and those the model
 /// hears no words in are skipped without output: they are normal in a stream, not errors. Audio at another rate
-/// or with more channels is a fatal error, as is an utterance over [`MAX_UTTERANCE`]. No interim
-/// results: the input is already whole utterances.
+/// or with more channels is a fatal error, as is an utterance over [`MAX_UTTERANCE`]. With
+/// `interim`, the text is marked `is_final: false` (for partial utterances).
 pub struct MoonshineASRNode {
     engine: Arc<Moonshine>,
+    interim: bool,
 }
 
 impl MoonshineASRNode {
@@ -538,7 +543,7 @@ impl Node for MoonshineASRNode {
         let start = input.timestamp;
         let data = RuntimeData::Text(TextFrame {
             text: t.text.into(),
-            is_final: true,
+            is_final: !self.interim,
             span: Some((start, start + duration)),
         });
         out.push_at(data, start);
@@ -574,6 +579,7 @@ impl NodeType for MoonshineASRNode {
             Moonshine::new(&dir, p.threads, p.max_tokens_per_second).map_err(Self::fatal)?;
         Ok(Self {
             engine: Arc::new(engine),
+            interim: p.interim,
         })
     }
 }
