@@ -4,7 +4,8 @@
 #   libespeak-ng1 + espeak-ng-data   text to phonemes for PiperTTS, and EspeakTTS itself (run time)
 #   with --test also:
 #   libopus-dev                      Opus encoding of WebRTC replies (links the server with `webrtc`)
-#   chromium + chromium-driver       the real browser of the WebRTC end-to-end test
+#   chromium + chromium-driver       the real browsers of the WebRTC end-to-end tests
+#   + firefox-esr
 #
 #   ./scripts/setup-system.sh [--test]
 #
@@ -14,7 +15,7 @@ set -euo pipefail
 
 PACKAGES=(libespeak-ng1 espeak-ng-data)
 if [[ "${1:-}" == "--test" ]]; then
-    PACKAGES+=(libopus-dev chromium chromium-driver)
+    PACKAGES+=(libopus-dev chromium chromium-driver firefox-esr)
 fi
 
 log() { printf 'setup-system: %s\n' "$*" >&2; }

@@ -23,6 +23,9 @@ const state = (window.remotemedia = {
   micLevelMax: 0,
   replyLevelMax: 0,
   replyAudioMs: 0, // how long the reply track was audible
+  audioContext: null, // the Web Audio context's state ("suspended" measures nothing)
+  micPackets: 0, // RTP packets sent from the microphone and received on the reply track,
+  replyPackets: 0, // from the peer connection's own statistics
   speechEnds: 0,
   errors: [],
 });
@@ -143,15 +146,23 @@ async function start() {
     return;
   }
   watchLevels(stream);
+  call.statsTimer = setInterval(async () => {
+    for (const r of (await pc.getStats()).values()) {
+      if (r.kind !== "audio") continue;
+      if (r.type === "outbound-rtp") state.micPackets = r.packetsSent;
+      if (r.type === "inbound-rtp") state.replyPackets = r.packetsReceived;
+    }
+  }, 500);
   $("toggle").textContent = "Stop";
   $("toggle").classList.add("live");
 }
 
 function stop() {
   if (!call) return;
-  const { pc, stream, ctx, timer, location: where } = call;
+  const { pc, stream, ctx, timer, statsTimer, location: where } = call;
   call = null;
   clearInterval(timer);
+  clearInterval(statsTimer);
   if (where) fetch(where, { method: "DELETE", headers: authHeaders() }).catch(() => {});
   pc.close();
   stream.getTracks().forEach((t) => t.stop());
@@ -171,6 +182,7 @@ let replyArmedAt = 0;
 
 function watchLevels(stream) {
   const ctx = new AudioContext();
+  ctx.resume().catch(() => {}); // may start suspended when the call was not started by a click
   const mic = ctx.createAnalyser();
   mic.fftSize = 1024;
   ctx.createMediaStreamSource(stream).connect(mic);
@@ -182,6 +194,7 @@ function watchLevels(stream) {
   let replyAudible = false;
   call.timer = setInterval(() => {
     const now = performance.now();
+    state.audioContext = ctx.state;
     const level = rms(mic, buf);
     state.micLevelMax = Math.max(state.micLevelMax, level);
     $("micLevel").value = Math.min(1, level * 5);

@@ -19,6 +19,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "webrtc-test-token-0123456789";
 
+/// Browser tests take turns: each runs browsers and speech pipelines that, on 2 cores and in a
+/// debug build, already use the machine; running them at once starves their connections.
+static BROWSERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn root() -> PathBuf {
     // Canonical: Chromium's fake microphone plays silence for a path with `..` in it.
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -36,7 +40,7 @@ fn runtime() -> Runtime {
     Runtime::new(executors)
 }
 
-/// A server with the speak-back pipeline, its models loaded.
+/// A server with the speak-back pipeline (its models loaded) and an echo pipeline.
 async fn server(connect_timeout_ms: u64, tokens: bool) -> RunningServer {
     let mut config = ServerConfig::default();
     config.grpc.listen = "127.0.0.1:0".parse().unwrap();
@@ -48,6 +52,10 @@ async fn server(connect_timeout_ms: u64, tokens: bool) -> RunningServer {
     config.pipelines.insert(
         "speak-back".into(),
         root().join("examples/webrtc_speak_back.yaml"),
+    );
+    config.manifests.insert(
+        "echo".into(),
+        "version: v1\nnodes:\n  - {id: echo, type: PassThrough}\n".into(),
     );
     let server = remotemedia_server::start(config, Arc::new(runtime()))
         .await
@@ -376,6 +384,7 @@ fn has_any(text: &str, words: &[&str]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_get_their_own_captions_and_spoken_replies() {
+    let _turn = BROWSERS.lock().await;
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("webrtc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // Chromium's fake microphone resamples files to its own rate (beckett.wav is 16 kHz).
@@ -488,6 +497,7 @@ async fn page_error(browser: &Browser<'_>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_explains_a_refused_microphone_and_a_server_that_is_down() {
+    let _turn = BROWSERS.lock().await;
     let dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("webrtc-e-{}", std::process::id()));
     let server = server(10_000, false).await;
@@ -527,6 +537,7 @@ async fn the_page_explains_a_refused_microphone_and_a_server_that_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: ./bench/webrtc_latency.sh"]
 async fn latency_of_one_caller() {
+    let _turn = BROWSERS.lock().await;
     let dir =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("webrtc-l-{}", std::process::id()));
     let server = server(10_000, false).await;
@@ -561,6 +572,169 @@ async fn latency_of_one_caller() {
     println!("end of speech -> final caption:     {}", stats("captionMs"));
     println!("end of speech -> first reply audio: {}", stats("replyMs"));
     println!("captions: {}", captions(&s));
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// -- Firefox ----------------------------------------------------------------------------------
+
+/// A headless Firefox ESR driven over Marionette (its own protocol: `length:json` messages on a
+/// TCP port), killed when dropped.
+struct Firefox {
+    tcp: tokio::net::TcpStream,
+    buf: Vec<u8>,
+    next_id: u64,
+    _child: tokio::process::Child,
+}
+
+impl Firefox {
+    async fn start(profile: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::create_dir_all(profile).unwrap();
+        // A fake microphone, no permission prompt, loopback ICE candidates (off by default in
+        // Firefox), and nothing that reaches for the network.
+        let prefs = json!({
+            "marionette.port": port,
+            "media.navigator.streams.fake": true,
+            "media.navigator.permission.disabled": true,
+            "media.peerconnection.ice.loopback": true,
+            "media.peerconnection.ice.obfuscate_host_addresses": false,
+            "app.update.enabled": false,
+            "browser.shell.checkDefaultBrowser": false,
+            "datareporting.policy.dataSubmissionEnabled": false,
+            "network.captive-portal-service.enabled": false,
+            "toolkit.telemetry.enabled": false,
+        });
+        let user_js: String = prefs
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| format!("user_pref(\"{k}\", {v});\n"))
+            .collect();
+        std::fs::write(profile.join("user.js"), user_js).unwrap();
+        let child = tokio::process::Command::new("firefox-esr")
+            .args(["--headless", "--marionette", "--no-remote", "--profile"])
+            .arg(profile)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("firefox-esr runs: ./scripts/setup-system.sh --test installs it");
+        let t = Instant::now();
+        let tcp = loop {
+            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(tcp) => break tcp,
+                Err(_) if t.elapsed() < Duration::from_secs(60) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("Firefox's Marionette port did not open: {e}"),
+            }
+        };
+        let mut ff = Self {
+            tcp,
+            buf: Vec::new(),
+            next_id: 0,
+            _child: child,
+        };
+        let hello = ff.read().await;
+        assert_eq!(hello["applicationType"], "gecko", "{hello}");
+        ff.call("WebDriver:NewSession", json!({})).await;
+        ff
+    }
+
+    async fn read(&mut self) -> Value {
+        loop {
+            if let Some(colon) = self.buf.iter().position(|b| *b == b':') {
+                let len: usize = std::str::from_utf8(&self.buf[..colon])
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                if self.buf.len() > colon + len {
+                    let msg: Vec<u8> = self.buf.drain(..=colon + len).skip(colon + 1).collect();
+                    return serde_json::from_slice(&msg).unwrap();
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            let n = tokio::time::timeout(Duration::from_secs(60), self.tcp.read(&mut chunk))
+                .await
+                .expect("Marionette answers within a minute")
+                .unwrap();
+            assert!(n > 0, "Firefox closed the Marionette connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// One command; its result.
+    async fn call(&mut self, name: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let msg = json!([0, self.next_id, name, params]).to_string();
+        let framed = format!("{}:{msg}", msg.len());
+        self.tcp.write_all(framed.as_bytes()).await.unwrap();
+        let reply = self.read().await;
+        assert!(reply[2].is_null(), "Marionette {name}: {}", reply[2]);
+        reply[3].clone()
+    }
+
+    async fn state(&mut self) -> Value {
+        let script = json!({"script": "return window.remotemedia", "args": []});
+        self.call("WebDriver:ExecuteScript", script).await["value"].clone()
+    }
+
+    /// Clicks the page's Start/Stop button, as a user would.
+    async fn click_toggle(&mut self) {
+        let q = json!({"using": "css selector", "value": "#toggle"});
+        let found = self.call("WebDriver:FindElement", q).await;
+        let element = found.get("value").unwrap_or(&found);
+        let id = element
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .clone();
+        self.call("WebDriver:ElementClick", json!({"id": id})).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firefox_calls_a_pipeline_and_gets_its_audio_back() {
+    let _turn = BROWSERS.lock().await;
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("webrtc-f-{}", std::process::id()));
+    let server = server(10_000, false).await;
+    let mut ff = Firefox::start(&dir.join("profile")).await;
+    let page = format!("http://{}/?pipeline=echo", server.http_addr().unwrap());
+    ff.call("WebDriver:Navigate", json!({"url": page})).await;
+    ff.click_toggle().await;
+    // Firefox's fake microphone goes to the echo pipeline and comes back on the reply track.
+    // (Headless Firefox has no audio output here, so its Web Audio context stays suspended and
+    // the page cannot measure levels; the peer connection's packet counts show the media.)
+    let t = Instant::now();
+    let s = loop {
+        let s = ff.state().await;
+        let packets = |k: &str| s[k].as_u64().unwrap_or(0);
+        if s["status"].as_str().unwrap_or("").starts_with("live — ")
+            && packets("micPackets") > 100
+            && packets("replyPackets") > 100
+        {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "Firefox's page after 30 s: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(s["errors"], json!([]), "{s}");
+    assert!(metric(&server, "remotemedia_inputs_total ") > 100);
+    assert_eq!(metric(&server, "remotemedia_webrtc_calls_active "), 1);
+    ff.click_toggle().await; // Stop
+    all_released(&server, Duration::from_secs(10)).await;
+    drop(ff);
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

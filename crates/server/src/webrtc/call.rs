@@ -147,11 +147,12 @@ impl Call {
                         tracing::warn!(call = %self.id, "WebRTC error: {e}");
                         break "webrtc error";
                     }
-                    self.send_reply_frame();
                 }
                 _ = tokio::time::sleep_until(connect_by), if !connected => break "connect timeout",
                 _ = sleep_until_opt(deadline) => break "duration limit",
             }
+            // Whichever branch woke the loop, reply audio that is due goes out now.
+            self.send_reply_frames();
             if session_done && self.reply.is_empty() {
                 // Let the closing message and the last audio go out, then end.
                 let _ = self.drain(&mut connected, None);
@@ -306,20 +307,26 @@ impl Call {
         }
     }
 
-    /// Sends the next 20 ms of reply audio when it is due.
-    fn send_reply_frame(&mut self) {
-        let Some(due) = self.next_frame else { return };
+    /// Sends every 20 ms frame of reply audio that is due: one per 20 ms of wall time, so the
+    /// browser gets it in real time however bursty the pipeline's output is.
+    fn send_reply_frames(&mut self) {
         let now = tokio::time::Instant::now();
-        if due > now {
-            return;
+        while let Some(due) = self.next_frame
+            && due <= now
+        {
+            if self.reply.is_empty() {
+                self.next_frame = None;
+                return;
+            }
+            self.next_frame = Some(due + FRAME_TIME);
+            self.send_reply_frame();
         }
-        if self.reply.is_empty() {
-            self.next_frame = None;
-            return;
-        }
+    }
+
+    /// Encodes and sends the next 20 ms of reply audio.
+    fn send_reply_frame(&mut self) {
         let mut pcm: Vec<f32> = self.reply.drain(..FRAME.min(self.reply.len())).collect();
         pcm.resize(FRAME, 0.0);
-        self.next_frame = Some(due + FRAME_TIME);
         let (Some(mid), Some(pt)) = (self.audio, self.opus_pt()) else {
             tracing::debug!(call = %self.id, audio = ?self.audio, "no audio media to send the reply on");
             return;
