@@ -33,8 +33,8 @@ pub struct Call {
     shared: Arc<Shared>,
     pipeline: String,
     rtc: Rtc,
-    sockets: Vec<Arc<UdpSocket>>,
-    session: Option<Session>,
+    /// The call's sockets with their local addresses.
+    sockets: Vec<(SocketAddr, Arc<UdpSocket>)>,
     decoder: Option<OpusDecoder>,
     encoder: Option<Encoder>,
     /// The audio media (microphone in, replies out) and the data channel, once known.
@@ -57,8 +57,7 @@ impl Call {
         shared: Arc<Shared>,
         pipeline: String,
         rtc: Rtc,
-        sockets: Vec<Arc<UdpSocket>>,
-        session: Session,
+        sockets: Vec<(SocketAddr, Arc<UdpSocket>)>,
     ) -> Self {
         Self {
             id,
@@ -66,7 +65,6 @@ impl Call {
             pipeline,
             rtc,
             sockets,
-            session: Some(session),
             decoder: None,
             encoder: None,
             audio: None,
@@ -80,11 +78,12 @@ impl Call {
         }
     }
 
-    /// Runs the call to its end; returns why it ended.
-    pub async fn run(mut self, mut hung_up: watch::Receiver<bool>) -> &'static str {
-        let Some(session) = self.session.take() else {
-            return "no session";
-        };
+    /// Runs the call, feeding `session`, to its end; returns why it ended.
+    pub async fn run(
+        mut self,
+        session: Session,
+        mut hung_up: watch::Receiver<bool>,
+    ) -> &'static str {
         let (input, mut output) = session.split();
         let (feed_tx, feed_rx) = mpsc::channel(FEED_QUEUE);
         let feeder = tokio::spawn(feed(input, feed_rx));
@@ -92,7 +91,7 @@ impl Call {
         let readers: Vec<_> = self
             .sockets
             .iter()
-            .map(|s| tokio::spawn(read_socket(Arc::clone(s), packets_tx.clone())))
+            .map(|(local, s)| tokio::spawn(read_socket(*local, Arc::clone(s), packets_tx.clone())))
             .collect();
         drop(packets_tx);
         let limits = &self.shared.config.limits;
@@ -196,11 +195,7 @@ impl Call {
             match self.rtc.poll_output()? {
                 Output::Timeout(t) => return Ok(Ok(t)),
                 Output::Transmit(t) => {
-                    if let Some(s) = self
-                        .sockets
-                        .iter()
-                        .find(|s| s.local_addr().is_ok_and(|a| a == t.source))
-                    {
+                    if let Some((_, s)) = self.sockets.iter().find(|(a, _)| *a == t.source) {
                         let _ = s.try_send_to(&t.contents, t.destination);
                     }
                 }
@@ -394,10 +389,11 @@ async fn feed(input: SessionInput, mut rx: mpsc::Receiver<(RuntimeData, Duration
 }
 
 /// Reads datagrams from one socket into the call's queue.
-async fn read_socket(socket: Arc<UdpSocket>, tx: mpsc::Sender<(Vec<u8>, SocketAddr, SocketAddr)>) {
-    let Ok(local) = socket.local_addr() else {
-        return;
-    };
+async fn read_socket(
+    local: SocketAddr,
+    socket: Arc<UdpSocket>,
+    tx: mpsc::Sender<(Vec<u8>, SocketAddr, SocketAddr)>,
+) {
     let mut buf = vec![0u8; 2048];
     while let Ok((n, from)) = socket.recv_from(&mut buf).await {
         if tx.send((buf[..n].to_vec(), from, local)).await.is_err() {

@@ -206,7 +206,7 @@ async fn answer(
             .map_err(|e| internal("UDP socket", &e))?;
         let candidate = Candidate::host(addr, "udp").map_err(|e| internal("ICE candidate", &e))?;
         rtc.add_local_candidate(candidate);
-        sockets.push(Arc::new(socket));
+        sockets.push((addr, Arc::new(socket)));
     }
     let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| {
         (
@@ -232,12 +232,11 @@ async fn answer(
         pipeline.name.to_string(),
         rtc,
         sockets,
-        session,
     );
     let (shared2, id2) = (Arc::clone(shared), id.clone());
     tokio::spawn(async move {
         let _slot = permit; // the session slot is free again when the call ends
-        let reason = call.run(hung_up).await;
+        let reason = call.run(session, hung_up).await;
         shared2.calls.end(&id2);
         shared2.calls.active.fetch_sub(1, Relaxed);
         if let Ok(mut ended) = shared2.calls.ended.lock() {
