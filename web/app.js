@@ -140,7 +140,8 @@ async function start() {
     call.location = res.headers.get("Location");
     await pc.setRemoteDescription({ type: "answer", sdp: await res.text() });
   } catch (e) {
-    const message = e instanceof TypeError ? `the server cannot be reached (${e.message})` : e.message;
+    const message =
+      e instanceof TypeError ? `the server cannot be reached (${e.message})` : e.message;
     showError(`Could not start: ${message}.`);
     stop();
     return;
@@ -301,7 +302,8 @@ function onMessage(msg) {
     state.captions.push(caption);
     if (interim) interim.remove();
     interim = null;
-    const line = addLine($("captions"), msg.text, stamp(msg.start, msg.end), msg.final ? "" : "interim");
+    const when = stamp(msg.start, msg.end);
+    const line = addLine($("captions"), msg.text, when, msg.final ? "" : "interim");
     if (!msg.final) interim = line;
   } else if (msg.type === "error") {
     showError(`The pipeline reported: ${msg.message}`);

@@ -470,7 +470,9 @@ class EnergyVAD(_AudioNode):
             "energy_threshold_db": {
                 "type": "number", "minimum": -120.0, "maximum": 0.0, "default": -40.0
             },
-            "flatness_threshold": {"type": "number", "minimum": 0.0, "maximum": 1.0, "default": 0.5},
+            "flatness_threshold": {
+                "type": "number", "minimum": 0.0, "maximum": 1.0, "default": 0.5
+            },
             "min_speech_ms": {"type": "integer", "minimum": 0, "maximum": 10_000, "default": 100},
             "min_silence_ms": {"type": "integer", "minimum": 0, "maximum": 10_000, "default": 300},
             "speech_pad_ms": {"type": "integer", "minimum": 0, "maximum": 2_000, "default": 30},
