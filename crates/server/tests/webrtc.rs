@@ -42,6 +42,10 @@ fn runtime() -> Runtime {
 
 /// A server with the speak-back pipeline (its models loaded) and an echo pipeline.
 async fn server(connect_timeout_ms: u64, tokens: bool) -> RunningServer {
+    start(config(connect_timeout_ms, tokens)).await
+}
+
+fn config(connect_timeout_ms: u64, tokens: bool) -> ServerConfig {
     let mut config = ServerConfig::default();
     config.grpc.listen = "127.0.0.1:0".parse().unwrap();
     config.http.listen = "127.0.0.1:0".parse().unwrap();
@@ -57,6 +61,10 @@ async fn server(connect_timeout_ms: u64, tokens: bool) -> RunningServer {
         "echo".into(),
         "version: v1\nnodes:\n  - {id: echo, type: PassThrough}\n".into(),
     );
+    config
+}
+
+async fn start(config: ServerConfig) -> RunningServer {
     let server = remotemedia_server::start(config, Arc::new(runtime()))
         .await
         .unwrap();
@@ -163,7 +171,9 @@ fn offer(audio: bool) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_offers_get_clear_errors_and_a_peer_that_never_connects_is_released() {
-    let server = server(1_000, true).await;
+    let mut config = config(1_000, true);
+    config.webrtc.ice_addresses = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+    let server = start(config).await;
     let addr = server.http_addr().unwrap().to_string();
     let auth = ("Authorization", &*format!("Bearer {TOKEN}"));
     let sdp = ("Content-Type", "application/sdp");
