@@ -76,12 +76,22 @@ fn refuse(shared: &Shared, status: StatusCode, message: String) -> Response {
     (status, format!("{message}\n")).into_response()
 }
 
-fn authorised(auth: &Auth, headers: &HeaderMap) -> bool {
-    !auth.enabled()
-        || headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .is_some_and(|t| auth.accepts(t))
+impl Endpoint {
+    /// A 401 refusal, unless auth is off or the request carries an accepted bearer token.
+    fn refuse_unauthorised(&self, headers: &HeaderMap) -> Option<Response> {
+        let ok = !self.auth.enabled()
+            || headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .is_some_and(|t| self.auth.accepts(t));
+        (!ok).then(|| {
+            refuse(
+                &self.shared,
+                StatusCode::UNAUTHORIZED,
+                "missing or invalid `Authorization: Bearer <token>`".into(),
+            )
+        })
+    }
 }
 
 async fn offer(
@@ -90,14 +100,10 @@ async fn offer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let shared = &ep.shared;
-    if !authorised(&ep.auth, &headers) {
-        return refuse(
-            shared,
-            StatusCode::UNAUTHORIZED,
-            "missing or invalid `Authorization: Bearer <token>`".into(),
-        );
+    if let Some(refused) = ep.refuse_unauthorised(&headers) {
+        return refused;
     }
+    let shared = &ep.shared;
     if !shared.config.webrtc.enabled {
         return refuse(
             shared,
@@ -252,12 +258,8 @@ async fn hang_up(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if !authorised(&ep.auth, &headers) {
-        return refuse(
-            &ep.shared,
-            StatusCode::UNAUTHORIZED,
-            "missing or invalid `Authorization: Bearer <token>`".into(),
-        );
+    if let Some(refused) = ep.refuse_unauthorised(&headers) {
+        return refused;
     }
     if ep.shared.calls.end(&id) {
         StatusCode::NO_CONTENT.into_response()
