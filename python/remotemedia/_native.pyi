@@ -1,4 +1,4 @@
-"""Type hints of the extension module built from crates/py (see remotemedia.pipeline)."""
+"""Type hints of the extension module built from crates/python-sdk (see remotemedia.pipeline)."""
 
 from typing import Any, List, Optional, Tuple
 
@@ -8,6 +8,9 @@ __version__: str
 
 class ManifestError(ValueError):
     """A manifest that does not validate; the message has origin:line:column."""
+
+class PolicyError(PermissionError):
+    """An untrusted manifest the policy refuses; nothing of it was loaded or run."""
 
 class PipelineError(RuntimeError):
     """A pipeline that could not start or failed fatally while running."""
@@ -24,7 +27,7 @@ NativeOutput = Tuple[str, str, float, str, Any, Any]
 NativeFailure = Tuple[str, str, str, bool]
 
 class NativePipeline:
-    def __init__(self, text: str, origin: str) -> None: ...
+    def __init__(self, text: str, origin: str, policy: Optional[str] = None) -> None: ...
     def node_ids(self) -> List[str]: ...
     def open_session(self) -> NativeSession: ...
     def run(self, inputs: List[NativeInput]) -> Tuple[List[NativeOutput], List[NativeFailure]]: ...

@@ -1,6 +1,6 @@
 """The binary frame exchanged with the runtime over shared memory.
 
-The layout is defined in ``crates/python/src/frame.rs``; this is its Python twin. Audio input
+The layout is defined in ``crates/python-executor/src/frame.rs``; this is its Python twin. Audio input
 is not copied: its samples are a read-only numpy view of the shared-memory sample, which stays
 borrowed for as long as the array (or anything viewing it) is alive.
 """

@@ -31,11 +31,14 @@ from .node import FatalNodeError, Node, NodeError, load_builtins, registered, re
 from .params import check_params
 
 try:  # the same exception classes whichever runtime raises them
-    from ._native import ManifestError, PipelineError
+    from ._native import ManifestError, PipelineError, PolicyError
 except ImportError:
 
     class ManifestError(ValueError):  # type: ignore[no-redef]
         """A manifest the runtime cannot run."""
+
+    class PolicyError(PermissionError):  # type: ignore[no-redef]
+        """An untrusted manifest that the policy refuses."""
 
     class PipelineError(RuntimeError):  # type: ignore[no-redef]
         """A session could not take an input or has ended."""

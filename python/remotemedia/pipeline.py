@@ -42,7 +42,7 @@ import numpy as np
 
 from . import is_rust_runtime_available, local
 from .data import Audio, Binary, Json, RuntimeData, Text, wrap
-from .local import ManifestError, PipelineError
+from .local import ManifestError, PipelineError, PolicyError
 
 HINTS = ("auto", "rust", "python")
 
@@ -121,14 +121,31 @@ class Pipeline:
     ``runtime_hint`` picks the runtime (:func:`select_runtime`): the Rust runtime
     (``runtime == "rust"``) or the pure-Python one (``runtime == "python"``), which runs the
     nodes' Python implementations in this process. A node's own ``runtime_hint: python`` in the
-    manifest runs that node's Python implementation in a worker process of the Rust runtime."""
+    manifest runs that node's Python implementation in a worker process of the Rust runtime.
 
-    def __init__(self, text: str, origin: str = "<manifest>", runtime_hint: str = "auto"):
+    ``policy`` marks ``text`` as untrusted (say, sent by a user of your service): a dict with
+    ``allowed_types`` (list; empty = every native type), ``allow_python`` (bool, default
+    False), ``max_nodes`` (default 32) and ``max_bytes`` (default 65536). It is checked before
+    any node type is resolved, so a refused manifest imports and starts nothing; a refusal
+    raises :class:`PolicyError` (a ``PermissionError``)."""
+
+    def __init__(
+        self,
+        text: str,
+        origin: str = "<manifest>",
+        runtime_hint: str = "auto",
+        policy: Optional[dict] = None,
+    ):
         self.runtime = select_runtime(runtime_hint)
+        if policy is not None and self.runtime != "rust":
+            raise RuntimeUnavailableError(
+                "a policy for untrusted manifests needs the Rust runtime (runtime_hint='rust')"
+            )
         if self.runtime == "rust":
             from . import _native
 
-            self._backend = _native.NativePipeline(text, origin)
+            policy_json = None if policy is None else json.dumps(policy)
+            self._backend = _native.NativePipeline(text, origin, policy_json)
         else:
             self._backend = local.LocalPipeline(_parse(text, origin), origin)
         self.text = text

@@ -36,7 +36,7 @@ from . import frame as fr
 from .data import Output, wrap
 from .node import FatalNodeError, Node, NodeError, load_builtins, registered, resolve
 
-#: Must match WORKER_BORROWED in crates/python/src/ipc.rs: input samples the node may keep as
+#: Must match WORKER_BORROWED in crates/python-executor/src/ipc.rs: input samples the node may keep as
 #: zero-copy views. Past this the worker copies audio, so receiving never stalls.
 MAX_BORROWED = 48
 _VIEW_LIMIT = MAX_BORROWED - 4

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -12,7 +13,14 @@ import numpy as np
 import pytest
 
 from remotemedia import Audio, Text
-from remotemedia.pipeline import ManifestError, Pipeline, PipelineError, as_float32, get_metrics
+from remotemedia.pipeline import (
+    ManifestError,
+    Pipeline,
+    PipelineError,
+    PolicyError,
+    as_float32,
+    get_metrics,
+)
 
 PASS = "version: v1\nnodes:\n  - {id: a, type: PassThrough}\n"
 
@@ -263,3 +271,63 @@ def test_the_transcribe_example_prints_the_recording_as_timed_text():
     assert len(lines) == 6 and lines[0].startswith("[  0.")
     for words in ["ever tried", "ever failed", "no matter", "try again", "fail again"]:
         assert any(words in line for line in lines), done.stdout
+
+
+def _children() -> set:
+    """Processes whose parent is this one (any thread's)."""
+    me = str(os.getpid())
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:
+            found.add(stat.parent.name)
+    return found
+
+
+def test_an_untrusted_manifest_is_refused_before_anything_imports_or_starts(
+    tmp_path, monkeypatch
+):
+    module = tmp_path / "marker_node.py"
+    module.write_text(
+        "import pathlib\n"
+        "pathlib.Path(__file__).with_suffix('.imported').touch()\n"
+        "from remotemedia import Node\n\n"
+        "class Marker(Node):\n"
+        "    async def process(self, data):\n"
+        "        yield data\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), *sys.path]))
+    text = "version: v1\nnodes:\n  - {id: m, type: 'marker_node:Marker'}\n"
+    imported = tmp_path / "marker_node.imported"
+    before = _children()
+    seen = set()
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.update(_children() - before)
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with pytest.raises(PolicyError, match="Python"):
+            Pipeline(text, "client", runtime_hint="rust", policy={})
+        with pytest.raises(PolicyError, match="at most 1"):
+            Pipeline("version: v1\nnodes: [{id: a, type: PassThrough}, {id: b, type: PassThrough}]\n",
+                     "client", runtime_hint="rust", policy={"max_nodes": 1})
+    finally:
+        stop.set()
+        watcher.join()
+    assert not imported.exists(), "the refused module was imported"
+    assert not seen, f"processes started: {seen}"
+    # The witness works: with Python allowed, resolving the type imports the module.
+    Pipeline(text, "client", runtime_hint="rust", policy={"allow_python": True})
+    assert imported.exists()
+    # A native manifest within the policy loads.
+    ok = Pipeline("version: v1\nnodes: [{id: a, type: PassThrough}]\n", "client",
+                  runtime_hint="rust", policy={"max_nodes": 1})
+    assert ok.node_ids == ["a"]

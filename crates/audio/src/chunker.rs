@@ -11,6 +11,8 @@ use remotemedia_core::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::frame::StreamFormat;
+
 /// Settings of [`AudioChunker`].
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -38,20 +40,36 @@ pub struct AudioChunker {
     pad_tail: bool,
     /// Interleaved samples not yet emitted.
     pending: Vec<f32>,
-    format: Option<(u32, u16)>,
-    /// Stream position of `pending[0]`.
-    at: Duration,
+    stream: Option<StreamFormat>,
+    /// Frames emitted since the stream started: `pending[0]` comes next.
+    emitted: u64,
 }
 
 impl AudioChunker {
     fn emit(&mut self, frames: usize, out: &mut Outputs) {
-        let Some((rate, ch)) = self.format else {
+        let Some(s) = self.stream else {
             return;
         };
-        let n = frames * usize::from(ch);
+        let n = frames * usize::from(s.channels);
         let chunk: Vec<f32> = self.pending.drain(..n).collect();
-        out.push_at(RuntimeData::audio(chunk, rate, ch), self.at);
-        self.at += Duration::from_secs_f64(frames as f64 / f64::from(rate));
+        out.push_at(
+            RuntimeData::audio(chunk, s.clock.rate, s.channels),
+            self.next_time(),
+        );
+        self.emitted += frames as u64;
+    }
+
+    /// Start time of the next frame out.
+    fn next_time(&self) -> Duration {
+        self.stream
+            .map_or(Duration::ZERO, |s| s.clock.time(self.emitted))
+    }
+
+    /// Forgets the stream: the next frame starts a new one.
+    fn reset(&mut self) {
+        self.pending.clear();
+        self.stream = None;
+        self.emitted = 0;
     }
 }
 
@@ -63,18 +81,11 @@ impl Node for AudioChunker {
         input: &Packet,
         out: &mut Outputs,
     ) -> Result<(), NodeError> {
-        let Some(frame) = input.data.as_audio() else {
-            return Err(NodeError::unsupported(Self::NAME, &input.data));
-        };
-        crate::check_format(Self::NAME, self.format, frame)?;
-        if self.format.is_none() {
-            self.format = Some((frame.sample_rate, frame.channels));
-            self.at = input.timestamp;
-        }
+        let frame = StreamFormat::accept(Self::NAME, &mut self.stream, input)?;
         if self.pending.is_empty() && frame.frames() == self.size {
             // Already the right size: forward the shared buffer.
-            out.push_at(input.data.clone(), self.at);
-            self.at += frame.duration();
+            out.push_at(input.data.clone(), self.next_time());
+            self.emitted += self.size as u64;
             return Ok(());
         }
         self.pending.extend_from_slice(frame.samples());
@@ -85,24 +96,24 @@ impl Node for AudioChunker {
     }
 
     async fn flush(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
-        if let Some((_, ch)) = self.format
+        if let Some(s) = self.stream
             && !self.pending.is_empty()
         {
-            let mut frames = self.pending.len() / usize::from(ch);
+            let ch = usize::from(s.channels);
+            let mut frames = self.pending.len() / ch;
             if self.pad_tail {
-                self.pending.resize(self.size * usize::from(ch), 0.0);
+                self.pending.resize(self.size * ch, 0.0);
                 frames = self.size;
             }
             self.emit(frames, out);
         }
-        self.format = None;
+        self.reset();
         Ok(())
     }
 
     async fn control(&mut self, control: &Control, _: &mut Outputs) -> Result<(), NodeError> {
         if matches!(control, Control::Cancel { .. }) {
-            self.pending.clear();
-            self.format = None;
+            self.reset();
         }
         Ok(())
     }
@@ -126,8 +137,8 @@ impl NodeType for AudioChunker {
             size: p.samples,
             pad_tail: p.pad_tail,
             pending: Vec::new(),
-            format: None,
-            at: Duration::ZERO,
+            stream: None,
+            emitted: 0,
         })
     }
 }
@@ -135,6 +146,7 @@ impl NodeType for AudioChunker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::testing::{format_change_error, passes_without_a_copy};
     use remotemedia_core::testing::NodeHarness;
     use serde_json::json;
 
@@ -205,27 +217,14 @@ mod tests {
     async fn right_sized_frames_pass_without_a_copy() {
         let mut h = NodeHarness::new::<AudioChunker>(json!({"samples": 160})).unwrap();
         let frame = RuntimeData::audio(vec![0.5; 160], 16_000, 1);
-        let out = h.push(frame.clone()).await.unwrap();
-        assert!(
-            out[0]
-                .as_audio()
-                .unwrap()
-                .shares_samples_with(frame.as_audio().unwrap())
-        );
+        assert!(passes_without_a_copy(&mut h, frame).await);
     }
 
     #[tokio::test]
     async fn a_format_change_is_an_error() {
         let mut h = NodeHarness::new::<AudioChunker>(json!({})).unwrap();
-        h.push(RuntimeData::audio(vec![0.0; 100], 16_000, 1))
-            .await
-            .unwrap();
-        let err = h
-            .push(RuntimeData::audio(vec![0.0; 100], 8_000, 1))
-            .await
-            .unwrap_err();
         assert_eq!(
-            err.message,
+            format_change_error(&mut h, (16_000, 1), (8_000, 1)).await,
             "AudioChunker: audio format changed mid-stream from 16000 Hz × 1 ch to 8000 Hz × 1 ch"
         );
     }

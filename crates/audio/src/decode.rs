@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use remotemedia_core::AudioFrame;
 
-use crate::format::SampleFormat;
+use crate::frame::frames_to_duration;
+use crate::pcm::SampleFormat;
 use symphonia::core::codecs::CodecParameters;
 use symphonia::core::codecs::audio::{AudioDecoder, AudioDecoderOptions};
 use symphonia::core::errors::Error as SymError;
@@ -27,14 +28,7 @@ use symphonia::core::formats::{FormatOptions, FormatReader, Track, TrackType};
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 
-/// Highest sample rate accepted (Hz). 384 kHz is the highest rate real converters and formats
-/// use; anything above is a corrupt header or a mistyped `--rate`, and would make frame buffers
-/// absurdly large.
-pub const MAX_SAMPLE_RATE: u32 = 384_000;
-
-/// Highest channel count accepted. 64 covers ambisonics and large studio layouts; more is a
-/// corrupt header or a wrong `--channels`.
-pub const MAX_CHANNELS: u16 = 64;
+pub use crate::frame::{MAX_CHANNELS, MAX_SAMPLE_RATE};
 
 /// Longest frame accepted (ms): ten seconds is already far from real time, and at the highest
 /// rate and channel count one frame is then about a gigabyte.
@@ -54,6 +48,7 @@ const MAX_CONSECUTIVE_BAD_PACKETS: u32 = 8;
 /// Why audio input could not be read. Every message names the input (`name`), so a user with
 /// several files knows which one is bad.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     #[error("{name}: {source}")]
     Io {
@@ -150,12 +145,6 @@ fn check_frame_ms(frame_ms: u32) -> Result<u32, DecodeError> {
     }
 }
 
-/// Start time of sample frame `n`: exact integer arithmetic, so timestamps never drift.
-fn timestamp(n: u64, rate: u32) -> Duration {
-    let nanos = u128::from(n) * 1_000_000_000 / u128::from(rate.max(1));
-    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
-}
-
 /// Regroups samples arriving in whatever packet sizes the codec uses into frames of a fixed
 /// length, stamping each with its start time.
 struct Framer {
@@ -186,7 +175,7 @@ impl Framer {
     fn take(&mut self, len: usize) -> TimedFrame {
         let rest = self.pending.split_off(len);
         let samples = std::mem::replace(&mut self.pending, rest);
-        let ts = timestamp(self.emitted, self.rate);
+        let ts = frames_to_duration(self.emitted, self.rate);
         self.emitted += (samples.len() / usize::from(self.channels)) as u64;
         (ts, AudioFrame::new(samples, self.rate, self.channels))
     }
@@ -204,7 +193,7 @@ impl Framer {
     /// Playing time of everything pushed so far.
     fn position(&self) -> Duration {
         let buffered = (self.pending.len() / usize::from(self.channels)) as u64;
-        timestamp(self.emitted + buffered, self.rate)
+        frames_to_duration(self.emitted + buffered, self.rate)
     }
 
     fn is_untouched(&self) -> bool {
@@ -501,7 +490,7 @@ fn select_track(
 
 fn track_duration(track: &Track, rate: u32) -> Option<Duration> {
     if let (Some(n), true) = (track.num_frames, rate > 0) {
-        return Some(timestamp(n, rate));
+        return Some(frames_to_duration(n, rate));
     }
     let time = track.time_base?.calc_duration(track.duration?)?;
     let (secs, nanos) = time.parts();
@@ -746,7 +735,7 @@ impl Decoded {
 
     pub fn duration(&self) -> Duration {
         let frames = self.samples.len() / usize::from(self.channels.max(1));
-        timestamp(frames as u64, self.sample_rate.max(1))
+        frames_to_duration(frames as u64, self.sample_rate.max(1))
     }
 
     /// One channel's samples, e.g. to check a stereo file's left side.
@@ -787,13 +776,6 @@ pub fn collect(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timestamps_are_exact_sample_counts() {
-        assert_eq!(timestamp(44_100, 44_100), Duration::from_secs(1));
-        assert_eq!(timestamp(441, 44_100), Duration::from_millis(10));
-        assert_eq!(timestamp(1, 3), Duration::from_nanos(333_333_333));
-    }
 
     #[test]
     fn framer_regroups_uneven_packets() {

@@ -6,17 +6,17 @@
 //! every VAD ([`VadTracker`]), whose `min_silence_ms` is the hangover.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use remotemedia_core::node::{NodeType, Ports};
-use remotemedia_core::{Control, MediaType, Node, NodeContext, NodeError, Outputs, Packet};
+use remotemedia_core::{AudioFrame, Control, Node, NodeContext, NodeError, Outputs, Packet};
 use rustfft::num_complex::Complex32;
 use rustfft::{Fft, FftPlanner};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::vad::{VadEvent, VadTiming, VadTracker};
+use crate::frame::{MAX_SAMPLE_RATE, audio_input, downmix, fatal};
+use crate::vad::{VadEvents, VadTiming, VadTracker, vad_ports};
 
 /// Settings of [`EnergyVad`].
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
@@ -31,6 +31,8 @@ pub struct EnergyVadParams {
     /// Frames whose spectral flatness (0 = pure tone, 1 = white noise) is above this are noise.
     #[schemars(range(min = 0.0, max = 1.0))]
     pub flatness_threshold: f32,
+    // The three timing fields repeat `VadTiming`'s on purpose: flattening a `VadTiming` here
+    // would bring Silero's defaults with it, and this detector's differ (a longer hangover).
     /// Speech must last this long before a start is reported.
     #[schemars(range(max = 10_000))]
     pub min_speech_ms: u32,
@@ -61,12 +63,10 @@ impl Default for EnergyVadParams {
 /// Energy + spectral-flatness voice activity detector.
 pub struct EnergyVad {
     p: EnergyVadParams,
-    tracker: VadTracker,
+    events: VadEvents,
     analysis: Option<Analysis>,
     /// Mono samples not yet analysed.
     pending: Vec<f32>,
-    /// Stream position of `pending[0]`.
-    at: Duration,
 }
 
 /// Per-rate state: frame size, window and FFT plan, reused for every frame.
@@ -132,59 +132,27 @@ impl Node for EnergyVad {
         input: &Packet,
         out: &mut Outputs,
     ) -> Result<(), NodeError> {
-        let Some(frame) = input.data.as_audio() else {
-            return Err(NodeError::unsupported(Self::NAME, &input.data));
-        };
-        match &self.analysis {
-            Some(a) if a.rate != frame.sample_rate => {
-                return Err(NodeError::fatal(format!(
-                    "{}: sample rate changed mid-stream from {} Hz to {} Hz",
-                    Self::NAME,
-                    a.rate,
-                    frame.sample_rate
-                )));
-            }
-            Some(_) => {}
-            None => {
-                if !(1_000..=crate::decode::MAX_SAMPLE_RATE).contains(&frame.sample_rate) {
-                    return Err(NodeError::fatal(format!(
-                        "{}: cannot analyse audio at {} Hz",
-                        Self::NAME,
-                        frame.sample_rate
-                    )));
-                }
-                self.analysis = Some(Analysis::new(frame.sample_rate, self.p.frame_ms));
-                self.at = input.timestamp;
-            }
-        }
+        let frame = self.accept(input)?;
         out.push(input.data.clone());
         let ch = usize::from(frame.channels);
         if ch == 1 {
             self.pending.extend_from_slice(frame.samples());
         } else {
-            let scale = 1.0 / ch as f32;
-            self.pending.extend(
-                frame
-                    .samples()
-                    .chunks_exact(ch)
-                    .map(|f| f.iter().sum::<f32>() * scale),
-            );
+            self.pending.extend(downmix(frame.samples(), ch));
         }
         self.analyse(out);
         Ok(())
     }
 
     async fn flush(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
-        if let Some(ev) = self.tracker.finish() {
-            out.push_at(ev.to_data(), ev.time());
-        }
+        self.events.finish(out);
         self.pending.clear();
         Ok(())
     }
 
     async fn control(&mut self, control: &Control, _: &mut Outputs) -> Result<(), NodeError> {
         if matches!(control, Control::Cancel { .. }) {
-            self.tracker.reset();
+            self.events.reset();
             self.pending.clear();
             self.analysis = None;
         }
@@ -193,30 +161,47 @@ impl Node for EnergyVad {
 }
 
 impl EnergyVad {
+    /// The audio in `input`; the first frame sets the rate the analysis is made for, and a
+    /// later one must keep it (any channel count is fine: the analysis takes their mean).
+    fn accept<'a>(&mut self, input: &'a Packet) -> Result<&'a AudioFrame, NodeError> {
+        let frame = audio_input(Self::NAME, input)?;
+        match &self.analysis {
+            Some(a) if a.rate != frame.sample_rate => {
+                return Err(fatal(
+                    Self::NAME,
+                    format!(
+                        "sample rate changed mid-stream from {} Hz to {} Hz",
+                        a.rate, frame.sample_rate
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                if !(1_000..=MAX_SAMPLE_RATE).contains(&frame.sample_rate) {
+                    return Err(fatal(
+                        Self::NAME,
+                        format!("cannot analyse audio at {} Hz", frame.sample_rate),
+                    ));
+                }
+                self.analysis = Some(Analysis::new(frame.sample_rate, self.p.frame_ms));
+                self.events.start(input.timestamp, frame.sample_rate);
+            }
+        }
+        Ok(frame)
+    }
+
     /// Analyses every whole frame of pending audio, emitting decided events.
     fn analyse(&mut self, out: &mut Outputs) {
         let Some(a) = self.analysis.as_mut() else {
             return;
         };
-        let step = Duration::from_secs_f64(a.frame as f64 / f64::from(a.rate));
         let mut used = 0;
         while self.pending.len() - used >= a.frame {
             let (db, flatness) = a.measure(&self.pending[used..used + a.frame]);
             used += a.frame;
             let speech = db > self.p.energy_threshold_db && flatness < self.p.flatness_threshold;
             let p = if speech { 1.0 } else { 0.0 };
-            let (start, end) = (self.at, self.at + step);
-            self.at = end;
-            if self.p.emit_probability {
-                let ev = VadEvent::Probability {
-                    time: start.as_secs_f64(),
-                    probability: p,
-                };
-                out.push_at(ev.to_data(), start);
-            }
-            if let Some(ev) = self.tracker.frame(start, end, p) {
-                out.push_at(ev.to_data(), ev.time());
-            }
+            self.events.frame(a.frame as u64, p, out);
         }
         self.pending.drain(..used);
     }
@@ -228,24 +213,20 @@ impl NodeType for EnergyVad {
     const DESCRIPTION: &'static str = "Voice activity from energy and spectral flatness; passes audio through and adds speech start/end events";
 
     fn ports() -> Ports {
-        Ports::one_to_one(&[MediaType::Audio], &[MediaType::Audio, MediaType::Json])
+        vad_ports()
     }
 
     fn new(p: EnergyVadParams, _: &NodeContext) -> Result<Self, NodeError> {
+        let timing = VadTiming {
+            min_speech_ms: p.min_speech_ms,
+            min_silence_ms: p.min_silence_ms,
+            speech_pad_ms: p.speech_pad_ms,
+        };
         Ok(Self {
-            tracker: VadTracker::new(
-                0.5,
-                0.5,
-                &VadTiming {
-                    min_speech_ms: p.min_speech_ms,
-                    min_silence_ms: p.min_silence_ms,
-                    speech_pad_ms: p.speech_pad_ms,
-                },
-            ),
+            events: VadEvents::new(VadTracker::new(0.5, 0.5, &timing), p.emit_probability),
             p,
             analysis: None,
             pending: Vec::new(),
-            at: Duration::ZERO,
         })
     }
 }
@@ -253,6 +234,8 @@ impl NodeType for EnergyVad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::testing::format_change_error;
+    use crate::vad::VadEvent;
     use remotemedia_core::RuntimeData;
     use remotemedia_core::testing::NodeHarness;
     use serde_json::json;
@@ -347,15 +330,8 @@ mod tests {
     #[tokio::test]
     async fn a_rate_change_is_an_error() {
         let mut h = NodeHarness::new::<EnergyVad>(json!({})).unwrap();
-        h.push(RuntimeData::audio(vec![0.0; 160], RATE, 1))
-            .await
-            .unwrap();
-        let err = h
-            .push(RuntimeData::audio(vec![0.0; 80], 8_000, 1))
-            .await
-            .unwrap_err();
         assert_eq!(
-            err.message,
+            format_change_error(&mut h, (RATE, 1), (8_000, 1)).await,
             "EnergyVAD: sample rate changed mid-stream from 16000 Hz to 8000 Hz"
         );
     }

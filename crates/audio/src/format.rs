@@ -2,9 +2,8 @@
 //! changes the channel count.
 //!
 //! Raw PCM is what devices, codecs and network peers speak: 16- or 32-bit integers or 32-bit
-//! floats, little-endian, interleaved (`LRLR…`) or planar (`LL…RR…`). Integers map to floats by
-//! dividing by 2^15 or 2^31, so i16 → f32 → i16 is exact, and f32 → i16 rounds to the nearest
-//! step and clips to the integer range.
+//! floats, little-endian, interleaved (`LRLR…`) or planar (`LL…RR…`); [`SampleFormat`] says how
+//! each maps to floats.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,59 +12,8 @@ use remotemedia_core::{MediaType, Node, NodeContext, NodeError, Outputs, Packet,
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::decode::{MAX_CHANNELS, MAX_SAMPLE_RATE as MAX_RATE};
-
-/// How one sample is stored in raw PCM (always little-endian).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum SampleFormat {
-    #[default]
-    I16,
-    I32,
-    F32,
-}
-
-impl SampleFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            SampleFormat::I16 => "s16le",
-            SampleFormat::I32 => "s32le",
-            SampleFormat::F32 => "f32le",
-        }
-    }
-
-    pub fn bytes(self) -> usize {
-        match self {
-            SampleFormat::I16 => 2,
-            SampleFormat::I32 | SampleFormat::F32 => 4,
-        }
-    }
-
-    fn write(self, x: f32, out: &mut Vec<u8>) {
-        match self {
-            SampleFormat::I16 => {
-                let v = (f64::from(x) * 32768.0).round().clamp(-32768.0, 32767.0) as i16;
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            SampleFormat::I32 => {
-                let v = (f64::from(x) * 2147483648.0).round() as i32;
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            SampleFormat::F32 => out.extend_from_slice(&x.to_le_bytes()),
-        }
-    }
-
-    /// One little-endian sample as a float in [-1, 1] (floats as they are).
-    pub(crate) fn read(self, b: &[u8]) -> f32 {
-        match self {
-            SampleFormat::I16 => f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0,
-            SampleFormat::I32 => {
-                (f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])) / 2147483648.0) as f32
-            }
-            SampleFormat::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        }
-    }
-}
+use crate::frame::{MAX_CHANNELS, MAX_SAMPLE_RATE as MAX_RATE};
+pub use crate::pcm::SampleFormat;
 
 /// Order of samples of several channels in raw PCM.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -170,12 +118,11 @@ pub fn remix(samples: &[f32], from: usize, to: usize) -> Vec<f32> {
     if from == to {
         return samples.to_vec();
     }
-    let frames = samples.chunks_exact(from);
     if to == 1 {
-        let scale = 1.0 / from as f32;
-        return frames.map(|f| f.iter().sum::<f32>() * scale).collect();
+        return crate::frame::downmix(samples, from).collect();
     }
-    frames
+    samples
+        .chunks_exact(from)
         .flat_map(|f| (0..to).map(move |j| f[j % from]))
         .collect()
 }
@@ -255,6 +202,7 @@ impl NodeType for FormatConverter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::testing::passes_without_a_copy;
     use remotemedia_core::testing::NodeHarness;
     use serde_json::json;
 
@@ -352,13 +300,9 @@ mod tests {
 
     #[tokio::test]
     async fn unchanged_audio_passes_without_a_copy() {
+        let mut h = NodeHarness::new::<FormatConverter>(json!({"channels": 2})).unwrap();
         let a = RuntimeData::audio(vec![0.1; 8], 16_000, 2);
-        let out = one(json!({"channels": 2}), a.clone()).await;
-        assert!(
-            out.as_audio()
-                .unwrap()
-                .shares_samples_with(a.as_audio().unwrap())
-        );
+        assert!(passes_without_a_copy(&mut h, a).await);
     }
 
     #[tokio::test]

@@ -6,6 +6,8 @@ use remotemedia_core::{MediaType, Node, NodeContext, NodeError, Outputs, Packet,
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::frame::audio_input;
+
 /// Settings of [`AudioGain`].
 #[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -28,9 +30,7 @@ impl Node for AudioGain {
         input: &Packet,
         out: &mut Outputs,
     ) -> Result<(), NodeError> {
-        let Some(frame) = input.data.as_audio() else {
-            return Err(NodeError::unsupported(Self::NAME, &input.data));
-        };
+        let frame = audio_input(Self::NAME, input)?;
         let samples: Vec<f32> = frame
             .samples()
             .iter()

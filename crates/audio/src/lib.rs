@@ -4,7 +4,9 @@ pub mod chunker;
 pub mod decode;
 pub mod energy_vad;
 pub mod format;
+pub mod frame;
 pub mod gain;
+mod pcm;
 mod polyphase;
 pub mod resample;
 pub mod segmenter;
@@ -19,25 +21,7 @@ pub use resample::AudioResample;
 pub use segmenter::SpeechSegmenter;
 pub use vad::{VadEvent, VadTiming, VadTracker};
 
-use remotemedia_core::{AudioFrame, NodeError, NodeRegistry};
-
-/// Fails when `frame` differs in rate or channel count from the stream's format so far (nodes
-/// that buffer cannot mix formats).
-pub(crate) fn check_format(
-    node: &str,
-    format: Option<(u32, u16)>,
-    frame: &AudioFrame,
-) -> Result<(), NodeError> {
-    match format {
-        Some((rate, ch)) if (rate, ch) != (frame.sample_rate, frame.channels) => {
-            Err(NodeError::fatal(format!(
-                "{node}: audio format changed mid-stream from {rate} Hz × {ch} ch to {} Hz × {} ch",
-                frame.sample_rate, frame.channels
-            )))
-        }
-        _ => Ok(()),
-    }
-}
+use remotemedia_core::NodeRegistry;
 
 /// Adds this crate's nodes to a registry.
 pub fn register(registry: &mut NodeRegistry) {

@@ -22,7 +22,7 @@ use rubato::{Async, FixedAsync, Indexing, Resampler, SincInterpolationParameters
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::decode::{MAX_CHANNELS, MAX_SAMPLE_RATE as MAX_RATE};
+use crate::frame::{Clock, MAX_CHANNELS, MAX_SAMPLE_RATE as MAX_RATE, audio_input, fatal};
 use crate::polyphase::{Design, Polyphase};
 
 /// Frames per internal rubato chunk.
@@ -98,12 +98,12 @@ pub struct AudioResample {
 /// State of one continuous stream: created by its first frame, ended by a flush.
 struct Stream {
     rate: u32,
-    target: u32,
     channels: usize,
     engine: Engine,
     frames_in: u64,
     frames_out: u64,
-    start: Duration,
+    /// Output time, at the target rate, from the first input frame's timestamp.
+    clock: Clock,
 }
 
 enum Engine {
@@ -114,7 +114,13 @@ enum Engine {
 }
 
 impl AudioResample {
-    fn stream_for(&mut self, frame: &AudioFrame, at: Duration) -> Result<&mut Stream, NodeError> {
+    /// The audio in `input` and the stream it continues (or starts): a stream keeps one input
+    /// rate and channel count.
+    fn stream_for<'a>(
+        &mut self,
+        input: &'a Packet,
+    ) -> Result<(&'a AudioFrame, &mut Stream), NodeError> {
+        let frame = audio_input(Self::NAME, input)?;
         let expected = self.input_rate.or(self.stream.as_ref().map(|s| s.rate));
         if let Some(rate) = expected
             && frame.sample_rate != rate
@@ -128,12 +134,13 @@ impl AudioResample {
         if let Some(s) = &self.stream
             && s.channels != usize::from(frame.channels)
         {
-            return Err(NodeError::fatal(format!(
-                "{}: channel count changed mid-stream from {} to {}",
+            return Err(fatal(
                 Self::NAME,
-                s.channels,
-                frame.channels
-            )));
+                format!(
+                    "channel count changed mid-stream from {} to {}",
+                    s.channels, frame.channels
+                ),
+            ));
         }
         if self.stream.is_none() {
             self.stream = Some(Stream::new(
@@ -141,12 +148,14 @@ impl AudioResample {
                 self.target,
                 frame.channels,
                 self.quality,
-                at,
+                input.timestamp,
             )?);
         }
-        self.stream
+        let stream = self
+            .stream
             .as_mut()
-            .ok_or_else(|| NodeError::fatal("resampler state missing"))
+            .ok_or_else(|| internal("state missing"))?;
+        Ok((frame, stream))
     }
 }
 
@@ -159,16 +168,16 @@ impl Stream {
         start: Duration,
     ) -> Result<Self, NodeError> {
         if rate == 0 || rate > MAX_RATE {
-            return Err(NodeError::fatal(format!(
-                "{}: input sample rate {rate} Hz is outside 1..={MAX_RATE}",
-                AudioResample::NAME
-            )));
+            return Err(fatal(
+                AudioResample::NAME,
+                format!("input sample rate {rate} Hz is outside 1..={MAX_RATE}"),
+            ));
         }
         if channels > MAX_CHANNELS {
-            return Err(NodeError::fatal(format!(
-                "{}: {channels} channels is more than the {MAX_CHANNELS} supported",
-                AudioResample::NAME
-            )));
+            return Err(fatal(
+                AudioResample::NAME,
+                format!("{channels} channels is more than the {MAX_CHANNELS} supported"),
+            ));
         }
         let ch = usize::from(channels);
         let (l, m) = Polyphase::ratio(rate, target);
@@ -181,18 +190,12 @@ impl Stream {
         };
         Ok(Self {
             rate,
-            target,
             channels: ch,
             engine,
             frames_in: 0,
             frames_out: 0,
-            start,
+            clock: Clock::new(start, target),
         })
-    }
-
-    /// Output timestamp of the next emitted frame.
-    fn next_timestamp(&self) -> Duration {
-        self.start + Duration::from_secs_f64(self.frames_out as f64 / f64::from(self.target))
     }
 
     fn push(&mut self, samples: &[f32], out: &mut Vec<f32>) -> Result<(), NodeError> {
@@ -207,7 +210,7 @@ impl Stream {
 
     /// Drains the filter so the output has its exact expected length.
     fn finish(&mut self, out: &mut Vec<f32>) -> Result<(), NodeError> {
-        let total = (self.frames_in * u64::from(self.target)).div_ceil(u64::from(self.rate));
+        let total = (self.frames_in * u64::from(self.clock.rate)).div_ceil(u64::from(self.rate));
         match &mut self.engine {
             Engine::Same => {}
             Engine::Poly(p) => p.finish(total, out),
@@ -302,7 +305,7 @@ impl RubatoStream {
 }
 
 fn internal(e: impl std::fmt::Display) -> NodeError {
-    NodeError::fatal(format!("{}: {e}", AudioResample::NAME))
+    fatal(AudioResample::NAME, e)
 }
 
 #[async_trait]
@@ -313,10 +316,7 @@ impl Node for AudioResample {
         input: &Packet,
         out: &mut Outputs,
     ) -> Result<(), NodeError> {
-        let Some(frame) = input.data.as_audio() else {
-            return Err(NodeError::unsupported(Self::NAME, &input.data));
-        };
-        let stream = self.stream_for(frame, input.timestamp)?;
+        let (frame, stream) = self.stream_for(input)?;
         if matches!(stream.engine, Engine::Same) {
             out.push(input.data.clone());
             return Ok(());
@@ -348,10 +348,10 @@ fn emit(stream: &mut Stream, samples: Vec<f32>, out: &mut Outputs) {
     if samples.is_empty() {
         return;
     }
-    let at = stream.next_timestamp();
+    let at = stream.clock.time(stream.frames_out);
     stream.frames_out += (samples.len() / stream.channels) as u64;
     out.push_at(
-        RuntimeData::audio(samples, stream.target, stream.channels as u16),
+        RuntimeData::audio(samples, stream.clock.rate, stream.channels as u16),
         at,
     );
 }
@@ -379,6 +379,7 @@ impl NodeType for AudioResample {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::testing::{format_change_error, passes_without_a_copy};
     use remotemedia_core::testing::NodeHarness;
     use serde_json::json;
 
@@ -529,13 +530,7 @@ mod tests {
     async fn equal_rates_pass_frames_through_without_copying() {
         let mut h = NodeHarness::new::<AudioResample>(json!({"target_rate": 16000})).unwrap();
         let frame = RuntimeData::audio(vec![0.1; 320], 16_000, 1);
-        let out = h.push(frame.clone()).await.unwrap();
-        assert!(
-            out[0]
-                .as_audio()
-                .unwrap()
-                .shares_samples_with(frame.as_audio().unwrap())
-        );
+        assert!(passes_without_a_copy(&mut h, frame).await);
         assert!(h.flush().await.unwrap().is_empty());
     }
 
@@ -554,15 +549,8 @@ mod tests {
         );
 
         let mut h = NodeHarness::new::<AudioResample>(json!({"target_rate": 16000})).unwrap();
-        h.push(RuntimeData::audio(vec![0.0; 480], 48_000, 1))
-            .await
-            .unwrap();
-        let err = h
-            .push(RuntimeData::audio(vec![0.0; 960], 48_000, 2))
-            .await
-            .unwrap_err();
         assert_eq!(
-            err.message,
+            format_change_error(&mut h, (48_000, 1), (48_000, 2)).await,
             "AudioResample: channel count changed mid-stream from 1 to 2"
         );
         let err = h.push(RuntimeData::text("hi")).await.unwrap_err();

@@ -16,6 +16,7 @@ use remotemedia_core::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::frame::{Clock, StreamFormat};
 use crate::vad::VadEvent;
 
 /// How far back before the latest audio frame a start event may point, beyond the pre-roll.
@@ -56,9 +57,8 @@ impl Default for SpeechSegmenterParams {
 /// Buffers audio between VAD start and end events and emits each utterance whole.
 pub struct SpeechSegmenter {
     p: SpeechSegmenterParams,
-    format: Option<(u32, u16)>,
-    /// Media time of stream frame 0.
-    origin: Duration,
+    /// Set by the first audio frame (stream frame 0).
+    stream: Option<StreamFormat>,
     /// Stream frame index of `buf[0]`.
     first: u64,
     /// Interleaved history and open utterance.
@@ -73,12 +73,17 @@ pub struct SpeechSegmenter {
 }
 
 impl SpeechSegmenter {
+    fn clock(&self) -> Clock {
+        self.stream
+            .map_or(Clock::new(Duration::ZERO, 1), |s| s.clock)
+    }
+
     fn rate(&self) -> u32 {
-        self.format.map_or(1, |f| f.0)
+        self.clock().rate
     }
 
     fn channels(&self) -> usize {
-        self.format.map_or(1, |f| usize::from(f.1))
+        self.stream.map_or(1, |s| usize::from(s.channels))
     }
 
     fn end(&self) -> u64 {
@@ -91,7 +96,7 @@ impl SpeechSegmenter {
 
     /// Stream frame index of a media time.
     fn index(&self, t: Duration) -> u64 {
-        (t.saturating_sub(self.origin).as_secs_f64() * f64::from(self.rate())).round() as u64
+        self.clock().frames_at(t)
     }
 
     fn emit(&mut self, from: u64, to: u64, out: &mut Outputs) {
@@ -101,10 +106,9 @@ impl SpeechSegmenter {
         }
         let ch = self.channels();
         let slice = &self.buf[(from - self.first) as usize * ch..(to - self.first) as usize * ch];
-        let at = self.origin + Duration::from_secs_f64(from as f64 / f64::from(self.rate()));
         out.push_at(
             RuntimeData::audio(slice.to_vec(), self.rate(), ch as u16),
-            at,
+            self.clock().time(from),
         );
     }
 
@@ -146,20 +150,7 @@ impl SpeechSegmenter {
     }
 
     fn audio(&mut self, input: &Packet) -> Result<(), NodeError> {
-        let Some(frame) = input.data.as_audio() else {
-            return Err(NodeError::unsupported(Self::NAME, &input.data));
-        };
-        crate::check_format(Self::NAME, self.format, frame)?;
-        if self.format.is_none() {
-            if frame.sample_rate == 0 {
-                return Err(NodeError::fatal(format!(
-                    "{}: audio with a sample rate of 0",
-                    Self::NAME
-                )));
-            }
-            self.format = Some((frame.sample_rate, frame.channels));
-            self.origin = input.timestamp;
-        }
+        let frame = StreamFormat::accept(Self::NAME, &mut self.stream, input)?;
         self.latest = self.end();
         self.buf.extend_from_slice(frame.samples());
         Ok(())
@@ -175,7 +166,7 @@ impl Node for SpeechSegmenter {
         out: &mut Outputs,
     ) -> Result<(), NodeError> {
         match VadEvent::from_data(&input.data) {
-            Some(VadEvent::SpeechStart { .. }) if self.format.is_none() => {}
+            Some(VadEvent::SpeechStart { .. }) if self.stream.is_none() => {}
             Some(VadEvent::SpeechStart { .. }) if self.open.is_some() => {}
             Some(ev @ VadEvent::SpeechStart { .. }) => {
                 let idx = self.index(ev.time());
@@ -232,8 +223,7 @@ impl NodeType for SpeechSegmenter {
     fn new(p: SpeechSegmenterParams, _: &NodeContext) -> Result<Self, NodeError> {
         Ok(Self {
             p,
-            format: None,
-            origin: Duration::ZERO,
+            stream: None,
             first: 0,
             buf: Vec::new(),
             open: None,
@@ -246,6 +236,7 @@ impl NodeType for SpeechSegmenter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::testing::format_change_error;
     use remotemedia_core::node::Output;
     use remotemedia_core::testing::NodeHarness;
     use serde_json::json;
@@ -385,15 +376,8 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        h.push(RuntimeData::audio(vec![0.0; 10], 16_000, 1))
-            .await
-            .unwrap();
-        let err = h
-            .push(RuntimeData::audio(vec![0.0; 10], 16_000, 2))
-            .await
-            .unwrap_err();
         assert_eq!(
-            err.message,
+            format_change_error(&mut h, (16_000, 1), (16_000, 2)).await,
             "SpeechSegmenter: audio format changed mid-stream from 16000 Hz × 1 ch to 16000 Hz × 2 ch"
         );
         let err = h.push(RuntimeData::text("x")).await.unwrap_err();

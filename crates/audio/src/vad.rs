@@ -6,9 +6,17 @@
 
 use std::time::Duration;
 
-use remotemedia_core::RuntimeData;
+use remotemedia_core::node::Ports;
+use remotemedia_core::{MediaType, Outputs, RuntimeData};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::frame::Clock;
+
+/// The ports of every VAD node: audio in, and out the same audio with its events on one port.
+pub fn vad_ports() -> Ports {
+    Ports::one_to_one(&[MediaType::Audio], &[MediaType::Audio, MediaType::Json])
+}
 
 /// One VAD decision, as it travels between nodes (`RuntimeData::Json`).
 ///
@@ -174,6 +182,68 @@ impl VadTracker {
         VadEvent::SpeechEnd {
             time: at.as_secs_f64(),
         }
+    }
+}
+
+/// The output side every VAD node shares: runs of samples scored one after another, counted
+/// from the stream's first frame, go through a [`VadTracker`], and the decided events (and each
+/// run's probability, when asked) go out stamped with their own stream time.
+#[derive(Debug)]
+pub struct VadEvents {
+    tracker: VadTracker,
+    emit_probability: bool,
+    /// Set by the stream's first frame.
+    clock: Option<Clock>,
+    /// Samples scored since then.
+    scored: u64,
+}
+
+impl VadEvents {
+    /// `emit_probability` adds a `probability` event per scored run, for plotting and tuning.
+    pub fn new(tracker: VadTracker, emit_probability: bool) -> Self {
+        Self {
+            tracker,
+            emit_probability,
+            clock: None,
+            scored: 0,
+        }
+    }
+
+    /// Starts the stream's clock at its first frame; later calls keep it.
+    pub fn start(&mut self, at: Duration, rate: u32) {
+        self.clock.get_or_insert(Clock::new(at, rate));
+    }
+
+    /// Takes the speech probability `p` of the next `len` samples.
+    pub fn frame(&mut self, len: u64, p: f32, out: &mut Outputs) {
+        let clock = self.clock.unwrap_or_default();
+        let start = clock.time(self.scored);
+        self.scored += len;
+        let end = clock.time(self.scored);
+        if self.emit_probability {
+            let ev = VadEvent::Probability {
+                time: start.as_secs_f64(),
+                probability: p,
+            };
+            out.push_at(ev.to_data(), start);
+        }
+        if let Some(ev) = self.tracker.frame(start, end, p) {
+            out.push_at(ev.to_data(), ev.time());
+        }
+    }
+
+    /// Closes open speech at the end of the stream.
+    pub fn finish(&mut self, out: &mut Outputs) {
+        if let Some(ev) = self.tracker.finish() {
+            out.push_at(ev.to_data(), ev.time());
+        }
+    }
+
+    /// Forgets the stream (a cancel): the next frame starts a new clock.
+    pub fn reset(&mut self) {
+        self.tracker.reset();
+        self.clock = None;
+        self.scored = 0;
     }
 }
 

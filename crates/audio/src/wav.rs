@@ -7,6 +7,7 @@ use remotemedia_core::AudioFrame;
 
 /// Errors writing audio files.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WavError {
     #[error("{path}: {source}")]
     Io { path: String, source: hound::Error },

@@ -12,7 +12,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use remotemedia_audio::decode::{DecodeError, FileDecoder, PcmReader, TimedFrame};
 use remotemedia_audio::format::SampleFormat;
-use remotemedia_core::{ExecutorRegistry, NodeRegistry, Pipeline, Runtime, RuntimeData};
+use remotemedia_core::{Pipeline, Runtime, RuntimeData};
+use remotemedia_runtime::Options;
 
 use crate::output::{Format, Printer};
 
@@ -122,7 +123,7 @@ enum Command {
         /// ONNX Runtime offers it, else the CPU (saying why in the log); a node's `device`
         /// param overrides this.
         #[arg(long, default_value = "auto", value_parser = parse_device)]
-        device: remotemedia_speech::device::Device,
+        device: remotemedia_runtime::Device,
     },
     /// Check a manifest without running it; prints every problem with its line and column.
     Validate { manifest: PathBuf },
@@ -189,11 +190,10 @@ const EXIT_INVALID: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_json);
-    let runtime = runtime();
     let result = match cli.command {
         Command::Schema => print_json(&remotemedia_core::manifest::json_schema()).map(|_| 0),
-        Command::Nodes { json } => list_nodes(&runtime, json).map(|_| 0),
-        Command::Validate { manifest } => match load(&runtime, &manifest) {
+        Command::Nodes { json } => list_nodes(&runtime(Options::default()), json).map(|_| 0),
+        Command::Validate { manifest } => match load(&runtime(Options::default()), &manifest) {
             Ok(p) => {
                 println!(
                     "{}: valid ({} nodes, {} connections)",
@@ -206,6 +206,10 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Serve(args) => server_config(args).and_then(|config| {
+            let runtime = runtime(Options {
+                rules: config.executor_rules.clone(),
+                ..Options::default()
+            });
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -225,14 +229,17 @@ fn main() -> ExitCode {
             metrics,
             device,
         } => {
-            remotemedia_speech::device::set_default(device);
+            let runtime = runtime(Options {
+                device,
+                ..Options::default()
+            });
             let pipeline = match &manifest {
                 Some(path) => ManifestSource::File(path.clone()),
                 None => ManifestSource::Default,
             };
             let input = input.unwrap_or_else(|| match manifest {
                 Some(_) => "-".to_string(),
-                None => remotemedia_speech::models::models_dir()
+                None => remotemedia_runtime::models_dir()
                     .join(DEFAULT_SAMPLE)
                     .display()
                     .to_string(),
@@ -335,7 +342,7 @@ async fn serve(runtime: Runtime, config: remotemedia_server::ServerConfig) -> an
     Ok(0)
 }
 
-fn parse_device(s: &str) -> Result<remotemedia_speech::device::Device, String> {
+fn parse_device(s: &str) -> Result<remotemedia_runtime::Device, String> {
     s.parse()
 }
 
@@ -363,14 +370,14 @@ fn init_logging(filter: &str, json: bool) {
 }
 
 /// Every node type this binary knows: native ones, and Python ones run in worker processes.
-fn runtime() -> Runtime {
-    let mut nodes = NodeRegistry::with_builtins();
-    remotemedia_audio::register(&mut nodes);
-    remotemedia_speech::register(&mut nodes);
-    let mut executors = ExecutorRegistry::new();
-    executors.add_executor(Arc::new(nodes));
-    remotemedia_python::register(&mut executors);
-    Runtime::new(executors)
+/// Rules from the command line or configuration are checked here; a bad one exits with 2.
+fn runtime(options: Options) -> Runtime {
+    remotemedia_runtime::builder_with(options)
+        .build()
+        .unwrap_or_else(|e| {
+            eprintln!("error: an executor rule's pattern is not a regular expression: {e}");
+            std::process::exit(i32::from(EXIT_INVALID))
+        })
 }
 
 /// The pipeline `run` uses without a manifest: the same file as the example, built in.

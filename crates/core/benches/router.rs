@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use remotemedia_core::{NodeRegistry, Pipeline, Runtime, RuntimeData, native_runtime};
+use remotemedia_core::{Pipeline, Runtime, RuntimeBuilder, RuntimeData};
 
 const HOPS: usize = 5;
 
@@ -41,7 +41,7 @@ fn one_core() -> tokio::runtime::Runtime {
 /// Pipelined: frames stream in while outputs are read, as in a live session.
 fn throughput(c: &mut Criterion) {
     let tokio = one_core();
-    let rt = native_runtime(NodeRegistry::with_builtins());
+    let rt = RuntimeBuilder::new().build().unwrap();
     let mut g = c.benchmark_group("chain5_throughput");
     g.throughput(Throughput::Elements(1));
     for metrics in [false, true] {
@@ -77,7 +77,7 @@ fn throughput(c: &mut Criterion) {
 /// One frame at a time through the whole chain; reported per hop.
 fn latency(c: &mut Criterion) {
     let tokio = one_core();
-    let rt = native_runtime(NodeRegistry::with_builtins());
+    let rt = RuntimeBuilder::new().build().unwrap();
     let mut g = c.benchmark_group("chain5_round_trip_per_hop");
     for metrics in [false, true] {
         let p = chain(&rt, metrics);

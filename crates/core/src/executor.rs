@@ -1,10 +1,10 @@
-//! Where each node type runs: natively in this process, in a Python worker, or on another
-//! server. Resolution order: the node's `runtime_hint` (`rust`/`python`), then explicit
-//! mappings, then regex rules by priority, then the default. With `auto`, a preference that the
-//! chosen executor cannot honour falls back to any executor that has the type, with a warning.
+//! Where each node type runs: natively in this process or in a Python worker. Resolution
+//! order: the node's `runtime_hint` (`rust`/`python`), then explicit mappings, then the
+//! manifest's executor rules, then the runtime's rules (both by priority), then the default.
+//! With `auto`, a preference that the chosen executor cannot honour falls back to any executor
+//! that has the type, with a warning.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -12,26 +12,8 @@ use regex::Regex;
 use serde::Serialize;
 
 use crate::manifest::RuntimeHint;
+pub use crate::manifest::{ExecutorKind, ExecutorRule};
 use crate::node::{Node, NodeContext, NodeError, NodeTypeInfo};
-
-/// The kinds of executor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExecutorKind {
-    Native,
-    Python,
-    Remote,
-}
-
-impl fmt::Display for ExecutorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ExecutorKind::Native => "native",
-            ExecutorKind::Python => "python",
-            ExecutorKind::Remote => "remote",
-        })
-    }
-}
 
 /// Something that can create nodes of the types it knows.
 #[async_trait]
@@ -51,10 +33,50 @@ pub trait Executor: Send + Sync {
         params: &serde_json::Value,
         ctx: &NodeContext,
     ) -> Result<Box<dyn Node>, NodeError>;
+
+    /// Process-wide counters of this executor (e.g. worker crashes), for metrics exporters
+    /// that know no executor in particular.
+    fn counters(&self) -> Vec<Counter> {
+        Vec::new()
+    }
+}
+
+/// One monotonic counter an executor exports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Counter {
+    /// Prometheus-style name, e.g. `python_worker_failures_total`.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub value: u64,
+}
+
+fn compile(rule: &ExecutorRule) -> Result<Rule, regex::Error> {
+    Ok(Rule {
+        pattern: Regex::new(&rule.pattern)?,
+        kind: rule.executor,
+        priority: rule.priority,
+    })
+}
+
+/// Rules ready to match, highest priority first.
+#[derive(Clone, Default)]
+pub struct Rules(Vec<Rule>);
+
+impl Rules {
+    pub fn compile(rules: &[ExecutorRule]) -> Result<Self, regex::Error> {
+        let mut out = rules.iter().map(compile).collect::<Result<Vec<_>, _>>()?;
+        out.sort_by_key(|r| std::cmp::Reverse(r.priority));
+        Ok(Self(out))
+    }
+
+    fn first_match(&self, node_type: &str) -> Option<&Rule> {
+        self.0.iter().find(|r| r.pattern.is_match(node_type))
+    }
 }
 
 /// Why a node type could not be given an executor.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ResolveError {
     #[error("unknown node type `{node_type}`{}; known types: {}", did_you_mean(.suggestions), .known.join(", "))]
     UnknownType {
@@ -97,17 +119,19 @@ pub struct Resolution {
     pub fallback_warning: Option<String>,
 }
 
+#[derive(Clone)]
 struct Rule {
     pattern: Regex,
     kind: ExecutorKind,
     priority: i32,
 }
 
-/// Maps node types to executors.
+/// Maps node types to executors. Assembled by [`crate::RuntimeBuilder`].
+#[derive(Clone)]
 pub struct ExecutorRegistry {
     executors: Vec<Arc<dyn Executor>>,
     explicit: HashMap<String, ExecutorKind>,
-    rules: Vec<Rule>,
+    rules: Rules,
     default: ExecutorKind,
 }
 
@@ -123,7 +147,7 @@ impl ExecutorRegistry {
         Self {
             executors: Vec::new(),
             explicit: HashMap::new(),
-            rules: Vec::new(),
+            rules: Rules::default(),
             default: ExecutorKind::Native,
         }
     }
@@ -141,21 +165,25 @@ impl ExecutorRegistry {
         self
     }
 
-    /// Types matching `pattern` prefer `kind`; among matching rules the highest priority wins.
-    pub fn add_rule(
-        &mut self,
-        pattern: &str,
-        kind: ExecutorKind,
-        priority: i32,
-    ) -> Result<&mut Self, regex::Error> {
-        let pattern = Regex::new(pattern)?;
-        self.rules.push(Rule {
-            pattern,
-            kind,
-            priority,
-        });
-        self.rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
+    /// Types matching the rule's pattern prefer its executor; among matching rules the
+    /// highest priority wins.
+    pub fn add_rule(&mut self, rule: &ExecutorRule) -> Result<&mut Self, regex::Error> {
+        self.rules.0.push(compile(rule)?);
+        self.rules.0.sort_by_key(|r| std::cmp::Reverse(r.priority));
         Ok(self)
+    }
+
+    /// The same registry with only the executors of `kinds`: what an untrusted manifest is
+    /// resolved against, so that the others are never even asked about its types.
+    pub fn only(&self, kinds: &[ExecutorKind]) -> Self {
+        let mut r = self.clone();
+        r.executors.retain(|e| kinds.contains(&e.kind()));
+        r
+    }
+
+    /// Every executor, for exporters of their counters.
+    pub fn all(&self) -> &[Arc<dyn Executor>] {
+        &self.executors
     }
 
     /// The executor used when no mapping or rule matches.
@@ -168,12 +196,16 @@ impl ExecutorRegistry {
         self.executors.iter().find(|e| e.kind() == kind)
     }
 
-    /// The preferred executor kind for a type and why (for messages).
-    pub fn preference(&self, node_type: &str) -> (ExecutorKind, String) {
+    /// The preferred executor kind for a type and why (for messages). `extra` (a manifest's
+    /// own rules) come before the registry's.
+    pub fn preference(&self, node_type: &str, extra: &Rules) -> (ExecutorKind, String) {
         if let Some(kind) = self.explicit.get(node_type) {
             return (*kind, "explicit mapping".to_string());
         }
-        if let Some(rule) = self.rules.iter().find(|r| r.pattern.is_match(node_type)) {
+        if let Some(rule) = extra
+            .first_match(node_type)
+            .or_else(|| self.rules.first_match(node_type))
+        {
             return (rule.kind, format!("rule `{}`", rule.pattern.as_str()));
         }
         (self.default, "default".to_string())
@@ -181,6 +213,16 @@ impl ExecutorRegistry {
 
     /// Picks the executor for one node.
     pub fn resolve(&self, node_type: &str, hint: RuntimeHint) -> Result<Resolution, ResolveError> {
+        self.resolve_with(node_type, hint, &Rules::default())
+    }
+
+    /// Like [`Self::resolve`], with a manifest's own rules before the registry's.
+    pub fn resolve_with(
+        &self,
+        node_type: &str,
+        hint: RuntimeHint,
+        extra: &Rules,
+    ) -> Result<Resolution, ResolveError> {
         let providers: Vec<(&Arc<dyn Executor>, NodeTypeInfo)> = self
             .executors
             .iter()
@@ -215,7 +257,7 @@ impl ExecutorRegistry {
                 }),
             };
         }
-        let (preferred, why) = self.preference(node_type);
+        let (preferred, why) = self.preference(node_type, extra);
         if let Some((e, info)) = pick(preferred) {
             return Ok(Resolution {
                 executor: Arc::clone(e),

@@ -16,6 +16,7 @@ use crate::data::{Control, MediaType, Packet, RuntimeData};
 
 /// Whether trying again can help, which decides what the retry policy does with an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// Transient (a timeout, a busy model): retried with backoff, then reported and skipped.
     Retryable,
@@ -55,6 +56,17 @@ impl NodeError {
         }
     }
 
+    /// A node's error from a typed error of a lower layer: retryable when that error says
+    /// trying again can help, fatal otherwise. `context` (e.g. the node's name) comes first.
+    pub fn from_error<E: Retryable>(context: &str, e: &E) -> Self {
+        let message = format!("{context}: {e}");
+        if e.is_retryable() {
+            Self::retryable(message)
+        } else {
+            Self::fatal(message)
+        }
+    }
+
     /// The error for an input of a kind the node cannot handle.
     pub fn unsupported(node: &str, data: &RuntimeData) -> Self {
         Self::fatal(format!("{node} cannot process {} data", data.media_type()))
@@ -72,6 +84,13 @@ impl fmt::Display for NodeError {
 }
 
 impl std::error::Error for NodeError {}
+
+/// An error that knows whether trying again can help: the crate-edge errors (model pool,
+/// models, worker processes) say it, and [`NodeError::from_error`] turns it into what the
+/// router's retry policy and circuit breaker act on.
+pub trait Retryable: std::error::Error {
+    fn is_retryable(&self) -> bool;
+}
 
 /// What a node emits while processing one input. The router turns each entry into a packet on
 /// every connection leaving that port; buffering here lets the router retry a failed call

@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use serde_json::Value;
 
 use crate::data::MediaType;
-use crate::executor::{Executor, ExecutorRegistry};
+use crate::executor::{Executor, ExecutorRegistry, ExecutorRule, Rules};
 use crate::manifest::{self, DropPolicy, Manifest, Pos, SourceMap};
 use crate::node::NodeTypeInfo;
 
@@ -105,6 +105,23 @@ impl Pipeline {
         origin: &str,
         executors: &ExecutorRegistry,
     ) -> Result<Pipeline, ManifestError> {
+        Self::read_then(text, origin, |checker, manifest| {
+            checker.check(manifest, executors)
+        })
+    }
+
+    /// Parses manifest text and checks its shape, without resolving any node type: what a
+    /// policy looks at before anything is loaded.
+    pub fn read(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
+        Self::read_then(text, origin, |_, manifest| Some(manifest))
+    }
+
+    /// Reads the manifest, then `then` checks more; every problem found is reported.
+    fn read_then<T>(
+        text: &str,
+        origin: &str,
+        then: impl FnOnce(&mut Checker<'_>, Manifest) -> Option<T>,
+    ) -> Result<T, ManifestError> {
         let fail = |diagnostics| ManifestError {
             origin: origin.to_string(),
             diagnostics,
@@ -117,13 +134,10 @@ impl Pipeline {
             }])
         })?;
         let mut checker = Checker::new(&map, &value);
-        let Some(manifest) = checker.read_manifest(&value) else {
-            return Err(fail(checker.finish()));
-        };
-        match checker.check(manifest, executors) {
-            Some(p) => Ok(p),
-            None => Err(fail(checker.finish())),
-        }
+        let done = checker
+            .read_manifest(&value)
+            .and_then(|manifest| then(&mut checker, manifest));
+        done.ok_or_else(|| fail(checker.finish()))
     }
 
     /// Checks a manifest built in code (no positions to report).
@@ -281,6 +295,19 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// The manifest's executor rules, compiled; a bad pattern is reported at its line.
+    fn executor_rules(&mut self, rules: &[ExecutorRule]) -> Rules {
+        for (i, r) in rules.iter().enumerate() {
+            if let Err(e) = Rules::compile(std::slice::from_ref(r)) {
+                self.report(
+                    &format!("/config/executor_rules/{i}/pattern"),
+                    format!("not a regular expression: {e}"),
+                );
+            }
+        }
+        Rules::compile(rules).unwrap_or_default()
+    }
+
     fn check(&mut self, manifest: Manifest, executors: &ExecutorRegistry) -> Option<Pipeline> {
         if manifest.nodes.is_empty() {
             self.report("/nodes", "the pipeline is empty: add at least one node");
@@ -304,9 +331,10 @@ impl<'a> Checker<'a> {
         }
 
         // Types, executors and params.
+        let rules = self.executor_rules(&manifest.config.executor_rules);
         let mut resolved = Vec::with_capacity(manifest.nodes.len());
         for (i, n) in manifest.nodes.iter().enumerate() {
-            match executors.resolve(&n.node_type, n.runtime_hint) {
+            match executors.resolve_with(&n.node_type, n.runtime_hint, &rules) {
                 Ok(r) => {
                     if let Some(w) = &r.fallback_warning {
                         tracing::warn!(node = %n.id, "{w}");

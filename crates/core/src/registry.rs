@@ -67,13 +67,6 @@ impl NodeRegistry {
         Self::default()
     }
 
-    /// A registry holding the core's built-in nodes.
-    pub fn with_builtins() -> Self {
-        let mut r = Self::new();
-        crate::nodes::register(&mut r);
-        r
-    }
-
     /// Adds a node type; a later registration of the same name replaces the earlier one.
     pub fn register<T: NodeType>(&mut self) -> &mut Self {
         self.register_factory(Arc::new(TypedFactory::<T> {

@@ -38,10 +38,21 @@ impl Default for RetryConfig {
 impl RetryConfig {
     /// Wait before retry number `attempt` (0-based).
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = self.multiplier.max(1.0).powi(attempt.min(63) as i32);
-        let ms = (self.initial_backoff_ms as f64 * factor).min(self.max_backoff_ms as f64);
-        Duration::from_secs_f64(ms.max(0.0) / 1000.0)
+        backoff(
+            self.initial_backoff_ms,
+            self.multiplier,
+            self.max_backoff_ms,
+            attempt,
+        )
     }
+}
+
+/// Exponential backoff: `initial_ms × multiplier^attempt`, capped at `max_ms` (`attempt` is
+/// 0-based). The one formula for retries of packets and restarts of workers.
+pub fn backoff(initial_ms: u64, multiplier: f64, max_ms: u64, attempt: u32) -> Duration {
+    let factor = multiplier.max(1.0).powi(attempt.min(63) as i32);
+    let ms = (initial_ms as f64 * factor).min(max_ms as f64);
+    Duration::from_secs_f64(ms.max(0.0) / 1000.0)
 }
 
 /// When a node's breaker opens and how long it stays open.

@@ -22,10 +22,9 @@ use tokio::task::JoinHandle;
 
 use crate::data::{Control, MediaType, Packet, RuntimeData};
 use crate::edge::{EdgeSender, Inbox, TryRecv};
-use crate::executor::ExecutorRegistry;
 use crate::manifest::DropPolicy;
 use crate::metrics::{EdgeMetrics, NodeMetrics, ProcessMetrics, SessionMetrics, SessionSnapshot};
-use crate::node::{ErrorKind, Node, NodeContext, NodeError, Outputs};
+use crate::node::{ErrorKind, Node, NodeError, Outputs};
 use crate::pipeline::{ManifestError, Pipeline};
 use crate::retry::{BreakerState, CircuitBreaker, RetryConfig};
 
@@ -56,6 +55,7 @@ impl fmt::Display for NodeFailure {
 
 /// Why a session could not start or did not end well.
 #[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SessionError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
@@ -77,260 +77,170 @@ pub enum SessionError {
     Cancelled,
 }
 
-/// Creates sessions: holds the executors that build nodes and the process metrics.
-pub struct Runtime {
-    executors: Arc<ExecutorRegistry>,
-    metrics: Arc<ProcessMetrics>,
-    next_id: AtomicU64,
-}
-
-impl Runtime {
-    pub fn new(executors: ExecutorRegistry) -> Self {
-        Self {
-            executors: Arc::new(executors),
-            metrics: Arc::new(ProcessMetrics::default()),
-            next_id: AtomicU64::new(1),
-        }
-    }
-
-    pub fn executors(&self) -> &ExecutorRegistry {
-        &self.executors
-    }
-
-    pub fn metrics(&self) -> &Arc<ProcessMetrics> {
-        &self.metrics
-    }
-
-    /// Parses and validates manifest text.
-    pub fn load(&self, text: &str, origin: &str) -> Result<Arc<Pipeline>, ManifestError> {
-        Pipeline::parse(text, origin, &self.executors).map(Arc::new)
-    }
-
-    /// Starts a session with a generated id.
-    pub async fn open(&self, pipeline: &Arc<Pipeline>) -> Result<Session, SessionError> {
-        let id = format!("session-{}", self.next_id.fetch_add(1, Relaxed));
-        self.open_with_id(pipeline, &id).await
-    }
-
-    /// Starts a session: creates every node once, wires the edges and starts one task per node.
-    pub async fn open_with_id(
-        &self,
-        pipeline: &Arc<Pipeline>,
-        id: &str,
-    ) -> Result<Session, SessionError> {
-        let session_id: Arc<str> = id.into();
-        let config = &pipeline.manifest.config;
-        let process = &self.metrics;
-
-        // Nodes first: if one cannot be created, the others are closed again.
-        let mut nodes: Vec<LiveNode> = Vec::with_capacity(pipeline.nodes.len());
-        for pn in &pipeline.nodes {
-            let ctx = NodeContext {
-                session_id: Arc::clone(&session_id),
-                node_id: Arc::clone(&pn.id),
-            };
-            match pn.executor.create(&pn.node_type, &pn.params, &ctx).await {
-                Ok(node) => nodes.push(LiveNode::new(node, Arc::clone(process))),
-                Err(e) => {
-                    for mut n in nodes {
-                        n.close().await;
-                    }
-                    return Err(SessionError::Create {
-                        node_id: pn.id.to_string(),
-                        node_type: pn.node_type.clone(),
-                        message: e.message,
-                    });
-                }
-            }
-        }
-
-        let mut inboxes: Vec<Inbox> = pipeline.nodes.iter().map(|_| Inbox::new()).collect();
-        let mut edge_ports: Vec<Vec<usize>> = vec![Vec::new(); pipeline.nodes.len()];
-        let mut outs: Vec<Vec<Vec<EdgeSender>>> = pipeline
-            .nodes
-            .iter()
-            .map(|n| n.output_names.iter().map(|_| Vec::new()).collect())
-            .collect();
-        let mut edge_metrics = Vec::new();
-        let mut new_edge = |label: String| {
-            let m = Arc::new(EdgeMetrics {
-                label,
-                dropped: AtomicU64::new(0),
-            });
-            edge_metrics.push(Arc::clone(&m));
-            m
+/// Wires created nodes into a running session: one bounded edge per connection, the
+/// session's entries and output, and one task per node. Called by [`crate::Runtime::open`].
+pub(crate) fn start(
+    pipeline: &Arc<Pipeline>,
+    session_id: Arc<str>,
+    nodes: Vec<LiveNode>,
+    process: &Arc<ProcessMetrics>,
+) -> Session {
+    let config = &pipeline.manifest.config;
+    let mut inboxes: Vec<Inbox> = pipeline.nodes.iter().map(|_| Inbox::new()).collect();
+    let mut edge_ports: Vec<Vec<usize>> = vec![Vec::new(); pipeline.nodes.len()];
+    let mut outs: Vec<Vec<Vec<EdgeSender>>> = pipeline
+        .nodes
+        .iter()
+        .map(|n| n.output_names.iter().map(|_| Vec::new()).collect())
+        .collect();
+    let mut edge_metrics = Vec::new();
+    let mut new_edge = |label: String| {
+        let m = Arc::new(EdgeMetrics {
+            label,
+            dropped: AtomicU64::new(0),
+        });
+        edge_metrics.push(Arc::clone(&m));
+        m
+    };
+    let port_label = |n: usize, p: usize, input: bool| {
+        let node = &pipeline.nodes[n];
+        let names = if input {
+            &node.input_names
+        } else {
+            &node.output_names
         };
-        let port_label = |n: usize, p: usize, input: bool| {
-            let node = &pipeline.nodes[n];
-            let names = if input {
-                &node.input_names
-            } else {
-                &node.output_names
-            };
-            format!("{}.{}", node.id, names[p])
-        };
+        format!("{}.{}", node.id, names[p])
+    };
 
-        for e in &pipeline.edges {
-            let label = format!(
-                "{}->{}",
-                port_label(e.from, e.from_port, false),
-                port_label(e.to, e.to_port, true)
-            );
-            let tx = inboxes[e.to].connect(
-                e.capacity,
-                e.drop_policy,
-                new_edge(label),
-                Arc::clone(process),
-            );
-            edge_ports[e.to].push(e.to_port);
-            outs[e.from][e.from_port].push(tx);
-        }
+    for e in &pipeline.edges {
+        let label = format!(
+            "{}->{}",
+            port_label(e.from, e.from_port, false),
+            port_label(e.to, e.to_port, true)
+        );
+        let tx = inboxes[e.to].connect(
+            e.capacity,
+            e.drop_policy,
+            new_edge(label),
+            Arc::clone(process),
+        );
+        edge_ports[e.to].push(e.to_port);
+        outs[e.from][e.from_port].push(tx);
+    }
 
-        let mut entries = Vec::new();
-        for (n, p) in pipeline.entry_ports() {
-            let label = format!("input->{}", port_label(n, p, true));
-            let tx = inboxes[n].connect(
-                config.edges.capacity,
-                config.edges.drop_policy,
-                new_edge(label),
-                Arc::clone(process),
-            );
-            edge_ports[n].push(p);
-            entries.push(Entry {
-                node: Arc::clone(&pipeline.nodes[n].id),
-                port: pipeline.nodes[n].input_names[p].clone(),
-                media: pipeline.nodes[n].info.inputs[p].media.clone(),
-                tx,
-            });
-        }
+    let mut entries = Vec::new();
+    for (n, p) in pipeline.entry_ports() {
+        let label = format!("input->{}", port_label(n, p, true));
+        let tx = inboxes[n].connect(
+            config.edges.capacity,
+            config.edges.drop_policy,
+            new_edge(label),
+            Arc::clone(process),
+        );
+        edge_ports[n].push(p);
+        entries.push(Entry {
+            node: Arc::clone(&pipeline.nodes[n].id),
+            port: pipeline.nodes[n].input_names[p].clone(),
+            media: pipeline.nodes[n].info.inputs[p].media.clone(),
+            tx,
+        });
+    }
 
-        let mut output = Inbox::new();
-        for (n, p) in pipeline.exit_ports() {
-            let label = format!("{}->output", port_label(n, p, false));
-            let tx = output.connect(
-                config.edges.capacity,
-                DropPolicy::Block,
-                new_edge(label),
-                Arc::clone(process),
-            );
-            outs[n][p].push(tx);
-        }
+    let mut output = Inbox::new();
+    for (n, p) in pipeline.exit_ports() {
+        let label = format!("{}->output", port_label(n, p, false));
+        let tx = output.connect(
+            config.edges.capacity,
+            DropPolicy::Block,
+            new_edge(label),
+            Arc::clone(process),
+        );
+        outs[n][p].push(tx);
+    }
 
-        let node_metrics: Vec<Arc<NodeMetrics>> = pipeline
-            .nodes
-            .iter()
-            .map(|n| {
-                Arc::new(NodeMetrics {
-                    node_id: Arc::clone(&n.id),
-                    node_type: n.node_type.clone(),
-                    counters: Default::default(),
-                })
+    let node_metrics: Vec<Arc<NodeMetrics>> = pipeline
+        .nodes
+        .iter()
+        .map(|n| {
+            Arc::new(NodeMetrics {
+                node_id: Arc::clone(&n.id),
+                node_type: n.node_type.clone(),
+                counters: Default::default(),
             })
-            .collect();
-        let metrics = Arc::new(SessionMetrics {
-            session_id: Arc::clone(&session_id),
-            pipeline: Arc::clone(&pipeline.name),
-            started: Instant::now(),
-            nodes: node_metrics.clone(),
-            edges: edge_metrics,
-            inputs: AtomicU64::new(0),
-            outputs: AtomicU64::new(0),
-        });
-        process.session_started(Arc::clone(&metrics));
-
-        let task_wakers: Vec<Arc<AtomicWaker>> = inboxes
-            .iter()
-            .map(|_| Arc::new(AtomicWaker::new()))
-            .collect();
-        let state = Arc::new(SessionState {
-            id: Arc::clone(&session_id),
-            cancelled: AtomicBool::new(false),
-            failures: Mutex::new(VecDeque::new()),
-            fatal: Mutex::new(None),
-            suppressed: AtomicU64::new(0),
-            task_wakers: task_wakers.clone(),
-            output_wake: output.waker(),
-            process: Arc::clone(process),
-        });
-
-        let mut tasks = Vec::with_capacity(nodes.len());
-        let per_node = nodes
-            .into_iter()
-            .zip(inboxes)
-            .zip(edge_ports)
-            .zip(outs)
-            .zip(node_metrics)
-            .enumerate();
-        for (i, ((((node, inbox), edge_ports), outs), metrics)) in per_node {
-            let pn = &pipeline.nodes[i];
-            let task = NodeTask {
-                node,
-                _alive: TaskGuard::new(Arc::clone(process)),
-                id: Arc::clone(&pn.id),
-                node_type: pn.node_type.clone(),
-                session: Arc::clone(&session_id),
-                inbox,
-                edge_ports,
-                seqs: vec![0; outs.len()],
-                outs,
-                port_names: pn.output_names.clone(),
-                metrics,
-                metrics_on: config.metrics,
-                retry: config.retry,
-                breaker: CircuitBreaker::new(config.circuit_breaker),
-                state: Arc::clone(&state),
-                cancel_waker: Arc::clone(&task_wakers[i]),
-                last: (Duration::ZERO, Instant::now()),
-            };
-            tasks.push(tokio::spawn(task.run()));
-        }
-
-        Ok(Session {
-            input: Some(SessionInput {
-                entries,
-                state: Arc::clone(&state),
-                metrics: Arc::clone(&metrics),
-                seq: AtomicU64::new(0),
-                started: Instant::now(),
-            }),
-            output: SessionOutput {
-                output,
-                state,
-                tasks,
-                metrics,
-            },
         })
+        .collect();
+    let metrics = Arc::new(SessionMetrics {
+        session_id: Arc::clone(&session_id),
+        pipeline: Arc::clone(&pipeline.name),
+        started: Instant::now(),
+        nodes: node_metrics.clone(),
+        edges: edge_metrics,
+        inputs: AtomicU64::new(0),
+        outputs: AtomicU64::new(0),
+    });
+    process.session_started(Arc::clone(&metrics));
+
+    let task_wakers: Vec<Arc<AtomicWaker>> = inboxes
+        .iter()
+        .map(|_| Arc::new(AtomicWaker::new()))
+        .collect();
+    let state = Arc::new(SessionState {
+        id: Arc::clone(&session_id),
+        cancelled: AtomicBool::new(false),
+        failures: Mutex::new(VecDeque::new()),
+        fatal: Mutex::new(None),
+        suppressed: AtomicU64::new(0),
+        task_wakers: task_wakers.clone(),
+        output_wake: output.waker(),
+        process: Arc::clone(process),
+    });
+
+    let mut tasks = Vec::with_capacity(nodes.len());
+    let per_node = nodes
+        .into_iter()
+        .zip(inboxes)
+        .zip(edge_ports)
+        .zip(outs)
+        .zip(node_metrics)
+        .enumerate();
+    for (i, ((((node, inbox), edge_ports), outs), metrics)) in per_node {
+        let pn = &pipeline.nodes[i];
+        let task = NodeTask {
+            node,
+            _alive: TaskGuard::new(Arc::clone(process)),
+            id: Arc::clone(&pn.id),
+            node_type: pn.node_type.clone(),
+            session: Arc::clone(&session_id),
+            inbox,
+            edge_ports,
+            seqs: vec![0; outs.len()],
+            outs,
+            port_names: pn.output_names.clone(),
+            metrics,
+            metrics_on: config.metrics,
+            retry: config.retry,
+            breaker: CircuitBreaker::new(config.circuit_breaker),
+            state: Arc::clone(&state),
+            cancel_waker: Arc::clone(&task_wakers[i]),
+            last: (Duration::ZERO, Instant::now()),
+        };
+        tasks.push(tokio::spawn(task.run()));
     }
 
-    /// Unary execution on the same router: opens a session, feeds `inputs`, ends the input
-    /// and returns every output packet in arrival order.
-    pub async fn execute(
-        &self,
-        pipeline: &Arc<Pipeline>,
-        inputs: Vec<RuntimeData>,
-    ) -> Result<Vec<Packet>, SessionError> {
-        let (input, mut output) = self.open(pipeline).await?.split();
-        let feed = async move {
-            for data in inputs {
-                input.send(data).await?;
-            }
-            Ok::<_, SessionError>(())
-        };
-        let collect = async {
-            let mut packets = Vec::new();
-            while let Some(item) = output.recv().await {
-                match item {
-                    Ok(p) => packets.push(p),
-                    Err(f) if !f.fatal => tracing::warn!("{f}"),
-                    Err(_) => {}
-                }
-            }
-            packets
-        };
-        let (fed, packets) = tokio::join!(feed, collect);
-        output.finish().await?;
-        fed?;
-        Ok(packets)
+    Session {
+        input: Some(SessionInput {
+            entries,
+            state: Arc::clone(&state),
+            metrics: Arc::clone(&metrics),
+            seq: AtomicU64::new(0),
+            started: Instant::now(),
+        }),
+        output: SessionOutput {
+            output,
+            state,
+            tasks,
+            metrics,
+        },
     }
 }
 
@@ -401,14 +311,14 @@ impl Drop for SessionState {
 }
 
 /// A node instance, counted while it exists.
-struct LiveNode {
+pub(crate) struct LiveNode {
     node: Box<dyn Node>,
     process: Arc<ProcessMetrics>,
     closed: bool,
 }
 
 impl LiveNode {
-    fn new(node: Box<dyn Node>, process: Arc<ProcessMetrics>) -> Self {
+    pub(crate) fn new(node: Box<dyn Node>, process: Arc<ProcessMetrics>) -> Self {
         process.nodes_created.fetch_add(1, Relaxed);
         process.nodes_alive.fetch_add(1, Relaxed);
         Self {
@@ -418,7 +328,7 @@ impl LiveNode {
         }
     }
 
-    async fn close(&mut self) -> Option<NodeError> {
+    pub(crate) async fn close(&mut self) -> Option<NodeError> {
         if std::mem::replace(&mut self.closed, true) {
             return None;
         }
@@ -688,9 +598,10 @@ impl NodeTask {
 
     /// Passes a control packet on along every outgoing edge.
     async fn pass_control(&mut self, packet: &Packet) -> Result<(), ()> {
-        for senders in &self.outs {
+        for (port, senders) in self.outs.iter().enumerate() {
             let mut p = packet.clone();
             p.source = Arc::clone(&self.id);
+            p.port = Arc::clone(&self.port_names[port]);
             send_all(senders, p).await?;
         }
         Ok(())

@@ -3,12 +3,12 @@
 
 mod common;
 
-use remotemedia_core::{Pipeline, native_runtime};
+use remotemedia_core::Pipeline;
 
 fn check(name: &str) -> String {
     let path = format!("{}/tests/manifests/bad/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap();
-    let rt = native_runtime(common::registry());
+    let rt = common::builder().build().unwrap();
     match Pipeline::parse(&text, name, rt.executors()) {
         Ok(_) => panic!("{name} should not validate"),
         Err(e) => e.to_string(),
@@ -142,7 +142,7 @@ fn every_file_in_the_corpus_is_covered() {
 
 #[test]
 fn good_manifests_validate_in_yaml_and_json() {
-    let rt = native_runtime(common::registry());
+    let rt = common::builder().build().unwrap();
     let yaml = "version: v1\nnodes:\n  - {id: a, type: TextTransform, params: {op: uppercase}}\n  - {id: b, type: PassThrough}\nconnections:\n  - {from: a, to: b}\n";
     let p = Pipeline::parse(yaml, "inline.yaml", rt.executors()).unwrap();
     assert_eq!(p.order, vec![0, 1]);

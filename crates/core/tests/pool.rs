@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use remotemedia_core::node::{NodeType, Ports};
 use remotemedia_core::{
     LoadOptions, MediaType, ModelHandle, ModelKey, ModelPool, Node, NodeContext, NodeError,
-    NodeRegistry, Outputs, Packet, PoolConfig, PoolError, RuntimeData, native_runtime,
+    Outputs, Packet, PoolConfig, PoolError, RuntimeBuilder, RuntimeData,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -155,9 +155,7 @@ impl NodeType for ModelUser {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_sessions_opened_at_once_load_the_model_once() {
-    let mut registry = NodeRegistry::new();
-    registry.register::<ModelUser>();
-    let rt = Arc::new(native_runtime(registry));
+    let rt = Arc::new(RuntimeBuilder::empty().node::<ModelUser>().build().unwrap());
     let pipeline = rt
         .load(
             "version: v1\nnodes:\n  - {id: a, type: ModelUser}\n  - {id: b, type: ModelUser}\n\
@@ -390,6 +388,9 @@ async fn acquire_timeout_names_the_model_and_the_wait() {
     assert_eq!(*timeout, Duration::from_millis(100));
     assert!(*waited >= Duration::from_millis(100), "{waited:?}");
     assert_eq!(*max_instances, 1);
+    // A node meeting it gets a retryable error: the router retries with backoff.
+    let node_err = NodeError::from_error("Busy", &err);
+    assert!(node_err.is_retryable(), "{node_err}");
     let text = err.to_string();
     assert!(
         text.starts_with(
@@ -575,7 +576,7 @@ async fn the_numbers_reach_the_process_metrics_snapshot() {
         .unwrap();
     let lease = bounded.acquire(Duration::ZERO).await.unwrap();
     let _ = bounded.acquire(Duration::from_millis(5)).await.unwrap_err();
-    let rt = native_runtime(NodeRegistry::new());
+    let rt = RuntimeBuilder::empty().build().unwrap();
     let snapshot = rt.metrics().snapshot();
     let p = &snapshot.pools["pool-test-metrics"];
     assert_eq!(p.totals.loads, 2);

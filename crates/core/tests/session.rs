@@ -11,8 +11,7 @@ use async_trait::async_trait;
 use remotemedia_core::node::{NodeType, Ports};
 use remotemedia_core::session::SessionError;
 use remotemedia_core::{
-    MediaType, Node, NodeContext, NodeError, NodeRegistry, Outputs, Packet, Runtime, RuntimeData,
-    native_runtime,
+    MediaType, Node, NodeContext, NodeError, Outputs, Packet, Runtime, RuntimeData,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -122,9 +121,7 @@ impl NodeType for Script {
 }
 
 fn runtime() -> Runtime {
-    let mut r: NodeRegistry = common::registry();
-    r.register::<Script>();
-    native_runtime(r)
+    common::builder().node::<Script>().build().unwrap()
 }
 
 fn texts(packets: &[Packet]) -> Vec<String> {

@@ -19,6 +19,9 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     pub client_manifests: ClientManifests,
     pub webrtc: WebRtcConfig,
+    /// Where node types prefer to run, beside the runtime's defaults: read by the program
+    /// that assembles the runtime (`remotemedia serve`).
+    pub executor_rules: Vec<remotemedia_core::ExecutorRule>,
     /// Named pipelines clients may open: name → manifest path (relative to the config file).
     pub pipelines: BTreeMap<String, PathBuf>,
     /// Named pipelines given as manifest text, by programs that embed the server.
@@ -223,6 +226,7 @@ mod tests {
         assert_eq!(c.limits, d.limits);
         assert_eq!(c.client_manifests, d.client_manifests);
         assert_eq!(c.webrtc, d.webrtc);
+        assert_eq!(c.executor_rules, d.executor_rules);
         let transcribe = &c.pipelines["transcribe"];
         assert!(transcribe.ends_with("examples/transcribe.yaml") && transcribe.exists());
         c.check().unwrap();

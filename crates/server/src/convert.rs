@@ -4,10 +4,80 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use remotemedia_core::node::PortSpec;
-use remotemedia_core::{Control, ImageFrame, MediaType, Packet, RuntimeData, TextFrame};
+use remotemedia_core::{
+    Control, ImageFrame, MediaType, Packet, RuntimeData, SessionError, TextFrame,
+};
 use tonic::Status;
 
+use crate::admission::{PipelineRef, Reason, Refusal};
+use crate::config::LimitsConfig;
 use crate::proto::{self, data::Kind};
+
+impl From<Refusal> for Status {
+    fn from(r: Refusal) -> Self {
+        let code = match r.reason {
+            Reason::InvalidArgument => tonic::Code::InvalidArgument,
+            Reason::NotFound => tonic::Code::NotFound,
+            Reason::PermissionDenied => tonic::Code::PermissionDenied,
+            Reason::ResourceExhausted => tonic::Code::ResourceExhausted,
+            Reason::FailedPrecondition => tonic::Code::FailedPrecondition,
+            Reason::Unavailable => tonic::Code::Unavailable,
+            Reason::Internal => tonic::Code::Internal,
+        };
+        Status::new(code, r.message)
+    }
+}
+
+impl From<proto::open_session::Pipeline> for PipelineRef {
+    fn from(p: proto::open_session::Pipeline) -> Self {
+        match p {
+            proto::open_session::Pipeline::PipelineName(n) => PipelineRef::Name(n),
+            proto::open_session::Pipeline::Manifest(m) => PipelineRef::Manifest(m),
+        }
+    }
+}
+
+impl From<proto::execute_request::Pipeline> for PipelineRef {
+    fn from(p: proto::execute_request::Pipeline) -> Self {
+        match p {
+            proto::execute_request::Pipeline::PipelineName(n) => PipelineRef::Name(n),
+            proto::execute_request::Pipeline::Manifest(m) => PipelineRef::Manifest(m),
+        }
+    }
+}
+
+/// A session error while feeding: the client's fault (INVALID_ARGUMENT) or the session's end.
+pub fn feed_status(e: &SessionError) -> Option<Status> {
+    match e {
+        SessionError::NoInput { .. } | SessionError::UnknownInput(_) => {
+            Some(Status::invalid_argument(e.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Limits a client asks for (0 = not asked).
+pub fn limits_in(l: &proto::Limits) -> LimitsConfig {
+    LimitsConfig {
+        max_duration_ms: l.max_duration_ms,
+        idle_timeout_ms: l.idle_timeout_ms,
+        max_message_bytes: l.max_message_bytes as usize,
+        max_realtime_factor: l.max_realtime_factor,
+        max_frames_per_second: l.max_frames_per_second,
+        ..Default::default()
+    }
+}
+
+/// Limits as the protocol states them.
+pub fn limits_out(l: &LimitsConfig) -> proto::Limits {
+    proto::Limits {
+        max_duration_ms: l.max_duration_ms,
+        idle_timeout_ms: l.idle_timeout_ms,
+        max_message_bytes: l.max_message_bytes as u64,
+        max_realtime_factor: l.max_realtime_factor,
+        max_frames_per_second: l.max_frames_per_second,
+    }
+}
 
 /// Largest sample rate and channel count a client may declare (as the file decoders accept).
 const MAX_RATE: u32 = 384_000;

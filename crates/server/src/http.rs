@@ -12,7 +12,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use remotemedia_core::metrics::{EXPORT_BOUNDS_S, HistogramSnapshot};
 
-use crate::service::Shared;
+use crate::shared::Shared;
 
 pub fn router(shared: Arc<Shared>) -> axum::Router {
     let page = |body: &'static str, kind: &'static str| {
@@ -82,6 +82,7 @@ async fn nodes(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
 
 async fn pipelines(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     let items = shared
+        .admission
         .pipelines
         .iter()
         .map(|(name, p)| {
@@ -123,7 +124,6 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
 pub fn render(shared: &Shared) -> String {
     let snap = shared.runtime.metrics().snapshot();
     let stats = &shared.stats;
-    let (failures, restarts) = remotemedia_python::worker_stats();
     let (g, c) = ("gauge", "counter");
     #[rustfmt::skip]
     let plain = [
@@ -138,14 +138,22 @@ pub fn render(shared: &Shared) -> String {
         ("dropped_total", c, "Packets dropped by real-time edge policies.", snap.dropped),
         ("nodes_alive", g, "Node instances alive now.", snap.nodes_alive.max(0) as u64),
         ("node_tasks_alive", g, "Node tasks running now.", snap.tasks_alive.max(0) as u64),
-        ("python_worker_failures_total", c, "Python worker processes that died, hung or broke the protocol.", failures),
-        ("python_worker_restarts_total", c, "Python worker processes restarted after a failure.", restarts),
         ("ready", g, "1 once the configured pipelines' models are loaded.", u64::from(shared.ready.load(Relaxed))),
     ];
+    let executors = shared
+        .runtime
+        .executors()
+        .all()
+        .iter()
+        .flat_map(|e| e.counters());
     let mut out = String::new();
     for (name, kind, help, v) in plain {
         head(&mut out, name, kind, help);
         let _ = writeln!(out, "remotemedia_{name} {v}");
+    }
+    for counter in executors {
+        head(&mut out, counter.name, c, counter.help);
+        let _ = writeln!(out, "remotemedia_{} {}", counter.name, counter.value);
     }
     head(
         &mut out,

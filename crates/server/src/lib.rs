@@ -15,27 +15,32 @@
 //! is enforced with the gRPC status a client expects, and a session's nodes are released however
 //! its stream ends. The protocol is `proto/remotemedia/v1/pipeline.proto`.
 
+pub mod admission;
 pub mod auth;
+#[cfg(feature = "webrtc")]
+mod calls;
 pub mod config;
 mod convert;
 pub mod http;
 mod service;
+mod shared;
 mod stream;
 #[cfg(feature = "webrtc")]
 mod webrtc;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use anyhow::Context;
-use remotemedia_core::Runtime;
-use tokio::sync::{Semaphore, watch};
+use remotemedia_core::{Pipeline, Runtime};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 
+pub use admission::{PROTOCOL, SERVER_VERSION};
 pub use config::ServerConfig;
-pub use service::{PROTOCOL, SERVER_VERSION};
 
 /// Generated protocol types and client/server stubs.
 pub mod proto {
@@ -52,7 +57,7 @@ pub const SERVICE_NAME: &str = "remotemedia.v1.PipelineService";
 pub struct RunningServer {
     grpc_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
-    shared: Arc<service::Shared>,
+    shared: Arc<shared::Shared>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -95,21 +100,11 @@ pub async fn start(
 ) -> anyhow::Result<RunningServer> {
     config.add_env_tokens();
     config.check()?;
-    let mut pipelines = std::collections::BTreeMap::new();
-    for (name, path) in &config.pipelines {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("pipeline `{name}`: cannot read {}", path.display()))?;
-        let p = runtime
-            .load(&text, &path.display().to_string())
-            .map_err(|e| anyhow::anyhow!("pipeline `{name}`: {e}"))?;
-        pipelines.insert(name.clone(), p);
-    }
-    for (name, text) in &config.manifests {
-        let p = runtime
-            .load(text, &format!("pipeline `{name}`"))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        pipelines.insert(name.clone(), p);
-    }
+    // Loading resolves types, which may ask Python: not on the reactor.
+    let (pipelines, config) = {
+        let runtime = Arc::clone(&runtime);
+        tokio::task::spawn_blocking(move || load_pipelines(&runtime, config)).await??
+    };
     let grpc = tokio::net::TcpListener::bind(config.grpc.listen)
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", config.grpc.listen))?;
@@ -127,11 +122,16 @@ pub async fn start(
     let auth = auth::Auth::new(&config.auth.tokens);
     let (stop, stopped) = watch::channel(false);
     let max_message = config.limits.max_message_bytes;
-    let shared = Arc::new(service::Shared {
-        runtime,
-        sessions: Arc::new(Semaphore::new(config.limits.max_sessions)),
-        config,
+    let admission = admission::Admission::new(
+        Arc::clone(&runtime),
         pipelines,
+        config.limits.clone(),
+        config.client_manifests.clone(),
+    );
+    let shared = Arc::new(shared::Shared {
+        runtime,
+        config,
+        admission,
         stats: Default::default(),
         ready: AtomicBool::new(false),
         shutdown: stopped.clone(),
@@ -200,7 +200,7 @@ pub async fn start(
         grpc = %grpc_addr,
         http = ?http_addr,
         auth = auth.enabled(),
-        pipelines = shared.pipelines.len(),
+        pipelines = shared.admission.pipelines.len(),
         "serving"
     );
     Ok(RunningServer {
@@ -210,6 +210,31 @@ pub async fn start(
         stop,
         tasks,
     })
+}
+
+/// The configured pipelines, checked. Also learns every executor's node types (the Python
+/// executor asks its interpreter once), so that no client request waits for that.
+fn load_pipelines(
+    runtime: &Runtime,
+    config: ServerConfig,
+) -> anyhow::Result<(BTreeMap<String, Arc<Pipeline>>, ServerConfig)> {
+    let mut pipelines = BTreeMap::new();
+    for (name, path) in &config.pipelines {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("pipeline `{name}`: cannot read {}", path.display()))?;
+        let p = runtime
+            .load(&text, &path.display().to_string())
+            .map_err(|e| anyhow::anyhow!("pipeline `{name}`: {e}"))?;
+        pipelines.insert(name.clone(), p);
+    }
+    for (name, text) in &config.manifests {
+        let p = runtime
+            .load(text, &format!("pipeline `{name}`"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        pipelines.insert(name.clone(), p);
+    }
+    runtime.executors().known_types();
+    Ok((pipelines, config))
 }
 
 /// tonic refuses a unary request over the size limit with OUT_OF_RANGE before our code runs;
@@ -229,9 +254,9 @@ fn size_status<B>(mut resp: ::http::Response<B>) -> ::http::Response<B> {
 
 /// Opens and closes one session of each configured pipeline, so its models are in the shared
 /// pool before the first client, then reports ready.
-async fn warm_up(shared: Arc<service::Shared>, health: tonic_health::server::HealthReporter) {
+async fn warm_up(shared: Arc<shared::Shared>, health: tonic_health::server::HealthReporter) {
     let started = std::time::Instant::now();
-    for (name, pipeline) in &shared.pipelines {
+    for (name, pipeline) in &shared.admission.pipelines {
         match shared.runtime.open(pipeline).await {
             Ok(session) => {
                 let _ = session.close().await;

@@ -9,17 +9,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prost::Message;
+use remotemedia_core::rt::sleep_until;
 use remotemedia_core::{Control, RuntimeData, SessionInput, SessionOutput};
 use tokio::sync::{mpsc, watch};
 use tonic::{Code, Status, Streaming};
 
-use crate::config::LimitsConfig;
+use crate::admission::{Granted, Pace, PipelineRef, SERVER_VERSION, version_string};
 use crate::convert;
 use crate::proto::{self, session_control::Action, stream_request, stream_response};
-use crate::service::{Granted, PipelineRef, Shared, feed_status, version_string};
+use crate::shared::Shared;
 
 /// Responses buffered for a client before the session waits for it to read.
 pub const OUTBOX: usize = 64;
@@ -48,11 +49,15 @@ async fn serve(
     tx: &Outbox,
 ) -> Result<(), Status> {
     let open = first_message(shared, inbound).await?;
-    let granted = shared.grant(
-        &open.protocol_version,
-        open.pipeline.map(PipelineRef::from),
-        open.requested_limits.as_ref(),
-    )?;
+    let requested = open.requested_limits.as_ref().map(convert::limits_in);
+    let granted = shared
+        .admission
+        .grant(
+            &open.protocol_version,
+            open.pipeline.map(PipelineRef::from),
+            requested.as_ref(),
+        )
+        .await?;
     let session = shared
         .runtime
         .open(&granted.pipeline)
@@ -62,9 +67,9 @@ async fn serve(
     tracing::info!(session = session.id(), pipeline = %granted.pipeline.name, "session opened");
     let ready = proto::SessionReady {
         session_id: session.id().to_string(),
-        server_version: crate::service::SERVER_VERSION.into(),
+        server_version: SERVER_VERSION.into(),
         protocol_version: version_string(granted.protocol),
-        limits: Some(limits_out(&granted.limits)),
+        limits: Some(convert::limits_out(&granted.limits)),
         pipeline: granted.pipeline.name.to_string(),
         inputs,
         outputs,
@@ -174,7 +179,7 @@ impl Inbound<'_> {
         loop {
             let next = tokio::select! {
                 m = inbound.message() => m,
-                _ = sleep_opt(idle.map(|d| tokio::time::Instant::now() + d)) => {
+                _ = sleep_until(idle.map(|d| tokio::time::Instant::now() + d)) => {
                     return self.fail(Status::deadline_exceeded(format!(
                         "no message from the client for {} ms (idle timeout)",
                         limits.idle_timeout_ms
@@ -201,8 +206,8 @@ impl Inbound<'_> {
                     "a {len}-byte message is over this session's limit of {max_bytes} bytes"
                 )));
             }
-            if let Err(s) = self.pace.frame() {
-                return self.fail(s);
+            if let Err(r) = self.pace.frame() {
+                return self.fail(r.into());
             }
             let handled = match m.message {
                 Some(stream_request::Message::Data(frame)) => self.data(frame).await,
@@ -263,27 +268,20 @@ impl Inbound<'_> {
         };
         match sent {
             Ok(()) => Ok(true),
-            Err(e) => feed_status(&e).map_or(Ok(false), Err),
+            Err(e) => convert::feed_status(&e).map_or(Ok(false), Err),
         }
     }
 
     async fn feed(&mut self, data: RuntimeData) -> Result<bool, Status> {
         match self.input.send(data).await {
             Ok(()) => Ok(true),
-            Err(e) => feed_status(&e).map_or(Ok(false), Err),
+            Err(e) => convert::feed_status(&e).map_or(Ok(false), Err),
         }
     }
 
     /// Ends the session with `status` for the client.
     fn fail(self, status: Status) {
         self.stop.send_replace(Some(status));
-    }
-}
-
-async fn sleep_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -310,7 +308,7 @@ impl Ends {
             }
             _ = shutdown => Status::unavailable("the server is shutting down"),
             _ = tx.closed() => Status::cancelled("the client went away"),
-            _ = sleep_opt(self.deadline) => Status::deadline_exceeded(format!(
+            _ = sleep_until(self.deadline) => Status::deadline_exceeded(format!(
                 "the session reached its maximum duration of {} ms",
                 self.max_duration_ms
             )),
@@ -392,114 +390,4 @@ async fn forward(
     let closed = msg(stream_response::Message::Closed(closed));
     let _ = tokio::time::timeout(FINAL_SEND, tx.send(closed)).await;
     Ok(())
-}
-
-fn limits_out(l: &LimitsConfig) -> proto::Limits {
-    proto::Limits {
-        max_duration_ms: l.max_duration_ms,
-        idle_timeout_ms: l.idle_timeout_ms,
-        max_message_bytes: l.max_message_bytes as u64,
-        max_realtime_factor: l.max_realtime_factor,
-        max_frames_per_second: l.max_frames_per_second,
-    }
-}
-
-/// The rate limits of one session's input: messages per second (a token bucket holding one
-/// second's worth) and audio no faster than a multiple of real time after a head start.
-struct Pace {
-    started: Instant,
-    audio: Duration,
-    factor: f64,
-    burst: Duration,
-    fps: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Pace {
-    fn new(l: &LimitsConfig) -> Self {
-        let now = Instant::now();
-        let fps = f64::from(l.max_frames_per_second);
-        Self {
-            started: now,
-            audio: Duration::ZERO,
-            factor: l.max_realtime_factor,
-            burst: Duration::from_millis(l.realtime_burst_ms),
-            fps,
-            tokens: fps,
-            last: now,
-        }
-    }
-
-    fn frame(&mut self) -> Result<(), Status> {
-        if self.fps == 0.0 {
-            return Ok(());
-        }
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.fps;
-        self.tokens = (self.tokens + refill).min(self.fps);
-        self.last = now;
-        if self.tokens < 1.0 {
-            return Err(Status::resource_exhausted(format!(
-                "more than {} messages per second (max_frames_per_second); send larger frames",
-                self.fps
-            )));
-        }
-        self.tokens -= 1.0;
-        Ok(())
-    }
-
-    fn audio(&mut self, d: Duration) -> Result<(), Status> {
-        if self.factor == 0.0 {
-            return Ok(());
-        }
-        self.audio += d;
-        let elapsed = self.started.elapsed();
-        if self.audio > self.burst + elapsed.mul_f64(self.factor) {
-            return Err(Status::resource_exhausted(format!(
-                "input audio arrives faster than {}× real time ({:.1} s of audio in {:.1} s; \
-                 max_realtime_factor)",
-                self.factor,
-                self.audio.as_secs_f64(),
-                elapsed.as_secs_f64()
-            )));
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pace_allows_real_time_with_a_burst_and_refuses_faster() {
-        let limits = LimitsConfig {
-            max_realtime_factor: 2.0,
-            realtime_burst_ms: 1_000,
-            max_frames_per_second: 0,
-            ..Default::default()
-        };
-        let mut pace = Pace::new(&limits);
-        for _ in 0..50 {
-            pace.audio(Duration::from_millis(20)).unwrap(); // 1 s: the head start
-        }
-        let err = pace.audio(Duration::from_millis(100)).unwrap_err();
-        assert_eq!(err.code(), Code::ResourceExhausted);
-        assert!(err.message().contains("2× real time"), "{}", err.message());
-    }
-
-    #[test]
-    fn pace_refuses_a_flood_of_messages() {
-        let limits = LimitsConfig {
-            max_frames_per_second: 100,
-            ..Default::default()
-        };
-        let mut pace = Pace::new(&limits);
-        let refused = (0..1_000).filter(|_| pace.frame().is_err()).count();
-        assert!(
-            refused >= 800,
-            "a one-second burst of 100, then refusals: {refused}"
-        );
-    }
 }

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use remotemedia_core::{ExecutorRegistry, NodeRegistry, Runtime};
 use remotemedia_server::ServerConfig;
 
 const TOKEN: &str = "python-client-token-0123";
@@ -53,11 +52,6 @@ async fn run_python(args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_streams_a_recording_and_meets_every_refusal() {
-    let mut nodes = NodeRegistry::with_builtins();
-    remotemedia_audio::register(&mut nodes);
-    remotemedia_speech::register(&mut nodes);
-    let mut executors = ExecutorRegistry::new();
-    executors.add_executor(Arc::new(nodes));
     let mut config = ServerConfig::default();
     config.grpc.listen = ([127, 0, 0, 1], 0).into();
     config.http.enabled = false;
@@ -67,7 +61,7 @@ async fn grpcio_streams_a_recording_and_meets_every_refusal() {
     config
         .pipelines
         .insert("transcribe".into(), root().join("examples/transcribe.yaml"));
-    let server = remotemedia_server::start(config, Arc::new(Runtime::new(executors)))
+    let server = remotemedia_server::start(config, Arc::new(remotemedia_runtime::runtime()))
         .await
         .expect("server starts");
     let addr = server.grpc_addr().to_string();
@@ -96,7 +90,7 @@ async fn grpcio_streams_a_recording_and_meets_every_refusal() {
 
     // The example client, as a user runs it: 20 ms frames at three times real time.
     let client = root().join("examples/grpc_client/client.py");
-    let wav = remotemedia_speech::models::models_dir().join("samples/beckett.wav");
+    let wav = remotemedia_runtime::models_dir().join("samples/beckett.wav");
     let (ok, stdout, stderr) = run_python(&[
         client.to_str().unwrap(),
         "--addr",

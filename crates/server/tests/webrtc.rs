@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use remotemedia_core::{ExecutorRegistry, NodeRegistry, Runtime};
 use remotemedia_server::{RunningServer, ServerConfig};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,15 +28,6 @@ fn root() -> PathBuf {
         .join("../..")
         .canonicalize()
         .unwrap()
-}
-
-fn runtime() -> Runtime {
-    let mut nodes = NodeRegistry::with_builtins();
-    remotemedia_audio::register(&mut nodes);
-    remotemedia_speech::register(&mut nodes);
-    let mut executors = ExecutorRegistry::new();
-    executors.add_executor(Arc::new(nodes));
-    Runtime::new(executors)
 }
 
 /// A server with the speak-back pipeline (its models loaded) and an echo pipeline.
@@ -65,7 +55,7 @@ fn config(connect_timeout_ms: u64, tokens: bool) -> ServerConfig {
 }
 
 async fn start(config: ServerConfig) -> RunningServer {
-    let server = remotemedia_server::start(config, Arc::new(runtime()))
+    let server = remotemedia_server::start(config, Arc::new(remotemedia_runtime::runtime()))
         .await
         .unwrap();
     let t = Instant::now();

@@ -12,27 +12,16 @@
 //!
 //! Run: `cargo bench -p remotemedia-speech --bench moonshine`
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::recording;
 use criterion::{Criterion, criterion_group, criterion_main};
 use remotemedia_speech::Moonshine;
 use remotemedia_speech::moonshine::DEFAULT_MAX_TOKENS_PER_SECOND;
 
 const RATE: f64 = 16_000.0;
-
-fn recording() -> Vec<f32> {
-    let path = remotemedia_speech::models::models_dir().join("samples/beckett.wav");
-    let mut reader = hound::WavReader::open(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {}: {e}; install the models with ./scripts/setup-models.sh",
-            path.display()
-        )
-    });
-    reader
-        .samples::<i16>()
-        .map(|s| f32::from(s.unwrap()) / 32768.0)
-        .collect()
-}
 
 fn utterances(c: &mut Criterion) {
     let audio = recording();

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use remotemedia_core::{NodeRegistry, RuntimeData, Session, native_runtime};
+use remotemedia_core::{RuntimeBuilder, RuntimeData, Session};
 use remotemedia_speech::SileroVad;
 use remotemedia_speech::models::{self, model_key};
 
@@ -55,10 +55,11 @@ fn main() {
     let load_time = t.elapsed();
     let model_rss = rss().saturating_sub(before_load);
 
-    let mut registry = NodeRegistry::with_builtins();
-    remotemedia_audio::register(&mut registry);
-    remotemedia_speech::register(&mut registry);
-    let runtime = native_runtime(registry);
+    let runtime = RuntimeBuilder::new()
+        .nodes(remotemedia_audio::register)
+        .nodes(remotemedia_speech::register)
+        .build()
+        .unwrap();
     let path = format!(
         "{}/../../examples/speech_segments.yaml",
         env!("CARGO_MANIFEST_DIR")

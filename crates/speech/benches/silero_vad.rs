@@ -14,28 +14,17 @@
 //! Run: `cargo bench -p remotemedia-speech --bench silero_vad`
 //! The side-by-side comparison with the Python package is `bench/silero_vad.sh`.
 
+mod common;
+
 use std::time::Duration;
 
+use common::recording;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use remotemedia_core::RuntimeData;
 use remotemedia_core::testing::NodeHarness;
 use remotemedia_speech::{SileroVADNode, SileroVad};
 
 const WINDOW: usize = 512;
-
-fn recording() -> Vec<f32> {
-    let path = remotemedia_speech::models::models_dir().join("samples/beckett.wav");
-    let mut reader = hound::WavReader::open(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {}: {e}; install the models with ./scripts/setup-models.sh",
-            path.display()
-        )
-    });
-    reader
-        .samples::<i16>()
-        .map(|s| f32::from(s.unwrap()) / 32768.0)
-        .collect()
-}
 
 fn frames(audio: &[f32]) -> Vec<RuntimeData> {
     audio

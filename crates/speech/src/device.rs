@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::models::ModelError;
+use crate::error::ModelError;
 
 /// A requested device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]

@@ -25,6 +25,7 @@ pub const INSTALL_HINT: &str =
 
 /// Why espeak-ng could not be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EspeakError {
     #[error("espeak-ng is not installed: {INSTALL_HINT} ({reason})")]
     NotInstalled { reason: String },

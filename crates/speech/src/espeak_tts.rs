@@ -4,13 +4,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use remotemedia_audio::frame::fatal;
 use remotemedia_core::node::{NodeType, Ports};
-use remotemedia_core::{MediaType, Node, NodeContext, NodeError, Outputs, Packet, RuntimeData};
+use remotemedia_core::{MediaType, Node, NodeContext, NodeError, Outputs, Packet};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::espeak::{Espeak, EspeakError};
-use crate::tts::{self, Script, Unspoken};
+use crate::espeak::Espeak;
+use crate::tts::{self, Script, Spoken};
 
 /// Settings of [`EspeakTTSNode`].
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
@@ -49,12 +50,6 @@ pub struct EspeakTTSNode {
     scripts: Option<&'static [Script]>,
 }
 
-impl EspeakTTSNode {
-    fn fatal(e: impl std::fmt::Display) -> NodeError {
-        NodeError::fatal(format!("{}: {e}", Self::NAME))
-    }
-}
-
 #[async_trait]
 impl Node for EspeakTTSNode {
     async fn process(
@@ -63,50 +58,31 @@ impl Node for EspeakTTSNode {
         input: &Packet,
         out: &mut Outputs,
     ) -> Result<(), NodeError> {
-        let Some(frame) = input.data.as_text() else {
-            return Err(NodeError::unsupported(Self::NAME, &input.data));
-        };
-        if tts::is_blank(&frame.text) {
-            return Ok(());
-        }
-        let mut spoken = Vec::new();
-        let mut unspoken = Vec::new();
-        for sentence in tts::split_sentences(&frame.text) {
-            let cleaned = tts::clean(&sentence, self.scripts);
-            if !cleaned.removed.is_empty() {
-                unspoken.push(Unspoken {
-                    text: cleaned.removed.join(" "),
-                    reason: tts::UNSUPPORTED_SCRIPT,
+        let (voice, rate, pitch) = (Arc::clone(&self.voice), self.rate, self.pitch);
+        let scripts = self.scripts;
+        tts::speak_input(Self::NAME, input, out, 0, move |text| {
+            let mut unspoken = Vec::new();
+            let spoken: Vec<String> = tts::split_sentences(text)
+                .iter()
+                .filter_map(|s| tts::speakable(s, scripts, &mut unspoken))
+                .collect();
+            if spoken.is_empty() {
+                return Ok(Spoken {
+                    audio: Vec::new(),
+                    sample_rate: 0,
+                    unspoken,
                 });
             }
-            if cleaned.speakable() {
-                spoken.push(cleaned.text);
-            }
-        }
-        for u in &unspoken {
-            tracing::warn!(node = Self::NAME, "not spoken: {u}");
-        }
-        if spoken.is_empty() {
-            if unspoken.is_empty() {
-                return Ok(());
-            }
-            return Err(tts::nothing_to_say(Self::NAME, &frame.text, &unspoken));
-        }
-        let text = spoken.join(" ");
-        let (voice, rate, pitch) = (Arc::clone(&self.voice), self.rate, self.pitch);
-        let result = tts::off_reactor(move || -> Result<(Vec<f32>, u32), EspeakError> {
             let mut espeak = Espeak::lock()?;
             espeak.set_voice(&voice)?;
-            let samples = espeak.synthesize(&text, rate, pitch)?;
-            Ok((samples, espeak.sample_rate()))
+            let samples = espeak.synthesize(&spoken.join(" "), rate, pitch)?;
+            Ok(Spoken {
+                audio: vec![samples],
+                sample_rate: espeak.sample_rate(),
+                unspoken,
+            })
         })
         .await
-        .map_err(Self::fatal)?;
-        let (samples, sample_rate) = result.map_err(Self::fatal)?;
-        if !samples.is_empty() {
-            out.push_at(RuntimeData::audio(samples, sample_rate, 1), input.timestamp);
-        }
-        Ok(())
     }
 }
 
@@ -120,22 +96,10 @@ impl NodeType for EspeakTTSNode {
     }
 
     fn new(p: EspeakTtsParams, _: &NodeContext) -> Result<Self, NodeError> {
-        if !(80..=450).contains(&p.rate) {
-            return Err(Self::fatal(format!(
-                "rate must be between 80 and 450 words per minute, not {}",
-                p.rate
-            )));
-        }
-        if p.pitch > 100 {
-            return Err(Self::fatal(format!(
-                "pitch must be between 0 and 100, not {}",
-                p.pitch
-            )));
-        }
         // Fails now, with the install command, rather than at the first sentence.
         Espeak::lock()
             .and_then(|mut e| e.set_voice(&p.voice))
-            .map_err(Self::fatal)?;
+            .map_err(|e| fatal(Self::NAME, e))?;
         Ok(Self {
             scripts: tts::language_scripts(&p.voice),
             voice: p.voice.into(),

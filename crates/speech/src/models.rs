@@ -22,12 +22,10 @@ use ort::session::builder::GraphOptimizationLevel;
 use remotemedia_core::pool::{LoadOptions, ModelKey, ModelPool, PoolError};
 
 use crate::device::{self, Device, Placement};
+pub use crate::error::{ModelError, SETUP_COMMAND};
 
 /// Environment variable that overrides where models are looked for.
 pub const MODELS_ENV: &str = "REMOTEMEDIA_MODELS";
-/// The command that installs everything under the models directory; quoted in every error about a
-/// missing file so the fix is one copy-paste away.
-pub const SETUP_COMMAND: &str = "./scripts/setup-models.sh";
 /// Name of the models directory inside a checkout (and the setup script's default target).
 pub const MODELS_DIR_NAME: &str = "models";
 /// Stamp the setup script writes; marks a directory as a real models directory rather than any
@@ -46,22 +44,6 @@ pub const PIPER_JOE_MODEL: &str = "piper-joe/en_US-joe-medium.onnx";
 /// Moonshine tiny English speech recogniser (encoder, decoder and `tokenizer.bin`), a directory
 /// relative to the models directory; it ships as ORT-format files in the `moonshine-voice` wheel.
 pub const MOONSHINE_TINY_EN_DIR: &str = "moonshine-tiny-en";
-
-/// Why a model could not be found, loaded or run.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ModelError {
-    #[error("missing model file {}; install the models with {SETUP_COMMAND}", path.display())]
-    Missing { path: PathBuf },
-    #[error("could not load ONNX Runtime from {}: {reason}", path.display())]
-    Runtime { path: PathBuf, reason: String },
-    #[error("could not load model {}: {reason}", path.display())]
-    Load { path: PathBuf, reason: String },
-    #[error("inference failed on {}: {reason}", path.display())]
-    Inference { path: PathBuf, reason: String },
-    /// The requested device cannot be used (see [`crate::device`]).
-    #[error("{0}")]
-    Device(String),
-}
 
 /// The models directory for this process: `$REMOTEMEDIA_MODELS`, else a set-up `models/` in the
 /// current directory or an ancestor, else one next to or above the executable (so

@@ -22,15 +22,18 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorRef};
+use remotemedia_audio::frame::{fatal, mono_input};
 use remotemedia_core::node::{NodeType, Ports};
 use remotemedia_core::{
-    MediaType, Node, NodeContext, NodeError, Outputs, Packet, RuntimeData, Samples, TextFrame,
+    AudioFrame, MediaType, Node, NodeContext, NodeError, Outputs, Packet, RuntimeData, Samples,
+    TextFrame,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::models::{self, ModelError, SharedSession};
 use crate::tokenizer::Tokenizer;
+use crate::tts::off_reactor;
 
 /// The only rate the model was trained on.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -483,17 +486,39 @@ pub struct MoonshineASRNode {
 }
 
 impl MoonshineASRNode {
-    fn fatal(e: impl std::fmt::Display) -> NodeError {
-        NodeError::fatal(format!("{}: {e}", Self::NAME))
+    /// The utterance in `input`, or `None` when it is too short to transcribe (normal in a
+    /// stream, so skipped rather than refused).
+    fn utterance(input: &Packet) -> Result<Option<&AudioFrame>, NodeError> {
+        let frame = mono_input(Self::NAME, SAMPLE_RATE, input)?;
+        let duration = frame.duration();
+        if duration > MAX_UTTERANCE {
+            return Err(fatal(
+                Self::NAME,
+                format!(
+                    "utterances of at most {} s, got {:.1} s; cut them shorter upstream \
+                     (SpeechSegmenter max_utterance_ms)",
+                    MAX_UTTERANCE.as_secs(),
+                    duration.as_secs_f64()
+                ),
+            ));
+        }
+        if duration < MIN_UTTERANCE {
+            tracing::debug!(
+                ms = duration.as_millis() as u64,
+                "skipping an utterance too short to transcribe"
+            );
+            return Ok(None);
+        }
+        Ok(Some(frame))
     }
 
     /// Runs a transcription without stalling the async reactor.
     async fn transcribe(&self, samples: Samples) -> Result<Transcript, NodeError> {
         let engine = Arc::clone(&self.engine);
-        crate::tts::off_reactor(move || engine.transcribe(&samples))
+        off_reactor(move || engine.transcribe(&samples))
             .await
-            .map_err(Self::fatal)?
-            .map_err(Self::fatal)
+            .map_err(|e| fatal(Self::NAME, e))?
+            .map_err(|e| fatal(Self::NAME, e))
     }
 }
 
@@ -505,26 +530,10 @@ impl Node for MoonshineASRNode {
         input: &Packet,
         out: &mut Outputs,
     ) -> Result<(), NodeError> {
-        let Some(frame) = input.data.as_audio() else {
-            return Err(NodeError::unsupported(Self::NAME, &input.data));
-        };
-        crate::expect_mono(Self::NAME, SAMPLE_RATE, frame)?;
-        let duration = frame.duration();
-        if duration > MAX_UTTERANCE {
-            return Err(Self::fatal(format!(
-                "utterances of at most {} s, got {:.1} s; cut them shorter upstream \
-                 (SpeechSegmenter max_utterance_ms)",
-                MAX_UTTERANCE.as_secs(),
-                duration.as_secs_f64()
-            )));
-        }
-        if duration < MIN_UTTERANCE {
-            tracing::debug!(
-                ms = duration.as_millis() as u64,
-                "skipping an utterance too short to transcribe"
-            );
+        let Some(frame) = Self::utterance(input)? else {
             return Ok(());
-        }
+        };
+        let duration = frame.duration();
         let began = Instant::now();
         let t = self.transcribe(frame.shared_samples().clone()).await?;
         let audio_s = duration.as_secs_f64();
@@ -562,21 +571,10 @@ impl NodeType for MoonshineASRNode {
     }
 
     fn new(p: MoonshineParams, _: &NodeContext) -> Result<Self, NodeError> {
-        if !(1..=16).contains(&p.threads) {
-            return Err(Self::fatal(format!(
-                "threads must be between 1 and 16, not {}",
-                p.threads
-            )));
-        }
-        if !(1.0..=50.0).contains(&p.max_tokens_per_second) {
-            return Err(Self::fatal(format!(
-                "max_tokens_per_second must be between 1 and 50, not {}",
-                p.max_tokens_per_second
-            )));
-        }
+        let max_tokens = p.max_tokens_per_second;
         let dir = p.model.unwrap_or_else(Moonshine::default_model);
-        let engine =
-            Moonshine::new(&dir, p.threads, p.max_tokens_per_second).map_err(Self::fatal)?;
+        let engine = Moonshine::new(&dir, p.threads, max_tokens)
+            .map_err(|e| NodeError::from_error(Self::NAME, &e))?;
         Ok(Self {
             engine: Arc::new(engine),
             interim: p.interim,

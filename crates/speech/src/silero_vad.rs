@@ -8,18 +8,20 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use ort::session::Session;
 use ort::value::TensorRef;
-use remotemedia_audio::{VadEvent, VadTiming, VadTracker};
+use remotemedia_audio::frame::{fatal, mono_input};
+use remotemedia_audio::vad::{VadEvents, vad_ports};
+use remotemedia_audio::{VadTiming, VadTracker};
 use remotemedia_core::node::{NodeType, Ports};
-use remotemedia_core::{Control, MediaType, Node, NodeContext, NodeError, Outputs, Packet};
+use remotemedia_core::{Control, Node, NodeContext, NodeError, Outputs, Packet};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::models::{self, ModelError, SharedSession};
+use crate::tts::off_reactor;
 
 /// Floats in the model's recurrent state (`[2, 1, 128]`).
 const STATE_LEN: usize = 2 * 128;
@@ -181,15 +183,9 @@ pub struct SileroVadParams {
     /// `threshold - 0.15` (at least 0.01), as in the Silero reference implementation.
     #[schemars(range(min = 0.0, max = 1.0))]
     pub neg_threshold: Option<f32>,
-    /// Speech must last this long before a start is reported (filters clicks).
-    #[schemars(range(max = 10_000))]
-    pub min_speech_ms: u32,
-    /// Silence must last this long before an end is reported (the hangover).
-    #[schemars(range(max = 10_000))]
-    pub min_silence_ms: u32,
-    /// Widens each speech region by this much on both sides.
-    #[schemars(range(max = 2_000))]
-    pub speech_pad_ms: u32,
+    /// `min_speech_ms`, `min_silence_ms` and `speech_pad_ms`, beside the other params.
+    #[serde(flatten)]
+    pub timing: VadTiming,
     /// Rate of the incoming mono audio: 16000 (512-sample windows) or 8000 (256-sample windows).
     /// Other rates must be resampled upstream.
     pub sample_rate: u32,
@@ -208,13 +204,10 @@ pub struct SileroVadParams {
 
 impl Default for SileroVadParams {
     fn default() -> Self {
-        let timing = VadTiming::default();
         Self {
             threshold: 0.5,
             neg_threshold: None,
-            min_speech_ms: timing.min_speech_ms,
-            min_silence_ms: timing.min_silence_ms,
-            speech_pad_ms: timing.speech_pad_ms,
+            timing: VadTiming::default(),
             sample_rate: 16_000,
             threads: 1,
             emit_probability: false,
@@ -227,20 +220,16 @@ impl Default for SileroVadParams {
 /// Finds speech in mono audio with the Silero model.
 ///
 /// Every input frame is passed on unchanged (same shared buffer) and, right after the frame
-/// during which it was decided, `speech_start` / `speech_end` events ([`VadEvent`] as JSON,
-/// stamped with the event's own stream time) follow on the same port. Audio is cut into windows
-/// regardless of how it was framed, so results do not depend on the frame size. At a flush the
-/// final partial window is zero-padded and scored (as the reference implementation does), and an
-/// open speech region is closed at the end of the audio.
+/// during which it was decided, `speech_start` / `speech_end` events
+/// ([`remotemedia_audio::VadEvent`] as JSON, stamped with the event's own stream time) follow on
+/// the same port. Audio is cut into windows regardless of how it was framed, so results do not
+/// depend on the frame size. At a flush the final partial window is zero-padded and scored (as
+/// the reference implementation does), and an open speech region is closed at the end of the
+/// audio.
 pub struct SileroVADNode {
     engine: Option<Box<Engine>>,
-    tracker: VadTracker,
+    events: VadEvents,
     sample_rate: u32,
-    emit_probability: bool,
-    /// Stream time of the first sample seen since the start or the last cancel.
-    origin: Option<Duration>,
-    /// Samples since `origin` already scored.
-    consumed: u64,
 }
 
 /// What inference needs, boxed so it can move to a blocking thread and back cheaply.
@@ -292,46 +281,22 @@ impl Engine {
 }
 
 impl SileroVADNode {
-    fn fatal(e: impl std::fmt::Display) -> NodeError {
-        NodeError::fatal(format!("{}: {e}", Self::NAME))
-    }
-
-    fn time_of(&self, samples: u64) -> Duration {
-        let nanos = u128::from(samples) * 1_000_000_000 / u128::from(self.sample_rate);
-        self.origin.unwrap_or_default() + Duration::from_nanos(nanos as u64)
-    }
-
-    /// Runs `job` on the engine without stalling the async reactor: in place on a multi-thread
-    /// runtime (cheaper than a hand-off for sub-millisecond work), on the blocking pool on a
-    /// current-thread runtime, and directly when there is no runtime at all.
+    /// Runs `job` on the engine without stalling the async reactor.
     async fn with_engine<R: Send + 'static>(
         &mut self,
         job: impl FnOnce(&mut Engine) -> Result<R, ModelError> + Send + 'static,
     ) -> Result<R, NodeError> {
-        use tokio::runtime::{Handle, RuntimeFlavor};
-        let flavor = Handle::try_current().map(|h| h.runtime_flavor());
-        let Some(engine) = self.engine.as_mut() else {
-            return Err(Self::fatal("state lost after an earlier failure"));
+        let Some(mut engine) = self.engine.take() else {
+            return Err(fatal(Self::NAME, "state lost after an earlier failure"));
         };
-        match flavor {
-            Ok(RuntimeFlavor::MultiThread) => {
-                tokio::task::block_in_place(|| job(engine)).map_err(Self::fatal)
-            }
-            Err(_) => job(engine).map_err(Self::fatal),
-            Ok(_) => {
-                let Some(mut engine) = self.engine.take() else {
-                    return Err(Self::fatal("state lost after an earlier failure"));
-                };
-                let (engine, result) = tokio::task::spawn_blocking(move || {
-                    let r = job(&mut engine);
-                    (engine, r)
-                })
-                .await
-                .map_err(|e| Self::fatal(format!("inference task failed: {e}")))?;
-                self.engine = Some(engine);
-                result.map_err(Self::fatal)
-            }
-        }
+        let (engine, result) = off_reactor(move || {
+            let r = job(&mut engine);
+            (engine, r)
+        })
+        .await
+        .map_err(|e| fatal(Self::NAME, e))?;
+        self.engine = Some(engine);
+        result.map_err(|e| fatal(Self::NAME, e))
     }
 
     /// Turns the probabilities of the windows just scored into events; `last_len` is the number
@@ -347,19 +312,7 @@ impl SileroVADNode {
                 Some(l) if i + 1 == n => l as u64,
                 _ => w,
             };
-            let start = self.time_of(self.consumed);
-            let end = self.time_of(self.consumed + len);
-            self.consumed += len;
-            if self.emit_probability {
-                let ev = VadEvent::Probability {
-                    time: start.as_secs_f64(),
-                    probability: p,
-                };
-                out.push_at(ev.to_data(), start);
-            }
-            if let Some(ev) = self.tracker.frame(start, end, p) {
-                out.push_at(ev.to_data(), ev.time());
-            }
+            self.events.frame(len, p, out);
         }
     }
 }
@@ -372,11 +325,8 @@ impl Node for SileroVADNode {
         input: &Packet,
         out: &mut Outputs,
     ) -> Result<(), NodeError> {
-        let Some(frame) = input.data.as_audio() else {
-            return Err(NodeError::unsupported(Self::NAME, &input.data));
-        };
-        crate::expect_mono(Self::NAME, self.sample_rate, frame)?;
-        self.origin.get_or_insert(input.timestamp);
+        let frame = mono_input(Self::NAME, self.sample_rate, input)?;
+        self.events.start(input.timestamp, self.sample_rate);
         out.push(input.data.clone());
         // A frame that completes no window is only buffered: no need to leave the reactor.
         if let Some(e) = self.engine.as_mut()
@@ -394,9 +344,7 @@ impl Node for SileroVADNode {
     async fn flush(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
         let real = self.with_engine(Engine::finish).await?;
         self.emit(out, Some(real));
-        if let Some(ev) = self.tracker.finish() {
-            out.push_at(ev.to_data(), ev.time());
-        }
+        self.events.finish(out);
         Ok(())
     }
 
@@ -407,9 +355,7 @@ impl Node for SileroVADNode {
                 engine.pending.clear();
                 engine.probs.clear();
             }
-            self.tracker.reset();
-            self.origin = None;
-            self.consumed = 0;
+            self.events.reset();
         }
         Ok(())
     }
@@ -421,42 +367,25 @@ impl NodeType for SileroVADNode {
     const DESCRIPTION: &'static str = "Detects speech with the Silero VAD model; passes audio through and adds speech start/end events";
 
     fn ports() -> Ports {
-        Ports::one_to_one(&[MediaType::Audio], &[MediaType::Audio, MediaType::Json])
+        vad_ports()
     }
 
     fn new(p: SileroVadParams, _: &NodeContext) -> Result<Self, NodeError> {
         if window_size(p.sample_rate).is_none() {
-            return Err(Self::fatal(format!(
-                "sample_rate must be 16000 or 8000, not {}",
-                p.sample_rate
-            )));
-        }
-        if !(0.0..=1.0).contains(&p.threshold) {
-            return Err(Self::fatal(format!(
-                "threshold must be between 0 and 1, not {}",
-                p.threshold
-            )));
-        }
-        if !(1..=16).contains(&p.threads) {
-            return Err(Self::fatal(format!(
-                "threads must be between 1 and 16, not {}",
-                p.threads
-            )));
+            return Err(fatal(
+                Self::NAME,
+                format!("sample_rate must be 16000 or 8000, not {}", p.sample_rate),
+            ));
         }
         let neg = p
             .neg_threshold
             .unwrap_or_else(|| (p.threshold - 0.15).max(0.01));
-        let timing = VadTiming {
-            min_speech_ms: p.min_speech_ms,
-            min_silence_ms: p.min_silence_ms,
-            speech_pad_ms: p.speech_pad_ms,
-        };
         let model = p
             .model
             .unwrap_or_else(|| SileroVad::default_model(p.sample_rate));
         let device = p.device.unwrap_or_else(crate::device::default_device);
-        let vad =
-            SileroVad::on_device(&model, p.sample_rate, p.threads, device).map_err(Self::fatal)?;
+        let vad = SileroVad::on_device(&model, p.sample_rate, p.threads, device)
+            .map_err(|e| NodeError::from_error(Self::NAME, &e))?;
         let window = vad.window();
         Ok(Self {
             engine: Some(Box::new(Engine {
@@ -464,11 +393,11 @@ impl NodeType for SileroVADNode {
                 pending: Vec::with_capacity(window),
                 probs: Vec::new(),
             })),
-            tracker: VadTracker::new(p.threshold, neg, &timing),
+            events: VadEvents::new(
+                VadTracker::new(p.threshold, neg, &p.timing),
+                p.emit_probability,
+            ),
             sample_rate: p.sample_rate,
-            emit_probability: p.emit_probability,
-            origin: None,
-            consumed: 0,
         })
     }
 }

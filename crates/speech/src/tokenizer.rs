@@ -23,6 +23,7 @@ const FIRST_BYTE_ID: usize = SPECIAL.len();
 
 /// Why a `tokenizer.bin` could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TokenizerError {
     #[error("entry {entry} runs past the end of the file")]
     Truncated { entry: usize },

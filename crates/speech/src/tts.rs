@@ -1,5 +1,5 @@
-//! Text preparation shared by the speech synthesis nodes: sentence splitting, and which
-//! characters a voice can read at all.
+//! What the speech synthesis nodes share: sentence splitting, which characters a voice can read
+//! at all, and the way from one input packet to its audio outputs ([`speak_input`]).
 //!
 //! Sentences are split here rather than by espeak-ng, so each one can be synthesised and sent as
 //! soon as it is ready and its exact text is known for reports. Characters a voice cannot read
@@ -8,8 +8,10 @@
 //! reported; an input left with nothing to say is an error (see the nodes for how it surfaces).
 
 use std::fmt;
+use std::sync::Arc;
 
-use remotemedia_core::NodeError;
+use remotemedia_audio::frame::{Clock, fatal};
+use remotemedia_core::{NodeError, Outputs, Packet, RuntimeData};
 
 /// A sentence longer than this (in characters) is cut at clause boundaries: the first audio is
 /// sooner and no single model run grows without bound. Piper handles this length well.
@@ -316,6 +318,23 @@ impl Cleaned {
     }
 }
 
+/// `sentence` without what a voice reading `scripts` cannot read (reported in `unspoken`), or
+/// `None` when nothing speakable is left.
+pub fn speakable(
+    sentence: &str,
+    scripts: Option<&[Script]>,
+    unspoken: &mut Vec<Unspoken>,
+) -> Option<String> {
+    let cleaned = clean(sentence, scripts);
+    if !cleaned.removed.is_empty() {
+        unspoken.push(Unspoken {
+            text: cleaned.removed.join(" "),
+            reason: UNSUPPORTED_SCRIPT,
+        });
+    }
+    cleaned.speakable().then_some(cleaned.text)
+}
+
 /// Removes letters of scripts the voice does not read (each run replaced by one space) and
 /// emoji; `scripts` of `None` keeps every letter.
 pub fn clean(text: &str, scripts: Option<&[Script]>) -> Cleaned {
@@ -387,6 +406,7 @@ impl fmt::Display for Unspoken {
 
 /// Why text could not be turned into speech.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TtsError {
     #[error(transparent)]
     Model(#[from] crate::models::ModelError),
@@ -409,6 +429,64 @@ pub fn nothing_to_say(node: &str, text: &str, unspoken: &[Unspoken]) -> NodeErro
 pub const UNSUPPORTED_SCRIPT: &str = "a script or symbols this voice cannot read";
 /// Reason for a sentence that espeak-ng turned into nothing the voice knows.
 pub const NO_PHONEMES: &str = "no phonemes this voice knows";
+
+/// What a voice made of one input.
+pub struct Spoken {
+    /// Mono audio, one output each, in order.
+    pub audio: Vec<Vec<f32>>,
+    /// Rate of `audio` (not read when there is none).
+    pub sample_rate: u32,
+    /// What will not be spoken, and why.
+    pub unspoken: Vec<Unspoken>,
+}
+
+/// One input of a TTS node, the same for every voice: blank input is skipped; `speak` runs off
+/// the reactor; what it could not read is logged; input with nothing speakable is rejected
+/// ([`nothing_to_say`]); each audio piece goes out stamped after the audio before it, with
+/// `silence` samples after each piece but the last.
+pub async fn speak_input(
+    node: &str,
+    input: &Packet,
+    out: &mut Outputs,
+    silence: usize,
+    speak: impl FnOnce(&str) -> Result<Spoken, TtsError> + Send + 'static,
+) -> Result<(), NodeError> {
+    let Some(frame) = input.data.as_text() else {
+        return Err(NodeError::unsupported(node, &input.data));
+    };
+    if is_blank(&frame.text) {
+        return Ok(());
+    }
+    let text = Arc::clone(&frame.text);
+    let spoken = off_reactor(move || speak(&text))
+        .await
+        .map_err(|e| fatal(node, e))?
+        .map_err(|e| fatal(node, e))?;
+    for u in &spoken.unspoken {
+        tracing::warn!(node, "not spoken: {u}");
+    }
+    if spoken.audio.is_empty() {
+        if spoken.unspoken.is_empty() {
+            return Ok(());
+        }
+        return Err(nothing_to_say(node, &frame.text, &spoken.unspoken));
+    }
+    let clock = Clock::new(input.timestamp, spoken.sample_rate);
+    let n = spoken.audio.len();
+    let mut emitted = 0u64;
+    for (i, mut samples) in spoken.audio.into_iter().enumerate() {
+        if i + 1 < n {
+            samples.resize(samples.len() + silence, 0.0);
+        }
+        if samples.is_empty() {
+            continue;
+        }
+        let at = clock.time(emitted);
+        emitted += samples.len() as u64;
+        out.push_at(RuntimeData::audio(samples, spoken.sample_rate, 1), at);
+    }
+    Ok(())
+}
 
 /// Runs `job` where blocking is allowed: in place on a multi-thread runtime (the worker hands
 /// its other tasks to a new thread), on the blocking pool on a current-thread runtime (which

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use remotemedia_core::{NodeRegistry, RuntimeData, native_runtime};
+use remotemedia_core::{RuntimeBuilder, RuntimeData};
 use remotemedia_speech::SileroVad;
 use remotemedia_speech::models::{self, model_key};
 
@@ -17,9 +17,12 @@ async fn fifty_concurrent_sessions_load_silero_once() {
     if let Err(e) = models::require_file(&model) {
         panic!("{e}");
     }
-    let mut registry = NodeRegistry::with_builtins();
-    remotemedia_speech::register(&mut registry);
-    let runtime = Arc::new(native_runtime(registry));
+    let runtime = Arc::new(
+        RuntimeBuilder::new()
+            .nodes(remotemedia_speech::register)
+            .build()
+            .unwrap(),
+    );
     let pipeline = runtime
         .load(
             "version: v1\nnodes:\n  - {id: vad, type: SileroVAD, params: {threads: 1}}\n",

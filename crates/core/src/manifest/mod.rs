@@ -94,6 +94,49 @@ impl fmt::Display for RuntimeHint {
     }
 }
 
+/// The kinds of executor. More will come (a remote executor), hence non-exhaustive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ExecutorKind {
+    /// In this process.
+    Native,
+    /// In a Python worker process.
+    Python,
+}
+
+impl fmt::Display for ExecutorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExecutorKind::Native => "native",
+            ExecutorKind::Python => "python",
+        })
+    }
+}
+
+/// "Node types matching `pattern` prefer `executor`": data, so that the runtime's defaults,
+/// the server's configuration and a manifest all say it the same way.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorRule {
+    /// A regular expression matched against the node type.
+    pub pattern: String,
+    pub executor: ExecutorKind,
+    /// Among matching rules the highest wins.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+impl ExecutorRule {
+    pub fn new(pattern: &str, executor: ExecutorKind, priority: i32) -> Self {
+        Self {
+            pattern: pattern.to_string(),
+            executor,
+            priority,
+        }
+    }
+}
+
 /// An edge `from: node[.port]` → `to: node[.port]`. The port may be left out when the node has
 /// only one port on that side.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -151,6 +194,10 @@ pub struct PipelineConfig {
     pub retry: RetryConfig,
     pub circuit_breaker: CircuitBreakerConfig,
     pub edges: EdgeConfig,
+    /// Where this pipeline's node types prefer to run, before the runtime's own rules
+    /// (a `runtime_hint` on a node still wins).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub executor_rules: Vec<ExecutorRule>,
 }
 
 impl Default for PipelineConfig {
@@ -160,6 +207,7 @@ impl Default for PipelineConfig {
             retry: RetryConfig::default(),
             circuit_breaker: CircuitBreakerConfig::default(),
             edges: EdgeConfig::default(),
+            executor_rules: Vec::new(),
         }
     }
 }

@@ -3,7 +3,9 @@
 
 use async_trait::async_trait;
 use remotemedia_core::node::{NodeType, Ports};
-use remotemedia_core::{MediaType, Node, NodeContext, NodeError, NodeRegistry, Outputs, Packet};
+use remotemedia_core::{
+    MediaType, Node, NodeContext, NodeError, NodeRegistry, Outputs, Packet, RuntimeBuilder,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -71,9 +73,12 @@ impl NodeType for TestTwoOutputs {
     }
 }
 
-/// Built-ins plus the test types.
-pub fn registry() -> NodeRegistry {
-    let mut r = NodeRegistry::with_builtins();
+/// The test types, as a node family.
+pub fn test_nodes(r: &mut NodeRegistry) {
     r.register::<TestAudioOnly>().register::<TestTwoOutputs>();
-    r
+}
+
+/// Built-ins plus the test types.
+pub fn builder() -> RuntimeBuilder {
+    RuntimeBuilder::new().nodes(test_nodes)
 }

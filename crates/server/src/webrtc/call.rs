@@ -17,7 +17,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
 use super::opus::Encoder;
-use crate::service::Shared;
+use crate::shared::Shared;
 
 /// WebRTC audio runs at 48 kHz; the call speaks mono.
 const RATE: u32 = 48_000;
@@ -148,7 +148,7 @@ impl Call {
                     }
                 }
                 _ = tokio::time::sleep_until(connect_by), if !connected => break "connect timeout",
-                _ = sleep_until_opt(deadline) => break "duration limit",
+                _ = remotemedia_core::rt::sleep_until(deadline) => break "duration limit",
             }
             // Whichever branch woke the loop, reply audio that is due goes out now.
             self.send_reply_frames();
@@ -399,12 +399,5 @@ async fn read_socket(
         if tx.send((buf[..n].to_vec(), from, local)).await.is_err() {
             break;
         }
-    }
-}
-
-async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }

@@ -18,9 +18,8 @@
 mod call;
 mod opus;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -31,27 +30,9 @@ use str0m::change::SdpOffer;
 use str0m::{Candidate, RtcConfig};
 use tokio::sync::watch;
 
+use crate::admission::{Reason, Refusal};
 use crate::auth::Auth;
-use crate::service::Shared;
-
-/// Calls in progress, by id: each one's hang-up switch.
-#[derive(Default)]
-pub struct Calls {
-    live: Mutex<HashMap<String, watch::Sender<bool>>>,
-    next: AtomicU64,
-    pub active: AtomicU64,
-    /// Calls that ended, by reason.
-    pub ended: Mutex<BTreeMap<&'static str, u64>>,
-    /// Offers and hang-ups refused, by HTTP status.
-    pub refused: Mutex<BTreeMap<u16, u64>>,
-}
-
-impl Calls {
-    fn end(&self, id: &str) -> bool {
-        let tx = self.live.lock().ok().and_then(|mut m| m.remove(id));
-        tx.map(|tx| tx.send_replace(true)).is_some()
-    }
-}
+use crate::shared::Shared;
 
 #[derive(Clone)]
 pub struct Endpoint {
@@ -74,6 +55,18 @@ fn refuse(shared: &Shared, status: StatusCode, message: String) -> Response {
     }
     tracing::info!(status = status.as_u16(), message, "WebRTC call refused");
     (status, format!("{message}\n")).into_response()
+}
+
+/// An admission refusal, as the HTTP status a WHIP client expects.
+fn refuse_for(shared: &Shared, r: Refusal) -> Response {
+    let status = match r.reason {
+        Reason::NotFound => StatusCode::NOT_FOUND,
+        Reason::PermissionDenied => StatusCode::FORBIDDEN,
+        Reason::InvalidArgument | Reason::FailedPrecondition => StatusCode::BAD_REQUEST,
+        Reason::ResourceExhausted | Reason::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    refuse(shared, status, r.message)
 }
 
 impl Endpoint {
@@ -118,16 +111,9 @@ async fn offer(
             "the server is shutting down".into(),
         );
     }
-    let Some(pipeline) = shared.pipelines.get(&name).cloned() else {
-        let known: Vec<&str> = shared.pipelines.keys().map(String::as_str).collect();
-        return refuse(
-            shared,
-            StatusCode::NOT_FOUND,
-            format!(
-                "no pipeline named `{name}`; this server has: {}",
-                known.join(", ")
-            ),
-        );
+    let pipeline = match shared.admission.pipeline(&name) {
+        Ok(p) => p,
+        Err(r) => return refuse_for(shared, r),
     };
     let sdp = match std::str::from_utf8(&body) {
         Ok(s) => s,
@@ -158,15 +144,9 @@ async fn offer(
                 .into(),
         );
     }
-    let permit = match shared.slot() {
+    let permit = match shared.admission.slot() {
         Ok(p) => p,
-        Err(status) => {
-            return refuse(
-                shared,
-                StatusCode::SERVICE_UNAVAILABLE,
-                status.message().to_string(),
-            );
-        }
+        Err(r) => return refuse_for(shared, r),
     };
     match answer(shared, &pipeline, offer, permit).await {
         Ok((id, answer)) => {

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use remotemedia_core::{
-    ExecutorRegistry, MediaType, Node, NodeContext, NodeError, NodeRegistry, NodeType, Outputs,
-    Packet, Ports, Runtime,
+    MediaType, Node, NodeContext, NodeError, NodeType, Outputs, Packet, Ports, Runtime,
 };
 use remotemedia_server::proto::{self, pipeline_service_client::PipelineServiceClient};
 use remotemedia_server::{RunningServer, ServerConfig};
@@ -69,18 +68,21 @@ impl NodeType for Picky {
 
 pub const PICKY: &str = "version: v1\nnodes:\n  - {id: picky, type: Picky}\n";
 
+/// The runtime a user gets, plus the test's own node type.
 pub fn runtime() -> Runtime {
-    let mut nodes = NodeRegistry::with_builtins();
-    nodes.register::<Picky>();
-    remotemedia_audio::register(&mut nodes);
-    let mut executors = ExecutorRegistry::new();
-    executors.add_executor(Arc::new(nodes));
-    remotemedia_python::register(&mut executors);
-    Runtime::new(executors)
+    remotemedia_runtime::builder()
+        .node::<Picky>()
+        .build()
+        .unwrap()
 }
 
 /// Loopback ports chosen by the OS, the three light pipelines, and `tweak` applied last.
 pub async fn serve(tweak: impl FnOnce(&mut ServerConfig)) -> RunningServer {
+    serve_with(runtime(), tweak).await
+}
+
+/// [`serve`] with another runtime.
+pub async fn serve_with(runtime: Runtime, tweak: impl FnOnce(&mut ServerConfig)) -> RunningServer {
     let mut config = ServerConfig::default();
     config.grpc.listen = ([127, 0, 0, 1], 0).into();
     config.http.listen = ([127, 0, 0, 1], 0).into();
@@ -93,7 +95,7 @@ pub async fn serve(tweak: impl FnOnce(&mut ServerConfig)) -> RunningServer {
         config.manifests.insert(name.into(), text.into());
     }
     tweak(&mut config);
-    remotemedia_server::start(config, Arc::new(runtime()))
+    remotemedia_server::start(config, Arc::new(runtime))
         .await
         .expect("server starts")
 }

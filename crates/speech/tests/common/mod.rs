@@ -9,14 +9,15 @@
 
 use std::time::Duration;
 
-use remotemedia_core::{NodeRegistry, Packet, Runtime, RuntimeData, native_runtime};
+use remotemedia_core::{Packet, Runtime, RuntimeBuilder, RuntimeData};
 
 /// A runtime with every node type of the audio and speech crates.
 pub fn runtime() -> Runtime {
-    let mut registry = NodeRegistry::with_builtins();
-    remotemedia_audio::register(&mut registry);
-    remotemedia_speech::register(&mut registry);
-    native_runtime(registry)
+    RuntimeBuilder::new()
+        .nodes(remotemedia_audio::register)
+        .nodes(remotemedia_speech::register)
+        .build()
+        .unwrap()
 }
 
 /// Runs `examples/<name>` over interleaved `samples` in 20 ms frames, as a live source would

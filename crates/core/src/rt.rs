@@ -1,0 +1,26 @@
+//! Small helpers for code on the async reactor: running blocking work, and sleeping until a
+//! deadline that may not exist.
+
+use tokio::time::Instant;
+
+/// Runs `job` on the blocking pool when there is a runtime (the caller may be dropped meanwhile:
+/// the job still completes), directly outside any runtime. A panic comes back as its message.
+pub async fn off_reactor<R: Send + 'static>(
+    job: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, String> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => rt
+            .spawn_blocking(job)
+            .await
+            .map_err(|e| format!("blocking task failed: {e}")),
+        Err(_) => Ok(job()),
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none (for a `select!` arm that is off).
+pub async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

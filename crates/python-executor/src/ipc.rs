@@ -1,0 +1,214 @@
+//! One worker's shared-memory link: a publish-subscribe service each way for frames, and an
+//! event service each way to wake the reader. The runtime creates all four; the worker opens
+//! them. Waiting is on the event listener's socket through tokio, so an idle link costs nothing.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use iceoryx2::port::listener::Listener;
+use iceoryx2::port::notifier::Notifier;
+use iceoryx2::port::publisher::Publisher;
+use iceoryx2::port::subscriber::Subscriber;
+use iceoryx2::prelude::*;
+use tokio::io::unix::AsyncFd;
+
+use crate::frame::{self, Encoded, Frame, FrameError};
+
+type Svc = ipc_threadsafe::Service;
+
+/// Frames the worker may hold unread; the in-flight window stays well below it.
+const TO_WORKER_BUFFER: usize = 64;
+/// Frames from the worker the runtime may hold unread: outputs are not windowed, so this is
+/// generous; a worker that fills it waits (back-pressure), it never overwrites.
+const FROM_WORKER_BUFFER: usize = 1024;
+/// Input frames a Python node may keep as zero-copy views at once; beyond this the worker
+/// copies (see `remotemedia/worker.py`).
+pub const WORKER_BORROWED: usize = 48;
+const INITIAL_SLICE: usize = 64 * 1024;
+
+/// Why the link failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IpcError {
+    #[error("shared memory: {0}")]
+    Iceoryx(String),
+    #[error("frame of {len} bytes is over the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    #[error("the worker is not connected")]
+    NotConnected,
+    #[error("malformed frame from the worker: {0}")]
+    Malformed(#[from] FrameError),
+    #[error("waiting for the worker: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn ice(e: impl std::fmt::Debug) -> IpcError {
+    IpcError::Iceoryx(format!("{e:?}"))
+}
+
+/// The names of one worker's services, derived from session, node and a unique instance.
+#[derive(Clone, Debug)]
+pub struct ServiceNames {
+    pub prefix: String,
+}
+
+impl ServiceNames {
+    pub fn to_worker(&self) -> String {
+        format!("{}/in", self.prefix)
+    }
+
+    pub fn from_worker(&self) -> String {
+        format!("{}/out", self.prefix)
+    }
+}
+
+struct Fd(RawFd);
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// The runtime's end of the link. Field order is drop order: the readiness registration goes
+/// before the listener that owns the socket, the ports before their node.
+pub struct Link {
+    readiness: AsyncFd<Fd>,
+    listener: Listener<Svc>,
+    notifier: Notifier<Svc>,
+    subscriber: Subscriber<Svc, [u8], ()>,
+    publisher: Publisher<Svc, [u8], ()>,
+    node: iceoryx2::node::Node<Svc>,
+    max_frame: usize,
+}
+
+fn service_name(s: &str) -> Result<ServiceName, IpcError> {
+    ServiceName::new(s).map_err(ice)
+}
+
+impl Link {
+    /// Creates the services and the runtime's ports. Must run inside a tokio runtime with IO.
+    pub fn create(names: &ServiceNames, max_frame: usize) -> Result<Self, IpcError> {
+        static QUIET: std::sync::Once = std::sync::Once::new();
+        // iceoryx2 logs to stdout by itself; only its errors matter here (IOX2_LOG_LEVEL wins).
+        QUIET.call_once(|| set_log_level_from_env_or(LogLevel::Error));
+        let node = NodeBuilder::new()
+            // The host process owns SIGINT/SIGTERM.
+            .signal_handling_mode(SignalHandlingMode::Disabled)
+            .create::<Svc>()
+            .map_err(ice)?;
+        let align = Alignment::new(8).ok_or_else(|| ice("alignment"))?;
+        let pubsub = |name: &str, buffer: usize, borrowed: usize| {
+            node.service_builder(&service_name(name)?)
+                .publish_subscribe::<[u8]>()
+                .payload_alignment(align)
+                .enable_safe_overflow(false)
+                .subscriber_max_buffer_size(buffer)
+                .subscriber_max_borrowed_samples(borrowed)
+                .history_size(0)
+                .max_publishers(1)
+                .max_subscribers(1)
+                .max_nodes(2)
+                .create()
+                .map_err(ice)
+        };
+        let event = |name: &str| {
+            node.service_builder(&service_name(name)?)
+                .event()
+                .max_notifiers(1)
+                .max_listeners(1)
+                .max_nodes(2)
+                .create()
+                .map_err(ice)
+        };
+        let to_worker = pubsub(&names.to_worker(), TO_WORKER_BUFFER, WORKER_BORROWED)?;
+        let from_worker = pubsub(&names.from_worker(), FROM_WORKER_BUFFER, 2)?;
+        let publisher = to_worker
+            .publisher_builder()
+            .initial_max_slice_len(INITIAL_SLICE)
+            .allocation_strategy(AllocationStrategy::PowerOfTwo)
+            .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
+            .create()
+            .map_err(ice)?;
+        let subscriber = from_worker.subscriber_builder().create().map_err(ice)?;
+        let notifier = event(&names.to_worker())?
+            .notifier_builder()
+            .create()
+            .map_err(ice)?;
+        let listener = event(&names.from_worker())?
+            .listener_builder()
+            .create()
+            .map_err(ice)?;
+        // SAFETY: the descriptor belongs to `listener`, which outlives `readiness` (field order)
+        // and never replaces or closes it meanwhile.
+        let readiness = unsafe {
+            let fd = listener.file_descriptor().native_handle();
+            AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE)
+                .map_err(|e| IpcError::Io(e.into()))?
+        };
+        Ok(Self {
+            readiness,
+            listener,
+            notifier,
+            subscriber,
+            publisher,
+            node,
+            max_frame,
+        })
+    }
+
+    /// Writes a frame into shared memory and wakes the worker.
+    pub fn send(&self, frame: &Frame) -> Result<(), IpcError> {
+        let enc = Encoded::new(frame);
+        if enc.len() > self.max_frame {
+            return Err(IpcError::TooLarge {
+                len: enc.len(),
+                max: self.max_frame,
+            });
+        }
+        let mut sample = self.publisher.loan_slice_uninit(enc.len()).map_err(ice)?;
+        enc.write(sample.payload_mut());
+        // SAFETY: `write` initialised every byte of the slice.
+        let delivered = unsafe { sample.assume_init() }.send().map_err(ice)?;
+        if delivered == 0 {
+            return Err(IpcError::NotConnected);
+        }
+        self.notifier.notify().map_err(ice)?;
+        Ok(())
+    }
+
+    /// The next frame already in shared memory, if any.
+    pub fn try_recv(&self) -> Result<Option<Frame>, IpcError> {
+        match self.subscriber.receive().map_err(ice)? {
+            Some(sample) => Ok(Some(frame::decode(sample.payload())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Waits until the worker has notified since the last call (no polling).
+    pub async fn wait(&self) -> Result<(), IpcError> {
+        let mut guard = self.readiness.readable().await?;
+        guard.clear_ready();
+        // Consume the wake-ups; the frames themselves are read with `try_recv`.
+        self.listener.try_wait(|_| {}).map_err(ice)?;
+        Ok(())
+    }
+
+    /// The next frame, waiting for one.
+    pub async fn recv(&self) -> Result<Frame, IpcError> {
+        loop {
+            if let Some(f) = self.try_recv()? {
+                return Ok(f);
+            }
+            self.wait().await?;
+        }
+    }
+
+    /// Removes what dead processes (a killed worker) left of their iceoryx2 resources. When
+    /// another session is cleaning the same dead node, waits briefly for it rather than skip.
+    pub fn cleanup_dead(&self) {
+        let state = self
+            .node
+            .blocking_cleanup_dead_nodes(std::time::Duration::from_millis(100));
+        tracing::debug!(?state, "iceoryx2 dead-node cleanup");
+    }
+}

@@ -1,0 +1,164 @@
+//! Neural text to speech with Piper voices (VITS models exported to ONNX) on ONNX Runtime.
+//!
+//! A Piper voice is an `.onnx` model plus an `.onnx.json` config beside it that holds the sample
+//! rate, the default inference scales, the espeak-ng voice and the map from phoneme characters to
+//! model input ids. Text goes: sentences ([`crate::tts::split_sentences`]) → characters the voice
+//! cannot read removed ([`crate::tts::clean`]) → IPA phonemes from espeak-ng, clause by clause,
+//! with each clause's punctuation put back → ids (`^`, then each phoneme followed by the pad `_`,
+//! then `$`, phonemes split into Unicode code points with accents decomposed, as the voices were
+//! trained) → one model run per sentence → f32 audio.
+//!
+//! The model is cut in two at its vocoder when loaded ([`crate::onnx_graph`]; the halves are
+//! cached in `~/.cache/remotemedia/piper`): the encoder turns a sentence into latent
+//! frames, and the vocoder, being convolutional, decodes any run of them with some context on
+//! each side exactly as it decodes the whole. [`PiperVoice::synthesize_streaming`] uses that to
+//! hand out the first 0.19 s of a sentence before the rest is decoded.
+//!
+//! This file is the node; beside it are the voice's config and phoneme-id map (`config`), the
+//! espeak-ng glue (`phonemes`), the loaded model and its runs (`voice`) and the cut (`split`).
+
+mod config;
+mod phonemes;
+mod split;
+mod voice;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use remotemedia_audio::frame::fatal;
+use remotemedia_core::node::{NodeType, Ports};
+use remotemedia_core::{MediaType, Node, NodeContext, NodeError, Outputs, Packet};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::tts::{self, Spoken, TtsError};
+
+pub use config::{VoiceConfig, config_path};
+pub use phonemes::{Prepared, PreparedSentence};
+pub use voice::{PiperVoice, Scales};
+
+/// Settings of [`PiperTTSNode`].
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PiperTtsParams {
+    /// Voice model (`.onnx`, with its `.onnx.json` beside it); default
+    /// `piper-joe/en_US-joe-medium.onnx` in the models directory.
+    pub voice: Option<PathBuf>,
+    /// Speaking rate relative to the voice's own: 1.0 as trained, 1.25 a quarter faster. Piper's
+    /// `length_scale` becomes the config's `length_scale / speed`.
+    #[schemars(range(min = 0.25, max = 4.0))]
+    pub speed: f32,
+    /// Variation in the voice (Piper's `noise_scale`); default from the voice config.
+    #[schemars(range(min = 0.0, max = 2.0))]
+    pub noise_scale: Option<f32>,
+    /// Variation in phoneme durations (Piper's `noise_w`); default from the voice config.
+    #[schemars(range(min = 0.0, max = 2.0))]
+    pub noise_w: Option<f32>,
+    /// ONNX Runtime intra-op threads for the shared model: 2 halves the time to first audio of a
+    /// single stream on two cores; 1 suits many concurrent streams.
+    #[schemars(range(min = 1, max = 16))]
+    pub threads: usize,
+    /// Silence after each sentence but the last of an input.
+    #[schemars(range(max = 5_000))]
+    pub sentence_silence_ms: u32,
+}
+
+impl Default for PiperTtsParams {
+    fn default() -> Self {
+        Self {
+            voice: None,
+            speed: 1.0,
+            noise_scale: None,
+            noise_w: None,
+            threads: 2,
+            sentence_silence_ms: 200,
+        }
+    }
+}
+
+/// Speaks text with a Piper voice: one mono audio output per sentence, at the voice's rate
+/// (22 050 Hz for the default voice), each stamped with the input's timestamp plus the audio
+/// already emitted for that input.
+///
+/// Streaming: the router forwards a node's outputs when `process` returns (so that a retried
+/// call never sends partial output), so all sentences of one input leave together. An upstream
+/// that sends one sentence per packet (as a language model streaming its reply should) gets its
+/// first audio after one sentence; the sentence outputs stay separate so that a later router that
+/// forwards as outputs are pushed needs no change here.
+///
+/// Empty input, or input of only whitespace and punctuation, is skipped: no output, no error.
+/// Characters the voice cannot read (another script, emoji) are removed and logged; when nothing
+/// speakable is left, `process` rejects the input with an error naming the text: reported on the
+/// session's output at once, never retried nor counted by the circuit breaker, and the session
+/// goes on (fatal would end a whole conversation over one unreadable reply).
+pub struct PiperTTSNode {
+    engine: Arc<Engine>,
+    /// Samples of silence after each sentence but the last.
+    silence: usize,
+}
+
+struct Engine {
+    voice: PiperVoice,
+    scales: Scales,
+}
+
+impl Engine {
+    /// One model run per sentence.
+    fn speak(&self, text: &str) -> Result<Spoken, TtsError> {
+        let prepared = self.voice.prepare(text)?;
+        let audio = prepared
+            .sentences
+            .iter()
+            .map(|s| self.voice.synthesize(&s.ids, self.scales))
+            .collect::<Result<_, _>>()?;
+        Ok(Spoken {
+            audio,
+            sample_rate: self.voice.config().sample_rate,
+            unspoken: prepared.unspoken,
+        })
+    }
+}
+
+#[async_trait]
+impl Node for PiperTTSNode {
+    async fn process(
+        &mut self,
+        _: usize,
+        input: &Packet,
+        out: &mut Outputs,
+    ) -> Result<(), NodeError> {
+        let engine = Arc::clone(&self.engine);
+        tts::speak_input(Self::NAME, input, out, self.silence, move |text| {
+            engine.speak(text)
+        })
+        .await
+    }
+}
+
+impl NodeType for PiperTTSNode {
+    type Params = PiperTtsParams;
+    const NAME: &'static str = "PiperTTS";
+    const DESCRIPTION: &'static str =
+        "Speaks text with a Piper neural voice (22.05 kHz mono), one audio output per sentence";
+
+    fn ports() -> Ports {
+        Ports::one_to_one(&[MediaType::Text], &[MediaType::Audio])
+    }
+
+    fn new(p: PiperTtsParams, _: &NodeContext) -> Result<Self, NodeError> {
+        let model = p.voice.unwrap_or_else(PiperVoice::default_model);
+        let voice = PiperVoice::load(&model, p.threads).map_err(|e| fatal(Self::NAME, e))?;
+        let defaults = voice.default_scales();
+        let scales = Scales {
+            noise_scale: p.noise_scale.unwrap_or(defaults.noise_scale),
+            length_scale: defaults.length_scale / p.speed,
+            noise_w: p.noise_w.unwrap_or(defaults.noise_w),
+        };
+        let rate = voice.config().sample_rate;
+        Ok(Self {
+            engine: Arc::new(Engine { voice, scales }),
+            silence: (u64::from(rate) * u64::from(p.sentence_silence_ms) / 1000) as usize,
+        })
+    }
+}
