@@ -26,6 +26,7 @@ pub mod registry;
 pub mod retry;
 pub mod rt;
 pub mod runtime;
+pub mod scheduler;
 pub mod session;
 pub mod testing;
 

@@ -345,6 +345,9 @@ pub struct ProcessSnapshot {
     /// hits, waits, evictions, instances and memory, per model and in total. Pools are per
     /// process, so every runtime's snapshot shows the same ones.
     pub pools: BTreeMap<String, crate::pool::PoolSnapshot>,
+    /// Shared models' schedulers by model name: queue depth, queue wait, batch sizes, busy
+    /// fraction, refusals.
+    pub schedulers: BTreeMap<String, crate::scheduler::SchedulerSnapshot>,
 }
 
 impl ProcessMetrics {
@@ -427,6 +430,7 @@ impl ProcessMetrics {
                 .collect(),
             sessions,
             pools: crate::pool::exported_snapshots(),
+            schedulers: crate::scheduler::exported_snapshots(),
         }
     }
 }

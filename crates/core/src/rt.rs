@@ -17,6 +17,24 @@ pub async fn off_reactor<R: Send + 'static>(
     }
 }
 
+/// Runs `job` where blocking is allowed, with the least hand-over: in place on a
+/// multi-thread runtime (the worker hands its other tasks to a new thread; no hop to another
+/// thread, which per-frame model work notices), on the blocking pool on a current-thread
+/// runtime (which must not stall), and directly outside any runtime. Unlike
+/// [`off_reactor`], the job is over when the caller stops waiting.
+pub async fn block_here<R: Send + 'static>(
+    job: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, String> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => Ok(tokio::task::block_in_place(job)),
+        Err(_) => Ok(job()),
+        Ok(_) => tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| format!("blocking task failed: {e}")),
+    }
+}
+
 /// Sleeps until `deadline`, or forever when there is none (for a `select!` arm that is off).
 pub async fn sleep_until(deadline: Option<Instant>) {
     match deadline {

@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use remotemedia_core::{LoadError, ManifestPolicy, Pipeline, Runtime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{ClientManifests, LimitsConfig};
+use crate::config::{CapacityConfig, ClientManifests, LimitsConfig};
 
 /// The protocol this server speaks; clients with another major version are refused.
 pub const PROTOCOL: (u32, u32) = (1, 0);
@@ -70,12 +70,34 @@ pub enum PipelineRef {
     Manifest(String),
 }
 
-/// A pipeline a client may run, with the limits granted for it and its session slot.
+/// A pipeline a client may run, with the limits granted for it and its place.
 pub struct Granted {
     pub pipeline: Arc<Pipeline>,
     pub limits: LimitsConfig,
     pub protocol: (u32, u32),
-    pub permit: OwnedSemaphorePermit,
+    pub ticket: Ticket,
+}
+
+/// An admitted stream's place: its session slot and its count against its pipeline's
+/// `max_streams`, both given back when it is dropped.
+pub struct Ticket {
+    _slot: OwnedSemaphorePermit,
+    _stream: Option<StreamCount>,
+}
+
+struct StreamCount {
+    streams: Arc<Mutex<BTreeMap<String, usize>>>,
+    pipeline: String,
+}
+
+impl Drop for StreamCount {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.streams.lock()
+            && let Some(n) = s.get_mut(&self.pipeline)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 /// The server's admission state: its pipelines, session slots, limits and manifest policy.
@@ -86,6 +108,9 @@ pub struct Admission {
     sessions: Arc<Semaphore>,
     limits: LimitsConfig,
     client_manifests: ClientManifests,
+    capacity: CapacityConfig,
+    /// Streams running per configured pipeline.
+    streams: Arc<Mutex<BTreeMap<String, usize>>>,
 }
 
 impl Admission {
@@ -94,6 +119,7 @@ impl Admission {
         pipelines: BTreeMap<String, Arc<Pipeline>>,
         limits: LimitsConfig,
         client_manifests: ClientManifests,
+        capacity: CapacityConfig,
     ) -> Self {
         Self {
             runtime,
@@ -101,20 +127,104 @@ impl Admission {
             sessions: Arc::new(Semaphore::new(limits.max_sessions)),
             limits,
             client_manifests,
+            capacity,
+            streams: Default::default(),
         }
     }
 
-    /// Takes a session slot, or refuses when every slot is in use.
-    pub fn slot(&self) -> Result<OwnedSemaphorePermit, Refusal> {
-        Arc::clone(&self.sessions).try_acquire_owned().map_err(|_| {
-            Refusal::new(
+    /// Admits one more stream of the configured pipeline `name` (`None`: a client's own
+    /// manifest), or refuses it at once: over the pipeline's `max_streams`, a shared model
+    /// past its queue-delay target, or every session slot in use.
+    pub fn admit(&self, name: Option<&str>) -> Result<Ticket, Refusal> {
+        if let Some(why) = self.overloaded() {
+            return Err(Refusal::new(Reason::ResourceExhausted, why));
+        }
+        let stream = match name {
+            Some(name) => self.count_stream(name)?,
+            None => None,
+        };
+        let slot = Arc::clone(&self.sessions)
+            .try_acquire_owned()
+            .map_err(|_| {
+                Refusal::new(
+                    Reason::ResourceExhausted,
+                    format!(
+                        "the server is at its limit of {} concurrent sessions; retry later",
+                        self.limits.max_sessions
+                    ),
+                )
+            })?;
+        Ok(Ticket {
+            _slot: slot,
+            _stream: stream,
+        })
+    }
+
+    /// Counts a stream against its pipeline's `max_streams`, if it has one.
+    fn count_stream(&self, name: &str) -> Result<Option<StreamCount>, Refusal> {
+        let Some(&max) = self.capacity.max_streams.get(name) else {
+            return Ok(None);
+        };
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let n = streams.entry(name.to_string()).or_default();
+        if *n >= max {
+            return Err(Refusal::new(
                 Reason::ResourceExhausted,
                 format!(
-                    "the server is at its limit of {} concurrent sessions; retry later",
-                    self.limits.max_sessions
+                    "pipeline `{name}` is at its capacity of {max} streams \
+                     (capacity.max_streams); retry later or on another server"
                 ),
-            )
-        })
+            ));
+        }
+        *n += 1;
+        Ok(Some(StreamCount {
+            streams: Arc::clone(&self.streams),
+            pipeline: name.to_string(),
+        }))
+    }
+
+    /// Why a new stream would slow everyone down: a shared model whose queue holds a new
+    /// request longer than `capacity.max_queue_delay_ms`.
+    fn overloaded(&self) -> Option<String> {
+        let target = Duration::from_millis(self.capacity.max_queue_delay_ms);
+        if target.is_zero() {
+            return None;
+        }
+        remotemedia_core::scheduler::exported_snapshots()
+            .into_iter()
+            .map(|(model, s)| (model, s.expected_wait()))
+            .find(|(_, wait)| *wait > target)
+            .map(|(model, wait)| {
+                format!(
+                    "the server is past its capacity: model {model} has a queue of {} ms \
+                     (capacity.max_queue_delay_ms is {} ms); retry later or on another server",
+                    wait.as_millis(),
+                    target.as_millis()
+                )
+            })
+    }
+
+    /// Why the server takes no new streams now, for `/readyz`: a model past its queue-delay
+    /// target, every session slot in use, or every configured pipeline at its `max_streams`.
+    pub fn full(&self) -> Option<String> {
+        if let Some(why) = self.overloaded() {
+            return Some(why);
+        }
+        if self.sessions.available_permits() == 0 {
+            return Some(format!(
+                "all {} session slots in use",
+                self.limits.max_sessions
+            ));
+        }
+        let streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let at_limit = |name: &String| {
+            self.capacity
+                .max_streams
+                .get(name)
+                .is_some_and(|max| streams.get(name).copied().unwrap_or(0) >= *max)
+        };
+        (!self.pipelines.is_empty() && self.pipelines.keys().all(at_limit))
+            .then(|| "every pipeline is at its max_streams".to_string())
     }
 
     /// Checks version, pipeline and policy, cheapest first, then takes a slot.
@@ -125,22 +235,25 @@ impl Admission {
         requested: Option<&LimitsConfig>,
     ) -> Result<Granted, Refusal> {
         let protocol = negotiate(version)?;
-        let pipeline = match pipeline {
+        let (pipeline, ticket) = match pipeline {
             None => {
                 return Err(Refusal::new(
                     Reason::InvalidArgument,
                     "name a pipeline (pipeline_name) or send a manifest",
                 ));
             }
-            Some(PipelineRef::Name(name)) => self.pipeline(&name)?,
-            Some(PipelineRef::Manifest(text)) => self.client_manifest(text).await?,
+            Some(PipelineRef::Name(name)) => (self.pipeline(&name)?, self.admit(Some(&name))?),
+            Some(PipelineRef::Manifest(text)) => {
+                // Over capacity, refused before the manifest costs anything.
+                let ticket = self.admit(None)?;
+                (self.client_manifest(text).await?, ticket)
+            }
         };
-        let permit = self.slot()?;
         Ok(Granted {
             pipeline,
             limits: self.limits(requested),
             protocol,
-            permit,
+            ticket,
         })
     }
 

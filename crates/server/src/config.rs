@@ -19,6 +19,7 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     pub client_manifests: ClientManifests,
     pub webrtc: WebRtcConfig,
+    pub capacity: CapacityConfig,
     /// Where node types prefer to run, beside the runtime's defaults: read by the program
     /// that assembles the runtime (`remotemedia serve`).
     pub executor_rules: Vec<remotemedia_core::ExecutorRule>,
@@ -114,6 +115,27 @@ pub struct ClientManifests {
     pub allowed_types: Vec<String>,
     /// Client manifests may use Python nodes (code running in worker processes).
     pub allow_python: bool,
+}
+
+/// When the server is full: new streams are refused (RESOURCE_EXHAUSTED, HTTP 503) and
+/// `/readyz` says so, while admitted streams keep their latency.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapacityConfig {
+    /// Streams a configured pipeline may run at once (name → count; unnamed: no limit).
+    pub max_streams: BTreeMap<String, usize>,
+    /// Refuse new streams while a shared model's queue would hold a new request longer than
+    /// this (ms); 0 = never.
+    pub max_queue_delay_ms: u64,
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        Self {
+            max_streams: BTreeMap::new(),
+            max_queue_delay_ms: 1_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -227,6 +249,7 @@ mod tests {
         assert_eq!(c.client_manifests, d.client_manifests);
         assert_eq!(c.webrtc, d.webrtc);
         assert_eq!(c.executor_rules, d.executor_rules);
+        assert_eq!(c.capacity, d.capacity);
         let transcribe = &c.pipelines["transcribe"];
         assert!(transcribe.ends_with("examples/transcribe.yaml") && transcribe.exists());
         c.check().unwrap();

@@ -57,11 +57,19 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     if *shared.shutdown.borrow() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-    } else if shared.ready.load(Relaxed) {
-        (StatusCode::OK, "ready\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n".to_string(),
+        )
+    } else if !shared.ready.load(Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "loading models\n".to_string(),
+        )
+    } else if let Some(why) = shared.admission.full() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("full: {why}\n"))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "loading models\n")
+        (StatusCode::OK, "ready\n".to_string())
     }
 }
 
@@ -288,7 +296,57 @@ pub fn render(shared: &Shared) -> String {
             );
         }
     }
+    render_schedulers(&mut out, &snap.schedulers);
     out
+}
+
+/// Per shared model: queue depth, queue wait, batch sizes, busy fraction and counts.
+fn render_schedulers(
+    out: &mut String,
+    schedulers: &std::collections::BTreeMap<String, remotemedia_core::scheduler::SchedulerSnapshot>,
+) {
+    type Snap = remotemedia_core::scheduler::SchedulerSnapshot;
+    type Family = (&'static str, &'static str, fn(&Snap) -> f64);
+    #[rustfmt::skip]
+    let plain: [Family; 7] = [
+        ("model_queue_depth", "Requests waiting for a shared model now.", |s| s.queued as f64),
+        ("model_requests_total", "Requests a shared model completed.", |s| s.completed as f64),
+        ("model_refused_total", "Requests refused because the model's queue was full.", |s| s.refused as f64),
+        ("model_batches_total", "Batches a shared model ran.", |s| s.batches as f64),
+        ("model_batch_size_mean", "Mean requests per batch.", |s| s.batch_size.mean),
+        ("model_batch_size_p95", "95th percentile of requests per batch.", |s| s.batch_size.p95),
+        ("model_busy_ratio", "Fraction of the model threads' time spent running it.", |s| s.busy),
+    ];
+    for (name, help, get) in plain {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        head(out, name, kind, help);
+        for (model, s) in schedulers {
+            let _ = writeln!(
+                out,
+                "remotemedia_{name}{{model=\"{}\"}} {}",
+                escape(model),
+                get(s)
+            );
+        }
+    }
+    head(
+        out,
+        "model_queue_wait_seconds",
+        "histogram",
+        "Time a request waited for a shared model.",
+    );
+    for (model, s) in schedulers {
+        histogram(
+            out,
+            "model_queue_wait_seconds",
+            &format!("model=\"{}\"", escape(model)),
+            &s.queue_wait,
+        );
+    }
 }
 
 fn histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {

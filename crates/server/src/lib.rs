@@ -127,6 +127,7 @@ pub async fn start(
         pipelines,
         config.limits.clone(),
         config.client_manifests.clone(),
+        config.capacity.clone(),
     );
     let shared = Arc::new(shared::Shared {
         runtime,

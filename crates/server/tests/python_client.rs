@@ -123,6 +123,15 @@ async fn grpcio_streams_a_recording_and_meets_every_refusal() {
         "the session loaded nothing itself"
     );
     assert!(pool("pool_hits_total") > hits);
+    // The utterances went through the shared model's scheduler, which counts them.
+    let metrics = server.metrics_text();
+    let done = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("remotemedia_model_requests_total{model=\"moonshine\"} "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no moonshine requests in:\n{metrics}"));
+    assert!(done >= 5.0, "{done}");
+    assert!(metrics.contains("remotemedia_model_queue_wait_seconds_count{model=\"moonshine\"}"));
 
     let script = root().join("crates/server/tests/py/statuses.py");
     let (ok, stdout, stderr) =

@@ -180,6 +180,7 @@ async fn http_serves_metrics_health_readiness_and_listings() {
         "remotemedia_node_errors_total{type=\"AudioResample\"} 0",
         "remotemedia_grpc_errors_total{code=\"UNAUTHENTICATED\"}",
         "# TYPE remotemedia_python_worker_restarts_total counter",
+        "# TYPE remotemedia_model_queue_wait_seconds histogram",
         "remotemedia_ready 1",
     ] {
         assert!(metrics.contains(line), "missing `{line}` in:\n{metrics}");

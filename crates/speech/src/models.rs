@@ -20,6 +20,7 @@ use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use remotemedia_core::pool::{LoadOptions, ModelKey, ModelPool, PoolError};
+use remotemedia_core::scheduler::{BatchModel, Scheduler};
 
 use crate::device::{self, Device, Placement};
 pub use crate::error::{ModelError, SETUP_COMMAND};
@@ -249,6 +250,27 @@ fn pooled(
         path: path.to_path_buf(),
         reason: "the model pool holds this file as a leased model".to_string(),
     })
+}
+
+/// The process-wide scheduler serving the model at `path` (one per `config`, e.g. its rate and
+/// threads), started by `start` on first use and shared by every node of every session.
+pub fn shared_scheduler<M: BatchModel>(
+    path: &Path,
+    config: &str,
+    start: impl Fn() -> Result<Scheduler<M>, ModelError> + Send + Sync + 'static,
+) -> Result<Scheduler<M>, ModelError> {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let key = ModelKey::new(format!("{}#scheduler", path.display()), config);
+    let handle = ModelPool::global()
+        .get_or_load_blocking(key, LoadOptions::shared().pinned(), start)
+        .map_err(|e| pool_error(&path, e))?;
+    handle
+        .shared()
+        .map(|s| (**s).clone())
+        .ok_or_else(|| ModelError::Load {
+            path: path.clone(),
+            reason: "the model pool holds this scheduler as a leased model".to_string(),
+        })
 }
 
 /// The loader's own error when there is one, so callers see the same [`ModelError`] as

@@ -33,7 +33,7 @@ use serde::Deserialize;
 
 use crate::models::{self, ModelError, SharedSession};
 use crate::tokenizer::Tokenizer;
-use crate::tts::off_reactor;
+use remotemedia_core::scheduler::{BatchModel, Scheduler, SchedulerConfig};
 
 /// The only rate the model was trained on.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -56,6 +56,10 @@ pub const SILENCE_PEAK: f32 = 1e-4;
 /// The reference implementation's decoding cap: comfortably above English speech (about 3 to 4
 /// tokens per second), low enough that a loop ends quickly.
 pub const DEFAULT_MAX_TOKENS_PER_SECOND: f32 = 6.5;
+
+/// Utterances queued for the shared model at most; one more is refused (retryable) rather than
+/// queued without limit. At ~0.1 s of work per utterance, a full queue is ~25 s of backlog.
+const MAX_QUEUED_UTTERANCES: usize = 256;
 
 /// Decoder input that selects the cached branch.
 const USE_CACHE: &str = "use_cache_branch";
@@ -481,8 +485,25 @@ impl Default for MoonshineParams {
 /// or with more channels is a fatal error, as is an utterance over [`MAX_UTTERANCE`]. With
 /// `interim`, the text is marked `is_final: false` (for partial utterances).
 pub struct MoonshineASRNode {
-    engine: Arc<Moonshine>,
+    scheduler: Scheduler<Recognizer>,
+    /// Names this node's stream to the scheduler, which serves streams round-robin.
+    stream: Arc<str>,
     interim: bool,
+}
+
+/// The recogniser as the shared scheduler runs it: one utterance at a time. The export mixes
+/// the rows of a batch (an utterance decodes differently beside another; measured on the
+/// bundled model with ONNX Runtime 1.32), so batches hold one utterance.
+struct Recognizer(Arc<Moonshine>);
+
+impl BatchModel for Recognizer {
+    type Request = Samples;
+    type Response = Transcript;
+    type Error = ModelError;
+
+    fn run(&mut self, batch: Vec<Samples>) -> Vec<Result<Transcript, ModelError>> {
+        batch.iter().map(|s| self.0.transcribe(s)).collect()
+    }
 }
 
 impl MoonshineASRNode {
@@ -512,13 +533,13 @@ impl MoonshineASRNode {
         Ok(Some(frame))
     }
 
-    /// Runs a transcription without stalling the async reactor.
+    /// Queues a transcription on the shared model and waits for it. A full queue (the
+    /// machine is past its capacity) is a retryable error; the model's own errors are fatal.
     async fn transcribe(&self, samples: Samples) -> Result<Transcript, NodeError> {
-        let engine = Arc::clone(&self.engine);
-        off_reactor(move || engine.transcribe(&samples))
+        self.scheduler
+            .submit(&self.stream, samples)
             .await
-            .map_err(|e| fatal(Self::NAME, e))?
-            .map_err(|e| fatal(Self::NAME, e))
+            .map_err(|e| NodeError::from_error(Self::NAME, &e))
     }
 }
 
@@ -570,13 +591,29 @@ impl NodeType for MoonshineASRNode {
         Ports::one_to_one(&[MediaType::Audio], &[MediaType::Text])
     }
 
-    fn new(p: MoonshineParams, _: &NodeContext) -> Result<Self, NodeError> {
+    fn new(p: MoonshineParams, ctx: &NodeContext) -> Result<Self, NodeError> {
         let max_tokens = p.max_tokens_per_second;
         let dir = p.model.unwrap_or_else(Moonshine::default_model);
-        let engine = Moonshine::new(&dir, p.threads, max_tokens)
-            .map_err(|e| NodeError::from_error(Self::NAME, &e))?;
+        let config = format!("threads={},max_tokens_per_second={max_tokens}", p.threads);
+        let threads = p.threads;
+        let model = dir.clone();
+        let scheduler = models::shared_scheduler(&dir, &config, move || {
+            let engine = Moonshine::new(&model, threads, max_tokens)?;
+            let config = SchedulerConfig {
+                max_batch: 1,
+                max_wait_us: 0,
+                max_queue: MAX_QUEUED_UTTERANCES,
+            };
+            Ok(Scheduler::new(
+                "moonshine",
+                vec![Recognizer(Arc::new(engine))],
+                config,
+            ))
+        })
+        .map_err(|e| NodeError::from_error(Self::NAME, &e))?;
         Ok(Self {
-            engine: Arc::new(engine),
+            scheduler,
+            stream: format!("{}/{}", ctx.session_id, ctx.node_id).into(),
             interim: p.interim,
         })
     }

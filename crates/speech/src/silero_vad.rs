@@ -21,7 +21,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::models::{self, ModelError, SharedSession};
-use crate::tts::off_reactor;
+use remotemedia_core::rt::block_here;
 
 /// Floats in the model's recurrent state (`[2, 1, 128]`).
 const STATE_LEN: usize = 2 * 128;
@@ -289,7 +289,7 @@ impl SileroVADNode {
         let Some(mut engine) = self.engine.take() else {
             return Err(fatal(Self::NAME, "state lost after an earlier failure"));
         };
-        let (engine, result) = off_reactor(move || {
+        let (engine, result) = block_here(move || {
             let r = job(&mut engine);
             (engine, r)
         })

@@ -458,7 +458,7 @@ pub async fn speak_input(
         return Ok(());
     }
     let text = Arc::clone(&frame.text);
-    let spoken = off_reactor(move || speak(&text))
+    let spoken = remotemedia_core::rt::block_here(move || speak(&text))
         .await
         .map_err(|e| fatal(node, e))?
         .map_err(|e| fatal(node, e))?;
@@ -486,22 +486,6 @@ pub async fn speak_input(
         out.push_at(RuntimeData::audio(samples, spoken.sample_rate, 1), at);
     }
     Ok(())
-}
-
-/// Runs `job` where blocking is allowed: in place on a multi-thread runtime (the worker hands
-/// its other tasks to a new thread), on the blocking pool on a current-thread runtime (which
-/// must not stall), and directly outside any runtime.
-pub async fn off_reactor<R: Send + 'static>(
-    job: impl FnOnce() -> R + Send + 'static,
-) -> Result<R, String> {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => Ok(tokio::task::block_in_place(job)),
-        Err(_) => Ok(job()),
-        Ok(_) => tokio::task::spawn_blocking(job)
-            .await
-            .map_err(|e| format!("blocking task failed: {e}")),
-    }
 }
 
 #[cfg(test)]

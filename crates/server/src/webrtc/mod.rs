@@ -144,11 +144,11 @@ async fn offer(
                 .into(),
         );
     }
-    let permit = match shared.admission.slot() {
-        Ok(p) => p,
+    let ticket = match shared.admission.admit(Some(&name)) {
+        Ok(t) => t,
         Err(r) => return refuse_for(shared, r),
     };
-    match answer(shared, &pipeline, offer, permit).await {
+    match answer(shared, &pipeline, offer, ticket).await {
         Ok((id, answer)) => {
             let location = format!("/v1/webrtc/sessions/{id}");
             (
@@ -171,7 +171,7 @@ async fn answer(
     shared: &Arc<Shared>,
     pipeline: &Arc<remotemedia_core::Pipeline>,
     offer: SdpOffer,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    ticket: crate::admission::Ticket,
 ) -> Result<(String, String), (StatusCode, String)> {
     let internal = |what: &str, e: &dyn std::fmt::Display| {
         (StatusCode::INTERNAL_SERVER_ERROR, format!("{what}: {e}"))
@@ -221,7 +221,7 @@ async fn answer(
     );
     let (shared2, id2) = (Arc::clone(shared), id.clone());
     tokio::spawn(async move {
-        let _slot = permit; // the session slot is free again when the call ends
+        let _place = ticket; // the session slot is free again when the call ends
         let reason = call.run(session, hung_up).await;
         shared2.calls.end(&id2);
         shared2.calls.active.fetch_sub(1, Relaxed);

@@ -1,0 +1,164 @@
+//! Capacity: a pipeline at its `max_streams`, or a shared model past its queue-delay target,
+//! refuses new streams at once with RESOURCE_EXHAUSTED, `/readyz` says "full" meanwhile, and
+//! both recover when the load goes.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use remotemedia_core::scheduler::{BatchModel, Scheduler, SchedulerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::{Code, Request};
+
+/// Model schedulers are process-wide: the tests here take turns so one's load is not the
+/// other's.
+static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// GET over plain HTTP/1.1: status code and body.
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await.unwrap();
+    let code = text[9..12].parse().unwrap();
+    (code, text.split_once("\r\n\r\n").unwrap().1.to_string())
+}
+
+async fn wait_ready(server: &remotemedia_server::RunningServer) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !server.is_ready() {
+        assert!(tokio::time::Instant::now() < deadline, "ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Opens `pipeline`; the ready message, or the status it was refused with and how long that
+/// took.
+async fn try_open(
+    server: &remotemedia_server::RunningServer,
+    pipeline: &str,
+) -> (Result<Stream, tonic::Status>, Duration) {
+    let mut c = client(server).await;
+    let started = Instant::now();
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    s.tx.send(open(pipeline)).await.unwrap();
+    let first = next(&mut s.rx).await;
+    let took = started.elapsed();
+    match first {
+        Ok(Some(Msg::Ready(_))) => (Ok(s), took),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => (Err(e), took),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_at_its_max_streams_refuses_at_once_and_readiness_follows() {
+    let _turn = TURNS.lock().await;
+    let server = serve(|c| {
+        c.manifests.retain(|name, _| name == "gain");
+        c.capacity.max_streams.insert("gain".into(), 2);
+    })
+    .await;
+    wait_ready(&server).await;
+    let http = server.http_addr().unwrap();
+    assert_eq!(get(http, "/readyz").await.0, 200);
+
+    let (first, _) = try_open(&server, "gain").await;
+    let (second, _) = try_open(&server, "gain").await;
+    let (first, second) = (first.unwrap(), second.unwrap());
+    let (code, body) = get(http, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("full:"), "{body}");
+
+    let (third, took) = try_open(&server, "gain").await;
+    let err = third.err().expect("refused");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("capacity of 2 streams"),
+        "{}",
+        err.message()
+    );
+    assert!(took < Duration::from_millis(100), "refused after {took:?}");
+
+    // One leaves: ready again, and the next stream is admitted.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(http, "/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "ready again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (again, _) = try_open(&server, "gain").await;
+    assert!(again.is_ok());
+    drop((second, again));
+    assert_no_leaks(&server).await;
+}
+
+/// Sleeps `delay` per batch of one.
+struct Slow(Duration);
+
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("never")]
+struct Never;
+
+impl BatchModel for Slow {
+    type Request = ();
+    type Response = ();
+    type Error = Never;
+
+    fn run(&mut self, batch: Vec<()>) -> Vec<Result<(), Never>> {
+        std::thread::sleep(self.0);
+        batch.into_iter().map(Ok).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_past_its_queue_delay_target_refuses_new_streams_until_it_drains() {
+    let _turn = TURNS.lock().await;
+    let server = serve(|c| c.capacity.max_queue_delay_ms = 300).await;
+    wait_ready(&server).await;
+    let http = server.http_addr().unwrap();
+
+    // A shared model with ~1 s of queued work: 100 ms per request, ten waiting.
+    let config = SchedulerConfig {
+        max_batch: 1,
+        max_wait_us: 0,
+        max_queue: 64,
+    };
+    let slow = Scheduler::new("test-slow", vec![Slow(Duration::from_millis(100))], config);
+    let stream: Arc<str> = "load".into();
+    let load: Vec<_> = (0..11)
+        .map(|_| {
+            let (slow, stream) = (slow.clone(), Arc::clone(&stream));
+            tokio::spawn(async move { slow.submit(&stream, ()).await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while slow.snapshot().batches == 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let (refused, took) = try_open(&server, "gain").await;
+    let err = refused
+        .err()
+        .expect("refused while the model is past its target");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("test-slow"), "{}", err.message());
+    assert!(took < Duration::from_millis(100), "refused after {took:?}");
+    let (code, body) = get(http, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("test-slow"), "{body}");
+
+    for l in load {
+        l.await.unwrap().unwrap();
+    }
+    assert_eq!(get(http, "/readyz").await.0, 200);
+    let (admitted, _) = try_open(&server, "gain").await;
+    assert!(admitted.is_ok());
+    drop(admitted);
+    drop(slow);
+    assert_no_leaks(&server).await;
+}
