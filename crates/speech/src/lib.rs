@@ -16,7 +16,7 @@ pub mod tts;
 
 pub use espeak_tts::{EspeakTTSNode, EspeakTtsParams};
 pub use models::ModelError;
-pub use moonshine::{Moonshine, MoonshineASRNode, MoonshineParams, Transcript};
+pub use moonshine::{Moonshine, MoonshineASRNode, MoonshineParams, Sharing, Transcript};
 pub use piper::{PiperTTSNode, PiperTtsParams, PiperVoice};
 pub use silero_vad::{SileroVADNode, SileroVad, SileroVadParams};
 

@@ -180,17 +180,18 @@ impl SharedSession {
 /// device. Metrics list the model under it.
 pub fn model_key(path: &Path, threads: usize) -> ModelKey {
     let placement = device::place(device::default_device()).unwrap_or(Placement::Cpu);
-    key(path, threads, placement)
+    key(path, threads, placement, 0)
 }
 
 /// The canonical path (so two spellings of one file share a key), the thread count and where it
 /// runs.
-fn key(path: &Path, threads: usize, placement: Placement) -> ModelKey {
+fn key(path: &Path, threads: usize, placement: Placement, instance: usize) -> ModelKey {
     let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    ModelKey::new(
-        path.display().to_string(),
-        format!("threads={},device={}", threads.max(1), placement.name()),
-    )
+    let mut config = format!("threads={},device={}", threads.max(1), placement.name());
+    if instance > 0 {
+        config.push_str(&format!(",instance={instance}"));
+    }
+    ModelKey::new(path.display().to_string(), config)
 }
 
 /// The process-wide session for the model at `path` with `threads` intra-op threads, loading it
@@ -201,7 +202,17 @@ fn key(path: &Path, threads: usize, placement: Placement) -> ModelKey {
 /// under the pool's memory budget or idle timeout (none by default) and is loaded again on the
 /// next request.
 pub fn shared_session(path: &Path, threads: usize) -> Result<Arc<SharedSession>, ModelError> {
-    pooled(path, threads, device::default_device(), false)
+    pooled(path, threads, device::default_device(), false, 0)
+}
+
+/// Another copy of [`shared_session`]'s model (`instance` 0 is the shared one itself), for a
+/// scheduler thread that runs the model beside the others instead of waiting for its lock.
+pub fn session_instance(
+    path: &Path,
+    threads: usize,
+    instance: usize,
+) -> Result<Arc<SharedSession>, ModelError> {
+    pooled(path, threads, device::default_device(), false, instance)
 }
 
 /// [`shared_session`] on a given device (a node's `device` param).
@@ -210,14 +221,14 @@ pub fn shared_session_on(
     threads: usize,
     device: Device,
 ) -> Result<Arc<SharedSession>, ModelError> {
-    pooled(path, threads, device, false)
+    pooled(path, threads, device, false, 0)
 }
 
 /// Loads the model at `path` with `threads` intra-op threads now, so the first session that uses
 /// it opens without paying the load, and keeps it loaded for the life of the process (it is
 /// never evicted for the budget). Meant for start-up, with the models a deployment serves.
 pub fn preload(path: &Path, threads: usize) -> Result<(), ModelError> {
-    pooled(path, threads, device::default_device(), true).map(drop)
+    pooled(path, threads, device::default_device(), true, 0).map(drop)
 }
 
 fn pooled(
@@ -225,6 +236,7 @@ fn pooled(
     threads: usize,
     device: Device,
     pinned: bool,
+    instance: usize,
 ) -> Result<Arc<SharedSession>, ModelError> {
     require_file(path)?;
     let threads = threads.max(1);
@@ -237,19 +249,37 @@ fn pooled(
     options.pinned = pinned;
     let file = path.to_path_buf();
     let handle = ModelPool::global()
-        .get_or_load_blocking(key(path, threads, placement), options, move || {
-            let env = environment()?;
-            let session = load_session(&env, &file, threads, placement)?;
-            Ok::<_, ModelError>(SharedSession {
-                path: file.clone(),
-                session: Mutex::new(session),
-            })
-        })
+        .get_or_load_blocking(
+            key(path, threads, placement, instance),
+            options,
+            move || {
+                let env = environment()?;
+                let session = load_session(&env, &file, threads, placement)?;
+                Ok::<_, ModelError>(SharedSession {
+                    path: file.clone(),
+                    session: Mutex::new(session),
+                })
+            },
+        )
         .map_err(|e| pool_error(path, e))?;
     handle.shared().cloned().ok_or_else(|| ModelError::Load {
         path: path.to_path_buf(),
         reason: "the model pool holds this file as a leased model".to_string(),
     })
+}
+
+/// A copy of the model at `path` that belongs to its caller alone, outside the pool, freed
+/// with its last `Arc`: the per-session model of seed 001's option A, kept to compare with
+/// shared models.
+pub fn private_session(path: &Path, threads: usize) -> Result<Arc<SharedSession>, ModelError> {
+    require_file(path)?;
+    let env = environment()?;
+    let placement = device::place(device::default_device())?;
+    let session = load_session(&env, path, threads.max(1), placement)?;
+    Ok(Arc::new(SharedSession {
+        path: path.to_path_buf(),
+        session: Mutex::new(session),
+    }))
 }
 
 /// The process-wide scheduler serving the model at `path` (one per `config`, e.g. its rate and

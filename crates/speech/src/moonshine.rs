@@ -123,6 +123,38 @@ impl Moonshine {
     /// other recogniser of the process that uses the same files and thread count. Decoding
     /// stops after `max_tokens_per_second` (a positive number) tokens per second of audio.
     pub fn new(dir: &Path, threads: usize, max_tokens_per_second: f32) -> Result<Self, ModelError> {
+        Self::instance(dir, threads, max_tokens_per_second, 0)
+    }
+
+    /// [`Moonshine::new`] on copy `instance` of the model's sessions (0 is the shared one), so
+    /// that several threads can each run a recogniser at once.
+    pub fn instance(
+        dir: &Path,
+        threads: usize,
+        max_tokens_per_second: f32,
+        instance: usize,
+    ) -> Result<Self, ModelError> {
+        Self::open(dir, max_tokens_per_second, |path| {
+            models::session_instance(path, threads, instance)
+        })
+    }
+
+    /// [`Moonshine::new`] on sessions of its own, outside the model pool, freed with it.
+    pub fn private(
+        dir: &Path,
+        threads: usize,
+        max_tokens_per_second: f32,
+    ) -> Result<Self, ModelError> {
+        Self::open(dir, max_tokens_per_second, |path| {
+            models::private_session(path, threads)
+        })
+    }
+
+    fn open(
+        dir: &Path,
+        max_tokens_per_second: f32,
+        session: impl Fn(&Path) -> Result<Arc<SharedSession>, ModelError>,
+    ) -> Result<Self, ModelError> {
         let encoder_path = dir.join(ENCODER_FILE);
         let decoder_path = dir.join(DECODER_FILE);
         let tokenizer_path = dir.join(TOKENIZER_FILE);
@@ -131,8 +163,8 @@ impl Moonshine {
             models::require_file(path)?;
         }
         let tokenizer = Tokenizer::load(&tokenizer_path)?;
-        let encoder = models::shared_session(&encoder_path, threads).map_err(reinstall_hint)?;
-        let decoder = models::shared_session(&decoder_path, threads).map_err(reinstall_hint)?;
+        let encoder = session(&encoder_path).map_err(reinstall_hint)?;
+        let decoder = session(&decoder_path).map_err(reinstall_hint)?;
         let (encoder_mask, hidden) = check_encoder(&encoder.lock(), &encoder_path)?;
         let layout = check_decoder(&decoder.lock(), &decoder_path, hidden)?;
         if layout.vocab > tokenizer.len() {
@@ -443,6 +475,15 @@ fn check_decoder(
     })
 }
 
+/// Whose model a node uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Sharing {
+    #[default]
+    Shared,
+    PerSession,
+}
+
 /// Settings of [`MoonshineASRNode`].
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -455,6 +496,15 @@ pub struct MoonshineParams {
     /// 60 % more CPU (`cargo bench -p remotemedia-speech --bench moonshine`).
     #[schemars(range(min = 1, max = 16))]
     pub threads: usize,
+    /// Utterances transcribed at once, each by its own copy of the model (about 70 MB each),
+    /// for every stream of the process: one per core by default, at most 4. Shared with the
+    /// first node that starts the model's scheduler.
+    #[schemars(range(min = 1, max = 16))]
+    pub workers: Option<usize>,
+    /// `shared`: every session's utterances go to the process's shared model. `per_session`:
+    /// this session loads its own copy (about 70 MB and a load per session) and runs it on its
+    /// own thread, as per-client systems do; kept to measure the difference.
+    pub sharing: Sharing,
     /// Decoding stops after this many tokens per second of audio, so audio the model loops on
     /// cannot stall the stream.
     #[schemars(range(min = 1.0, max = 50.0))]
@@ -469,6 +519,8 @@ impl Default for MoonshineParams {
         Self {
             model: None,
             threads: 1,
+            workers: None,
+            sharing: Sharing::Shared,
             max_tokens_per_second: DEFAULT_MAX_TOKENS_PER_SECOND,
             interim: false,
         }
@@ -594,21 +646,32 @@ impl NodeType for MoonshineASRNode {
     fn new(p: MoonshineParams, ctx: &NodeContext) -> Result<Self, NodeError> {
         let max_tokens = p.max_tokens_per_second;
         let dir = p.model.unwrap_or_else(Moonshine::default_model);
+        let queue = SchedulerConfig {
+            max_batch: 1,
+            max_wait_us: 0,
+            max_queue: MAX_QUEUED_UTTERANCES,
+        };
+        if p.sharing == Sharing::PerSession {
+            let engine = Moonshine::private(&dir, p.threads, max_tokens)
+                .map_err(|e| NodeError::from_error(Self::NAME, &e))?;
+            let engines = vec![Recognizer(Arc::new(engine))];
+            return Ok(Self {
+                scheduler: Scheduler::new("moonshine-per-session", engines, queue),
+                stream: format!("{}/{}", ctx.session_id, ctx.node_id).into(),
+                interim: p.interim,
+            });
+        }
         let config = format!("threads={},max_tokens_per_second={max_tokens}", p.threads);
-        let threads = p.threads;
-        let model = dir.clone();
+        let (threads, model) = (p.threads, dir.clone());
+        let workers = p
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)));
         let scheduler = models::shared_scheduler(&dir, &config, move || {
-            let engine = Moonshine::new(&model, threads, max_tokens)?;
-            let config = SchedulerConfig {
-                max_batch: 1,
-                max_wait_us: 0,
-                max_queue: MAX_QUEUED_UTTERANCES,
-            };
-            Ok(Scheduler::new(
-                "moonshine",
-                vec![Recognizer(Arc::new(engine))],
-                config,
-            ))
+            let engines = (0..workers)
+                .map(|i| Moonshine::instance(&model, threads, max_tokens, i))
+                .map(|m| m.map(|m| Recognizer(Arc::new(m))))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Scheduler::new("moonshine", engines, queue))
         })
         .map_err(|e| NodeError::from_error(Self::NAME, &e))?;
         Ok(Self {

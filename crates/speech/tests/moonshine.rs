@@ -376,3 +376,18 @@ fn model_files_swapped_for_each_other_are_rejected() {
         "{msg}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_session_model_transcribes_as_the_shared_one() {
+    let rec = recording("beckett.wav");
+    let clause = RuntimeData::audio(rec.samples[1_600..24_800].to_vec(), 16_000, 1);
+    let mut texts = Vec::new();
+    for sharing in ["shared", "per_session"] {
+        let params = json!({"sharing": sharing, "workers": 2});
+        let mut h = NodeHarness::new::<MoonshineASRNode>(params).unwrap_or_else(|e| panic!("{e}"));
+        let out = h.push(clause.clone()).await.unwrap();
+        texts.push(out[0].as_text().unwrap().text.to_string());
+    }
+    assert_eq!(texts[0], texts[1]);
+    assert_eq!(normalise(&texts[0]), ["ever", "tried"]);
+}

@@ -1,0 +1,263 @@
+//! Live-captioning load on `remotemedia serve`: N concurrent StreamPipeline sessions of the
+//! speech pipeline, each streaming one of the bundled recordings (41 s and 10 s, each followed
+//! by a second of silence) in a loop in real time (20 ms frames, from its own offset), and measuring for every final text the time from the end of
+//! its utterance (the end of the text's span, in the stream's media time) to its arrival. That
+//! latency includes the segmenter's wait for silence (600 ms in `examples/transcribe.yaml`).
+//!
+//!   cargo run --release -p remotemedia-server --example asr_load -- \
+//!       --addr 127.0.0.1:50051 --pipeline transcribe --streams 32 --seconds 40
+//!
+//! Streams open `--stagger-ms` apart, as independent clients would; with `--burst` they all
+//! open at once and play the 10 s recording from its start, so their utterances end together. A stream refused at open
+//! (RESOURCE_EXHAUSTED: the server is full) is counted, not retried. Prints one JSON line.
+//! Used by bench/asr_streams.sh.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use remotemedia_server::proto::{self, pipeline_service_client::PipelineServiceClient};
+use tokio::sync::mpsc;
+
+struct Args {
+    addr: String,
+    pipeline: String,
+    streams: usize,
+    seconds: f64,
+    stagger_ms: u64,
+    models: String,
+    /// Every stream plays the 10 s recording from its start, all opened at once: their
+    /// utterances end together (the worst case for a shared model).
+    burst: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        addr: "127.0.0.1:50051".into(),
+        pipeline: "transcribe".into(),
+        streams: 16,
+        seconds: 40.0,
+        stagger_ms: 100,
+        models: "models".into(),
+        burst: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        if k == "--burst" {
+            a.burst = true;
+            continue;
+        }
+        let v = it.next().unwrap_or_else(|| panic!("{k} needs a value"));
+        match k.as_str() {
+            "--addr" => a.addr = v,
+            "--pipeline" => a.pipeline = v,
+            "--streams" => a.streams = v.parse().expect("--streams N"),
+            "--seconds" => a.seconds = v.parse().expect("--seconds S"),
+            "--stagger-ms" => a.stagger_ms = v.parse().expect("--stagger-ms MS"),
+            "--models" => a.models = v,
+            _ => panic!("unknown option {k}"),
+        }
+    }
+    a
+}
+
+/// A bundled human recording (mono, 16-bit) at its own rate, with a second of silence after
+/// it, played in a loop by a stream.
+struct Clip {
+    samples: Vec<f32>,
+    rate: u32,
+}
+
+impl Clip {
+    fn load(models: &str, name: &str) -> Self {
+        let path = format!("{models}/samples/{name}");
+        let reader = hound::WavReader::open(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}; run ./scripts/setup-models.sh"));
+        let rate = reader.spec().sample_rate;
+        assert_eq!(reader.spec().channels, 1, "{path}");
+        let mut samples: Vec<f32> = reader
+            .into_samples::<i16>()
+            .map(|s| f32::from(s.unwrap_or(0)) / 32_768.0)
+            .collect();
+        samples.extend(std::iter::repeat_n(0.0, rate as usize));
+        Self { samples, rate }
+    }
+
+    /// Samples in 20 ms.
+    fn frame(&self) -> usize {
+        self.rate as usize / 50
+    }
+}
+
+#[derive(Default)]
+struct Results {
+    latency_ms: Vec<f64>,
+    admitted: usize,
+    refused: usize,
+    failed: Vec<String>,
+}
+
+async fn stream(
+    args: Arc<Args>,
+    clip: Arc<Clip>,
+    offset: usize,
+    results: Arc<Mutex<Results>>,
+) -> Result<(), String> {
+    let mut client = PipelineServiceClient::connect(format!("http://{}", args.addr))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel(64);
+    let open = proto::OpenSession {
+        pipeline: Some(proto::open_session::Pipeline::PipelineName(
+            args.pipeline.clone(),
+        )),
+        protocol_version: "1.0".into(),
+        requested_limits: None,
+        audio_out_f32le: false,
+    };
+    tx.send(proto::StreamRequest {
+        message: Some(proto::stream_request::Message::Open(open)),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut responses = client
+        .stream_pipeline(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    match responses.message().await {
+        Ok(Some(proto::StreamResponse {
+            message: Some(proto::stream_response::Message::Ready(_)),
+        })) => results.lock().unwrap().admitted += 1,
+        Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+            results.lock().unwrap().refused += 1;
+            return Ok(());
+        }
+        other => return Err(format!("no ready: {other:?}")),
+    }
+    let frames = (args.seconds * 50.0) as usize;
+    let frame = clip.frame();
+    let t0 = tokio::time::Instant::now();
+    let feed = async move {
+        let len = clip.samples.len() / frame * frame;
+        for k in 0..frames {
+            tokio::time::sleep_until(t0 + Duration::from_millis(20 * k as u64)).await;
+            let at = (offset + k * frame) % len;
+            let samples = &clip.samples[at..at + frame];
+            let msg = proto::StreamRequest {
+                message: Some(proto::stream_request::Message::Data(proto::DataFrame {
+                    target: String::new(),
+                    data: Some(proto::Data {
+                        kind: Some(proto::data::Kind::Audio(proto::AudioBuffer {
+                            samples: Vec::new(),
+                            sample_rate: clip.rate,
+                            channels: 1,
+                            samples_f32le: samples.iter().flat_map(|s| s.to_le_bytes()).collect(),
+                        })),
+                    }),
+                    timestamp_us: Some(20_000 * k as i64),
+                })),
+            };
+            if tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+        // Dropping tx half-closes the stream: the session flushes and ends.
+    };
+    let start = Instant::now();
+    let read = async {
+        let mut lat = Vec::new();
+        loop {
+            match responses.message().await {
+                Ok(Some(proto::StreamResponse { message: Some(m) })) => {
+                    if let proto::stream_response::Message::Output(o) = m
+                        && let Some(proto::data::Kind::Text(t)) = o.data.and_then(|d| d.kind)
+                        && t.is_final
+                        && let Some(span) = t.span
+                    {
+                        let end_us = span.end_us;
+                        let arrived = start.elapsed().as_secs_f64() * 1e3;
+                        lat.push(arrived - end_us as f64 / 1e3);
+                    }
+                }
+                Ok(_) => break,
+                Err(s) => return Err(format!("{:?}: {}", s.code(), s.message())),
+            }
+        }
+        Ok(lat)
+    };
+    let ((), lat) = tokio::join!(feed, read);
+    results.lock().unwrap().latency_ms.extend(lat?);
+    Ok(())
+}
+
+fn pct(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    (v[i] * 10.0).round() / 10.0
+}
+
+fn main() {
+    let args = Arc::new(args());
+    let clips = [
+        Arc::new(Clip::load(&args.models, "two_cities.wav")),
+        Arc::new(Clip::load(&args.models, "beckett.wav")),
+    ];
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let results: Arc<Mutex<Results>> = Default::default();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        // A fixed sequence of offsets: runs are comparable, streams are not in step.
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in 0..args.streams {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let (clip, offset) = if args.burst {
+                (Arc::clone(&clips[1]), 0)
+            } else {
+                let clip = Arc::clone(&clips[i % clips.len()]);
+                let offset = (seed >> 33) as usize % clip.samples.len();
+                let frame = clip.frame();
+                (clip, offset / frame * frame)
+            };
+            let stagger = if args.burst { 0 } else { args.stagger_ms };
+            let (args, results) = (Arc::clone(&args), Arc::clone(&results));
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(stagger * i as u64)).await;
+                if let Err(e) = stream(args, clip, offset, Arc::clone(&results)).await {
+                    results.lock().unwrap().failed.push(e);
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let mut r = results.lock().unwrap();
+    r.latency_ms.sort_by(f64::total_cmp);
+    let mut failures: Vec<&String> = r.failed.iter().collect();
+    failures.dedup();
+    println!(
+        "{}",
+        serde_json::json!({
+            "streams": args.streams,
+            "admitted": r.admitted,
+            "refused": r.refused,
+            "failed": r.failed.len(),
+            "failures": failures.iter().take(3).collect::<Vec<_>>(),
+            "utterances": r.latency_ms.len(),
+            "latency_ms": {
+                "p50": pct(&r.latency_ms, 0.50),
+                "p95": pct(&r.latency_ms, 0.95),
+                "p99": pct(&r.latency_ms, 0.99),
+                "max": pct(&r.latency_ms, 1.0),
+            },
+        })
+    );
+}
