@@ -300,9 +300,61 @@ impl SessionMetrics {
     }
 }
 
+/// A moving average of delays (how late inputs arrive, how long outputs take), over every
+/// session. It reads 0 once nothing was recorded for a while, so an idle server is not
+/// "behind".
+#[derive(Default)]
+pub struct Lag {
+    ewma_us: AtomicU64,
+    /// When the last output left, in µs since `epoch`.
+    last_us: AtomicU64,
+    epoch: OnceLock<Instant>,
+}
+
+impl Lag {
+    /// Outputs older than this no longer count.
+    const STALE: Duration = Duration::from_secs(2);
+
+    fn now_us(&self) -> u64 {
+        let epoch = self.epoch.get_or_init(Instant::now);
+        u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    pub fn record(&self, lag: Duration) {
+        let lag = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
+        let now = self.now_us().max(1); // 0 means "never"
+        let stale =
+            now.saturating_sub(self.last_us.swap(now, Relaxed)) > Self::STALE.as_micros() as u64;
+        let _ = self.ewma_us.fetch_update(Relaxed, Relaxed, |old| {
+            // Each output moves the average an eighth of the way; after a quiet spell it
+            // starts over.
+            Some(if stale || old == 0 {
+                lag
+            } else {
+                old - old / 8 + lag / 8
+            })
+        });
+    }
+
+    /// The current average, or zero when no output left recently.
+    pub fn recent(&self) -> Duration {
+        let quiet = self.now_us().saturating_sub(self.last_us.load(Relaxed));
+        if self.last_us.load(Relaxed) == 0 || quiet > Self::STALE.as_micros() as u64 {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(self.ewma_us.load(Relaxed))
+    }
+}
+
 /// Process-wide metrics: live sessions, lifetime counts and per-type totals of ended sessions.
 #[derive(Default)]
 pub struct ProcessMetrics {
+    /// How late input arrives against its media time (a real-time client held back by a
+    /// session that does not keep up, or a slow client).
+    pub input_lag: Lag,
+    /// How long an output takes from the input that completed it (queueing and processing
+    /// in every stage, not a node's deliberate waiting such as a VAD's for silence).
+    pub output_lag: Lag,
     pub sessions_opened: AtomicU64,
     pub sessions_closed: AtomicU64,
     pub sessions_failed: AtomicU64,
@@ -336,6 +388,9 @@ pub struct ProcessSnapshot {
     pub inputs: u64,
     pub outputs: u64,
     pub dropped: u64,
+    /// How far behind real time the sessions run, in ms: the moving averages of how late
+    /// input arrives and how long outputs take (0 after 2 s without either).
+    pub lag_ms: f64,
     /// Measured cost of recording one node execution (two clock reads and a histogram insert).
     pub record_overhead_ns: f64,
     /// Totals per node type over live and ended sessions.
@@ -378,6 +433,12 @@ impl ProcessMetrics {
                     .merge(&n.counters);
             }
         }
+    }
+
+    /// How far behind real time the sessions run now: how late input arrives plus how long
+    /// outputs take. What admission compares with its target.
+    pub fn lag(&self) -> Duration {
+        self.input_lag.recent() + self.output_lag.recent()
     }
 
     /// Live sessions now.
@@ -423,6 +484,7 @@ impl ProcessMetrics {
                 + live.iter().map(|s| s.outputs.load(Relaxed)).sum::<u64>(),
             dropped: self.ended_dropped.load(Relaxed)
                 + live.iter().map(|s| s.dropped()).sum::<u64>(),
+            lag_ms: self.lag().as_secs_f64() * 1e3,
             record_overhead_ns: record_overhead_ns(),
             node_types: by_type
                 .iter()

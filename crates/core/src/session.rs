@@ -707,6 +707,8 @@ impl SessionInput {
     }
 
     fn packet(&self, data: RuntimeData, timestamp: Duration) -> Packet {
+        let late = self.started.elapsed().saturating_sub(timestamp);
+        self.state.process.input_lag.record(late);
         Packet {
             data,
             session: Arc::clone(&self.state.id),
@@ -772,6 +774,8 @@ impl SessionOutput {
             match self.output.try_recv() {
                 TryRecv::Item(_, p) => {
                     self.metrics.outputs.fetch_add(1, Relaxed);
+                    let took = p.captured.elapsed();
+                    self.state.process.output_lag.record(took);
                     return Some(Ok(p));
                 }
                 TryRecv::Closed => return self.state.pop_failure().map(Err),

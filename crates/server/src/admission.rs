@@ -183,9 +183,20 @@ impl Admission {
         }))
     }
 
-    /// Why a new stream would slow everyone down: a shared model whose queue holds a new
-    /// request longer than `capacity.max_queue_delay_ms`.
+    /// Why a new stream would slow everyone down: outputs leaving the pipelines later than
+    /// `capacity.max_lag_ms` after their input, or a shared model whose queue holds a
+    /// new request longer than `capacity.max_queue_delay_ms`.
     fn overloaded(&self) -> Option<String> {
+        let max_lag = Duration::from_millis(self.capacity.max_lag_ms);
+        let lag = self.runtime.metrics().lag();
+        if !max_lag.is_zero() && lag > max_lag {
+            return Some(format!(
+                "the server is past its capacity: sessions run {} ms behind real time \
+                 (capacity.max_lag_ms is {} ms); retry later or on another server",
+                lag.as_millis(),
+                max_lag.as_millis()
+            ));
+        }
         let target = Duration::from_millis(self.capacity.max_queue_delay_ms);
         if target.is_zero() {
             return None;

@@ -127,6 +127,11 @@ pub struct CapacityConfig {
     /// Refuse new streams while a shared model's queue would hold a new request longer than
     /// this (ms); 0 = never.
     pub max_queue_delay_ms: u64,
+    /// Refuse new streams while the sessions run this far behind real time (ms): how late input
+    /// arrives against its media time plus how long outputs take from the input that completed
+    /// them, moving averages over every session. The machine is falling behind, whichever stage
+    /// it is; 0 = never.
+    pub max_lag_ms: u64,
 }
 
 impl Default for CapacityConfig {
@@ -134,6 +139,7 @@ impl Default for CapacityConfig {
         Self {
             max_streams: BTreeMap::new(),
             max_queue_delay_ms: 1_000,
+            max_lag_ms: 500,
         }
     }
 }

@@ -162,3 +162,39 @@ async fn a_model_past_its_queue_delay_target_refuses_new_streams_until_it_drains
     drop(slow);
     assert_no_leaks(&server).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_falling_behind_their_inputs_close_the_door_until_they_catch_up() {
+    let _turn = TURNS.lock().await;
+    let server = serve(|c| {
+        c.capacity.max_lag_ms = 100;
+        c.capacity.max_queue_delay_ms = 0;
+    })
+    .await;
+    wait_ready(&server).await;
+    let http = server.http_addr().unwrap();
+    let (busy, _) = try_open(&server, "picky").await;
+    let mut busy = busy.unwrap();
+    // Outputs that leave 300 ms after their inputs: the pipelines are behind.
+    for _ in 0..2 {
+        busy.tx.send(text("", "slow")).await.unwrap();
+        assert!(matches!(next(&mut busy.rx).await, Ok(Some(Msg::Output(_)))));
+    }
+    let (refused, took) = try_open(&server, "gain").await;
+    let err = refused.err().expect("refused while outputs lag");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("max_lag_ms"), "{}", err.message());
+    assert!(took < Duration::from_millis(100), "refused after {took:?}");
+    let (code, body) = get(http, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    // Quick outputs bring the average down; silence forgets it after 2 s.
+    for _ in 0..20 {
+        busy.tx.send(text("", "quick")).await.unwrap();
+        assert!(matches!(next(&mut busy.rx).await, Ok(Some(Msg::Output(_)))));
+    }
+    assert_eq!(get(http, "/readyz").await.0, 200);
+    let (admitted, _) = try_open(&server, "gain").await;
+    assert!(admitted.is_ok());
+    drop((busy, admitted));
+    assert_no_leaks(&server).await;
+}

@@ -27,7 +27,8 @@ connections:
   - {from: resample, to: vad}
 ";
 
-/// Fails on one input (`bad`) and fatally on another (`boom`); echoes the rest.
+/// Fails on one input (`bad`) and fatally on another (`boom`), takes 300 ms over `slow`;
+/// echoes the rest.
 pub struct Picky;
 
 #[derive(serde::Deserialize, schemars::JsonSchema)]
@@ -44,6 +45,11 @@ impl Node for Picky {
         match input.data.as_text().map(|t| &*t.text) {
             Some("bad") => Err(NodeError::rejected("cannot take `bad`")),
             Some("boom") => Err(NodeError::fatal("`boom` breaks me")),
+            Some("slow") => {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                out.push(input.data.clone());
+                Ok(())
+            }
             _ => {
                 out.push(input.data.clone());
                 Ok(())
