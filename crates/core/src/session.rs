@@ -77,8 +77,92 @@ pub enum SessionError {
     Cancelled,
 }
 
-/// Wires created nodes into a running session: one bounded edge per connection, the
-/// session's entries and output, and one task per node. Called by [`crate::Runtime::open`].
+/// The channels of a session before its tasks start: each node's inbox, the input port of
+/// each of its inbox edges, the senders of each of its output ports, the session's entries and
+/// output, and the edges' metrics.
+struct Wiring {
+    inboxes: Vec<Inbox>,
+    edge_ports: Vec<Vec<usize>>,
+    outs: Vec<Vec<Vec<EdgeSender>>>,
+    entries: Vec<Entry>,
+    output: Inbox,
+    edge_metrics: Vec<Arc<EdgeMetrics>>,
+}
+
+impl Wiring {
+    /// One bounded edge per connection, one per entry port (the session's input) and one per
+    /// exit port (the session's output).
+    fn new(pipeline: &Pipeline, process: &Arc<ProcessMetrics>) -> Self {
+        let config = &pipeline.manifest.config;
+        let mut w = Wiring {
+            inboxes: pipeline.nodes.iter().map(|_| Inbox::new()).collect(),
+            edge_ports: vec![Vec::new(); pipeline.nodes.len()],
+            outs: pipeline
+                .nodes
+                .iter()
+                .map(|n| n.output_names.iter().map(|_| Vec::new()).collect())
+                .collect(),
+            entries: Vec::new(),
+            output: Inbox::new(),
+            edge_metrics: Vec::new(),
+        };
+        let port_label = |n: usize, p: usize, input: bool| {
+            let node = &pipeline.nodes[n];
+            let names = if input {
+                &node.input_names
+            } else {
+                &node.output_names
+            };
+            format!("{}.{}", node.id, names[p])
+        };
+        for e in &pipeline.edges {
+            let label = format!(
+                "{}->{}",
+                port_label(e.from, e.from_port, false),
+                port_label(e.to, e.to_port, true)
+            );
+            let metrics = w.edge(label);
+            let tx =
+                w.inboxes[e.to].connect(e.capacity, e.drop_policy, metrics, Arc::clone(process));
+            w.edge_ports[e.to].push(e.to_port);
+            w.outs[e.from][e.from_port].push(tx);
+        }
+        for (n, p) in pipeline.entry_ports() {
+            let metrics = w.edge(format!("input->{}", port_label(n, p, true)));
+            let (capacity, policy) = (config.edges.capacity, config.edges.drop_policy);
+            let tx = w.inboxes[n].connect(capacity, policy, metrics, Arc::clone(process));
+            w.edge_ports[n].push(p);
+            let node = &pipeline.nodes[n];
+            w.entries.push(Entry {
+                node: Arc::clone(&node.id),
+                port: node.input_names[p].clone(),
+                media: node.info.inputs[p].media.clone(),
+                tx,
+            });
+        }
+        for (n, p) in pipeline.exit_ports() {
+            let metrics = w.edge(format!("{}->output", port_label(n, p, false)));
+            let capacity = config.edges.capacity;
+            let tx = w
+                .output
+                .connect(capacity, DropPolicy::Block, metrics, Arc::clone(process));
+            w.outs[n][p].push(tx);
+        }
+        w
+    }
+
+    fn edge(&mut self, label: String) -> Arc<EdgeMetrics> {
+        let m = Arc::new(EdgeMetrics {
+            label,
+            dropped: AtomicU64::new(0),
+        });
+        self.edge_metrics.push(Arc::clone(&m));
+        m
+    }
+}
+
+/// Wires created nodes into a running session and starts one task per node. Called by
+/// [`crate::Runtime::open`].
 pub(crate) fn start(
     pipeline: &Arc<Pipeline>,
     session_id: Arc<str>,
@@ -86,78 +170,7 @@ pub(crate) fn start(
     process: &Arc<ProcessMetrics>,
 ) -> Session {
     let config = &pipeline.manifest.config;
-    let mut inboxes: Vec<Inbox> = pipeline.nodes.iter().map(|_| Inbox::new()).collect();
-    let mut edge_ports: Vec<Vec<usize>> = vec![Vec::new(); pipeline.nodes.len()];
-    let mut outs: Vec<Vec<Vec<EdgeSender>>> = pipeline
-        .nodes
-        .iter()
-        .map(|n| n.output_names.iter().map(|_| Vec::new()).collect())
-        .collect();
-    let mut edge_metrics = Vec::new();
-    let mut new_edge = |label: String| {
-        let m = Arc::new(EdgeMetrics {
-            label,
-            dropped: AtomicU64::new(0),
-        });
-        edge_metrics.push(Arc::clone(&m));
-        m
-    };
-    let port_label = |n: usize, p: usize, input: bool| {
-        let node = &pipeline.nodes[n];
-        let names = if input {
-            &node.input_names
-        } else {
-            &node.output_names
-        };
-        format!("{}.{}", node.id, names[p])
-    };
-
-    for e in &pipeline.edges {
-        let label = format!(
-            "{}->{}",
-            port_label(e.from, e.from_port, false),
-            port_label(e.to, e.to_port, true)
-        );
-        let tx = inboxes[e.to].connect(
-            e.capacity,
-            e.drop_policy,
-            new_edge(label),
-            Arc::clone(process),
-        );
-        edge_ports[e.to].push(e.to_port);
-        outs[e.from][e.from_port].push(tx);
-    }
-
-    let mut entries = Vec::new();
-    for (n, p) in pipeline.entry_ports() {
-        let label = format!("input->{}", port_label(n, p, true));
-        let tx = inboxes[n].connect(
-            config.edges.capacity,
-            config.edges.drop_policy,
-            new_edge(label),
-            Arc::clone(process),
-        );
-        edge_ports[n].push(p);
-        entries.push(Entry {
-            node: Arc::clone(&pipeline.nodes[n].id),
-            port: pipeline.nodes[n].input_names[p].clone(),
-            media: pipeline.nodes[n].info.inputs[p].media.clone(),
-            tx,
-        });
-    }
-
-    let mut output = Inbox::new();
-    for (n, p) in pipeline.exit_ports() {
-        let label = format!("{}->output", port_label(n, p, false));
-        let tx = output.connect(
-            config.edges.capacity,
-            DropPolicy::Block,
-            new_edge(label),
-            Arc::clone(process),
-        );
-        outs[n][p].push(tx);
-    }
-
+    let w = Wiring::new(pipeline, process);
     let node_metrics: Vec<Arc<NodeMetrics>> = pipeline
         .nodes
         .iter()
@@ -174,13 +187,14 @@ pub(crate) fn start(
         pipeline: Arc::clone(&pipeline.name),
         started: Instant::now(),
         nodes: node_metrics.clone(),
-        edges: edge_metrics,
+        edges: w.edge_metrics,
         inputs: AtomicU64::new(0),
         outputs: AtomicU64::new(0),
     });
     process.session_started(Arc::clone(&metrics));
 
-    let task_wakers: Vec<Arc<AtomicWaker>> = inboxes
+    let task_wakers: Vec<Arc<AtomicWaker>> = w
+        .inboxes
         .iter()
         .map(|_| Arc::new(AtomicWaker::new()))
         .collect();
@@ -191,52 +205,53 @@ pub(crate) fn start(
         fatal: Mutex::new(None),
         suppressed: AtomicU64::new(0),
         task_wakers: task_wakers.clone(),
-        output_wake: output.waker(),
+        output_wake: w.output.waker(),
         process: Arc::clone(process),
     });
 
-    let mut tasks = Vec::with_capacity(nodes.len());
     let per_node = nodes
         .into_iter()
-        .zip(inboxes)
-        .zip(edge_ports)
-        .zip(outs)
+        .zip(w.inboxes)
+        .zip(w.edge_ports)
+        .zip(w.outs)
         .zip(node_metrics)
         .enumerate();
-    for (i, ((((node, inbox), edge_ports), outs), metrics)) in per_node {
-        let pn = &pipeline.nodes[i];
-        let task = NodeTask {
-            node,
-            _alive: TaskGuard::new(Arc::clone(process)),
-            id: Arc::clone(&pn.id),
-            node_type: pn.node_type.clone(),
-            session: Arc::clone(&session_id),
-            inbox,
-            edge_ports,
-            seqs: vec![0; outs.len()],
-            outs,
-            port_names: pn.output_names.clone(),
-            metrics,
-            metrics_on: config.metrics,
-            retry: config.retry,
-            breaker: CircuitBreaker::new(config.circuit_breaker),
-            state: Arc::clone(&state),
-            cancel_waker: Arc::clone(&task_wakers[i]),
-            last: (Duration::ZERO, Instant::now()),
-        };
-        tasks.push(tokio::spawn(task.run()));
-    }
+    let tasks = per_node
+        .map(|(i, ((((node, inbox), edge_ports), outs), metrics))| {
+            let pn = &pipeline.nodes[i];
+            let task = NodeTask {
+                node,
+                _alive: TaskGuard::new(Arc::clone(process)),
+                id: Arc::clone(&pn.id),
+                node_type: pn.node_type.clone(),
+                session: Arc::clone(&session_id),
+                inbox,
+                edge_ports,
+                seqs: vec![0; outs.len()],
+                outs,
+                port_names: pn.output_names.clone(),
+                metrics,
+                metrics_on: config.metrics,
+                retry: config.retry,
+                breaker: CircuitBreaker::new(config.circuit_breaker),
+                state: Arc::clone(&state),
+                cancel_waker: Arc::clone(&task_wakers[i]),
+                last: (Duration::ZERO, Instant::now()),
+            };
+            tokio::spawn(task.run())
+        })
+        .collect();
 
     Session {
         input: Some(SessionInput {
-            entries,
+            entries: w.entries,
             state: Arc::clone(&state),
             metrics: Arc::clone(&metrics),
             seq: AtomicU64::new(0),
             started: Instant::now(),
         }),
         output: SessionOutput {
-            output,
+            output: w.output,
             state,
             tasks,
             metrics,
