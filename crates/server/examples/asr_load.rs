@@ -1,8 +1,9 @@
 //! Live-captioning load on `remotemedia serve`: N concurrent StreamPipeline sessions of the
 //! speech pipeline, each streaming one of the bundled recordings (41 s and 10 s, each followed
-//! by a second of silence) in a loop in real time (20 ms frames, from its own offset), and measuring for every final text the time from the end of
-//! its utterance (the end of the text's span, in the stream's media time) to its arrival. That
-//! latency includes the segmenter's wait for silence (600 ms in `examples/transcribe.yaml`).
+//! by a second of silence) in a loop in real time (20 ms frames, from its own offset), and
+//! measuring for every final text the time from the end of its utterance (the end of the text's
+//! span, in the stream's media time) to its arrival. That latency includes the VAD's wait for
+//! silence (500 ms in `examples/transcribe.yaml`).
 //!
 //!   cargo run --release -p remotemedia-server --example asr_load -- \
 //!       --addr 127.0.0.1:50051 --pipeline transcribe --streams 32 --seconds 40
@@ -15,8 +16,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use remotemedia_server::proto::{self, pipeline_service_client::PipelineServiceClient};
-use tokio::sync::mpsc;
+mod common;
+
+use remotemedia_server::proto;
 
 struct Args {
     addr: String,
@@ -102,38 +104,18 @@ async fn stream(
     offset: usize,
     results: Arc<Mutex<Results>>,
 ) -> Result<(), String> {
-    let mut client = PipelineServiceClient::connect(format!("http://{}", args.addr))
-        .await
-        .map_err(|e| e.to_string())?;
-    let (tx, rx) = mpsc::channel(64);
-    let open = proto::OpenSession {
-        pipeline: Some(proto::open_session::Pipeline::PipelineName(
-            args.pipeline.clone(),
-        )),
-        protocol_version: "1.0".into(),
-        requested_limits: None,
-        audio_out_f32le: false,
-    };
-    tx.send(proto::StreamRequest {
-        message: Some(proto::stream_request::Message::Open(open)),
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    let mut responses = client
-        .stream_pipeline(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|e| e.to_string())?
-        .into_inner();
-    match responses.message().await {
-        Ok(Some(proto::StreamResponse {
-            message: Some(proto::stream_response::Message::Ready(_)),
-        })) => results.lock().unwrap().admitted += 1,
-        Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+    let (tx, mut responses) = match common::open(&args.addr, &args.pipeline, false).await {
+        Ok(opened) => opened,
+        Err(common::OpenError::Refused(s)) if s.code() == tonic::Code::ResourceExhausted => {
             results.lock().unwrap().refused += 1;
             return Ok(());
         }
-        other => return Err(format!("no ready: {other:?}")),
-    }
+        Err(common::OpenError::Refused(s)) => {
+            return Err(format!("{:?}: {}", s.code(), s.message()));
+        }
+        Err(common::OpenError::Failed(e)) => return Err(e),
+    };
+    results.lock().unwrap().admitted += 1;
     let frames = (args.seconds * 50.0) as usize;
     let frame = clip.frame();
     let t0 = tokio::time::Instant::now();
@@ -190,12 +172,9 @@ async fn stream(
     Ok(())
 }
 
+/// A latency quantile in ms, to a tenth.
 fn pct(v: &[f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
-    (v[i] * 10.0).round() / 10.0
+    (common::quantile(v, q) * 10.0).round() / 10.0
 }
 
 fn main() {

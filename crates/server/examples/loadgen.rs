@@ -15,8 +15,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use remotemedia_server::proto::{self, pipeline_service_client::PipelineServiceClient};
-use tokio::sync::mpsc;
+mod common;
+
+use remotemedia_server::proto;
 
 struct Args {
     addr: String,
@@ -107,33 +108,13 @@ async fn session(
     start: Instant,
     results: Arc<Mutex<Results>>,
 ) -> Result<(), String> {
-    let mut client = PipelineServiceClient::connect(format!("http://{}", args.addr))
-        .await
-        .map_err(|e| e.to_string())?;
-    let (tx, rx) = mpsc::channel(64);
-    tx.send(proto::StreamRequest {
-        message: Some(proto::stream_request::Message::Open(proto::OpenSession {
-            pipeline: Some(proto::open_session::Pipeline::PipelineName(
-                args.pipeline.clone(),
-            )),
-            protocol_version: "1.0".into(),
-            requested_limits: None,
-            audio_out_f32le: !args.floats,
-        })),
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    let mut responses = client
-        .stream_pipeline(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|e| e.to_string())?
-        .into_inner();
-    match responses.message().await {
-        Ok(Some(proto::StreamResponse {
-            message: Some(proto::stream_response::Message::Ready(_)),
-        })) => {}
-        other => return Err(format!("no ready: {other:?}")),
-    }
+    let (tx, mut responses) = match common::open(&args.addr, &args.pipeline, !args.floats).await {
+        Ok(opened) => opened,
+        Err(common::OpenError::Refused(s)) => {
+            return Err(format!("{:?}: {}", s.code(), s.message()));
+        }
+        Err(common::OpenError::Failed(e)) => return Err(e),
+    };
     let sent: Arc<Mutex<VecDeque<Instant>>> = Default::default();
     let period = Duration::from_millis(args.frame_ms);
     let samples = (args.rate as u64 * args.frame_ms / 1000) as usize;
@@ -207,12 +188,9 @@ async fn session(
     Ok(())
 }
 
+/// A latency quantile in ms (values in µs).
 fn pct(v: &[u32], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
-    v[i] as f64 / 1000.0
+    common::quantile(v, q) / 1000.0
 }
 
 fn main() {
