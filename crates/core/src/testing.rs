@@ -16,9 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::data::{Control, Packet, RuntimeData};
-use crate::executor::ExecutorRegistry;
 use crate::node::{ErrorKind, Node, NodeContext, NodeError, NodeType, Output, Outputs, Ports};
-use crate::pipeline::{ManifestError, Pipeline};
+use crate::pipeline::ManifestError;
 use crate::registry::{NodeFactory, NodeRegistry};
 
 /// Names the harness's manifest in messages, like any manifest built in code.
@@ -249,8 +248,10 @@ fn check_params(
     node_type: &str,
     params: &serde_json::Value,
 ) -> Result<(), ManifestError> {
-    let mut executors = ExecutorRegistry::new();
-    executors.add_executor(Arc::new(registry));
+    let runtime = crate::RuntimeBuilder::empty()
+        .nodes(|r| *r = registry)
+        .build()
+        .unwrap_or_else(|e| unreachable!("no executor rules to compile: {e}"));
     let manifest = serde_json::json!({
         "version": "v1",
         "nodes": [{
@@ -260,7 +261,8 @@ fn check_params(
             "runtime_hint": "rust",
         }],
     });
-    Pipeline::parse(&manifest.to_string(), ORIGIN, &executors)
+    runtime
+        .load(&manifest.to_string(), ORIGIN)
         .map(drop)
         .map_err(|mut e| {
             for d in &mut e.diagnostics {
