@@ -546,7 +546,7 @@ pub struct MoonshineASRNode {
 /// The recogniser as the shared scheduler runs it: one utterance at a time. The export mixes
 /// the rows of a batch (an utterance decodes differently beside another; measured on the
 /// bundled model with ONNX Runtime 1.32), so batches hold one utterance.
-struct Recognizer(Arc<Moonshine>);
+struct Recognizer(Moonshine);
 
 impl BatchModel for Recognizer {
     type Request = Samples;
@@ -654,7 +654,7 @@ impl NodeType for MoonshineASRNode {
         if p.sharing == Sharing::PerSession {
             let engine = Moonshine::private(&dir, p.threads, max_tokens)
                 .map_err(|e| NodeError::from_error(Self::NAME, &e))?;
-            let engines = vec![Recognizer(Arc::new(engine))];
+            let engines = vec![Recognizer(engine)];
             return Ok(Self {
                 scheduler: Scheduler::new("moonshine-per-session", engines, queue),
                 stream: format!("{}/{}", ctx.session_id, ctx.node_id).into(),
@@ -669,7 +669,7 @@ impl NodeType for MoonshineASRNode {
         let scheduler = models::shared_scheduler(&dir, &config, move || {
             let engines = (0..workers)
                 .map(|i| Moonshine::instance(&model, threads, max_tokens, i))
-                .map(|m| m.map(|m| Recognizer(Arc::new(m))))
+                .map(|m| m.map(Recognizer))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Scheduler::new("moonshine", engines, queue))
         })
