@@ -6,50 +6,14 @@
 //! Beckett passage read in `models/samples/beckett.wav`, scored by the speech crate's tests' own
 //! `word_edits`.
 
-/// The speech crate's word error rate, so both recognisers are scored the same way.
+/// The speech crate's test helpers: running an example, and word error rate, so both
+/// recognisers are scored the same way.
 #[path = "../../speech/tests/common/mod.rs"]
 mod speech;
-
-use std::time::Duration;
-
-use remotemedia_core::{Packet, RuntimeData};
 
 const BECKETT: &str = "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better.";
 /// Silence in front of the recording, so the spans are checked away from time zero.
 const LEAD_S: f64 = 1.0;
-
-/// Runs `examples/<name>` over 16 kHz mono `samples` in 20 ms frames; every output packet.
-async fn run_example(name: &str, samples: &[f32]) -> Vec<Packet> {
-    let path = format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"));
-    let runtime = remotemedia_runtime::runtime();
-    let manifest = std::fs::read_to_string(&path).unwrap();
-    let pipeline = runtime
-        .load(&manifest, &path)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let session = runtime
-        .open(&pipeline)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (tx, mut rx) = session.split();
-    let feed = async move {
-        for (i, chunk) in samples.chunks(320).enumerate() {
-            let at = Duration::from_millis(20 * i as u64);
-            tx.send_at(RuntimeData::audio(chunk.to_vec(), 16_000, 1), at)
-                .await
-                .unwrap();
-        }
-    };
-    let collect = async {
-        let mut out = Vec::new();
-        while let Some(item) = rx.recv().await {
-            out.push(item.unwrap_or_else(|f| panic!("{f}")));
-        }
-        out
-    };
-    let ((), out) = tokio::join!(feed, collect);
-    rx.finish().await.unwrap();
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whisper_transcribes_beckett_with_spans_in_the_clip() {
@@ -71,7 +35,8 @@ async fn whisper_transcribes_beckett_with_spans_in_the_clip() {
     let samples: Vec<f32> = lead.into_iter().chain(speech).collect();
     let total = samples.len() as f64 / 16_000.0;
 
-    let out = run_example("transcribe_whisper.yaml", &samples).await;
+    let runtime = remotemedia_runtime::runtime();
+    let out = speech::run_example_on(&runtime, "transcribe_whisper.yaml", samples, 16_000, 1).await;
     let mut texts = Vec::new();
     let mut last_end = 0.0;
     for p in &out {

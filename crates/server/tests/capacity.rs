@@ -9,31 +9,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use remotemedia_core::scheduler::{BatchModel, Scheduler, SchedulerConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, Request};
 
 /// Model schedulers are process-wide: the tests here take turns so one's load is not the
 /// other's.
 static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// GET over plain HTTP/1.1: status code and body.
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).await.unwrap();
-    let code = text[9..12].parse().unwrap();
-    (code, text.split_once("\r\n\r\n").unwrap().1.to_string())
-}
-
-async fn wait_ready(server: &remotemedia_server::RunningServer) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !server.is_ready() {
-        assert!(tokio::time::Instant::now() < deadline, "ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Opens `pipeline`; the ready message, or the status it was refused with and how long that
 /// took.

@@ -64,11 +64,7 @@ async fn eight_live_streams_share_one_recogniser_and_each_gets_its_words() {
             .insert("transcribe".into(), root.join("examples/transcribe.yaml"));
     })
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !server.is_ready() {
-        assert!(tokio::time::Instant::now() < deadline, "models load");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ready(&server).await;
     let moonshine_requests = |text: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix("remotemedia_model_requests_total{model=\"moonshine\"} "))

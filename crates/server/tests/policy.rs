@@ -95,14 +95,6 @@ fn runtime_with(dir: &Path) -> remotemedia_core::Runtime {
     .unwrap()
 }
 
-async fn wait_ready(server: &remotemedia_server::RunningServer) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !server.is_ready() {
-        assert!(tokio::time::Instant::now() < deadline, "ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn open_status(server: &remotemedia_server::RunningServer, manifest: &str) -> tonic::Status {
     let mut c = client(server).await;
     let mut s = stream(&mut c, Request::new).await.unwrap();

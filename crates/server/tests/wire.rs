@@ -9,7 +9,6 @@ use bytes::Bytes;
 use common::*;
 use prost::Message;
 use remotemedia_server::proto;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A gRPC length-prefixed message.
 fn framed(payload: &[u8]) -> Bytes {
@@ -125,21 +124,6 @@ async fn a_connection_cut_in_the_middle_of_a_message_releases_the_session() {
     assert_eq!(t.text, "STILL HERE");
     drop(other);
     assert_no_leaks(&server).await;
-}
-
-/// GET over plain HTTP/1.1: status code and body.
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).await.unwrap();
-    let code = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").unwrap().1.to_string();
-    (code, body)
 }
 
 #[tokio::test]

@@ -167,6 +167,15 @@ impl SharedSession {
         self.session.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Loads the model at `path` into a session of its own.
+    fn open(path: &Path, threads: usize, placement: Placement) -> Result<Self, ModelError> {
+        let session = load_session(&environment()?, path, threads, placement)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            session: Mutex::new(session),
+        })
+    }
+
     /// Wraps an ONNX Runtime error in the model's name.
     pub fn inference_error(&self, e: impl std::fmt::Display) -> ModelError {
         ModelError::Inference {
@@ -252,14 +261,7 @@ fn pooled(
         .get_or_load_blocking(
             key(path, threads, placement, instance),
             options,
-            move || {
-                let env = environment()?;
-                let session = load_session(&env, &file, threads, placement)?;
-                Ok::<_, ModelError>(SharedSession {
-                    path: file.clone(),
-                    session: Mutex::new(session),
-                })
-            },
+            move || SharedSession::open(&file, threads, placement),
         )
         .map_err(|e| pool_error(path, e))?;
     handle.shared().cloned().ok_or_else(|| ModelError::Load {
@@ -273,13 +275,8 @@ fn pooled(
 /// shared models.
 pub fn private_session(path: &Path, threads: usize) -> Result<Arc<SharedSession>, ModelError> {
     require_file(path)?;
-    let env = environment()?;
     let placement = device::place(device::default_device())?;
-    let session = load_session(&env, path, threads.max(1), placement)?;
-    Ok(Arc::new(SharedSession {
-        path: path.to_path_buf(),
-        session: Mutex::new(session),
-    }))
+    SharedSession::open(path, threads.max(1), placement).map(Arc::new)
 }
 
 /// The process-wide scheduler serving the model at `path` (one per `config`, e.g. its rate and

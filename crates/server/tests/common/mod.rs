@@ -261,6 +261,31 @@ pub async fn status_of(rx: &mut Streaming<proto::StreamResponse>) -> Status {
     }
 }
 
+/// Waits until the configured pipelines' models are loaded (or fails after 60 s).
+pub async fn wait_ready(server: &RunningServer) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !server.is_ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "models load within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// GET over plain HTTP/1.1: status code and body.
+pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await.unwrap();
+    let code = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1.to_string();
+    (code, body)
+}
+
 /// Waits until the server has no session, stream or node task left (or fails after 10 s).
 pub async fn assert_no_leaks(server: &RunningServer) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -23,9 +23,19 @@ pub fn runtime() -> Runtime {
 /// Runs `examples/<name>` over interleaved `samples` in 20 ms frames, as a live source would
 /// deliver them; returns every output packet (a node failure fails the test).
 pub async fn run_example(name: &str, samples: Vec<f32>, rate: u32, channels: u16) -> Vec<Packet> {
+    run_example_on(&runtime(), name, samples, rate, channels).await
+}
+
+/// [`run_example`] on another runtime (one with the Python executor, say).
+pub async fn run_example_on(
+    runtime: &Runtime,
+    name: &str,
+    samples: Vec<f32>,
+    rate: u32,
+    channels: u16,
+) -> Vec<Packet> {
     let path = format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap();
-    let runtime = runtime();
     let pipeline = runtime.load(&text, &path).unwrap_or_else(|e| panic!("{e}"));
     let session = runtime.open(&pipeline).await.unwrap();
     let (tx, mut rx) = session.split();
