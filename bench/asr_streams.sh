@@ -3,11 +3,16 @@
 # the default speech pipeline (examples/transcribe.yaml: resample, Silero VAD, segmenter,
 # Moonshine) on one `remotemedia serve`, for each N in $STREAMS. Per N: streams admitted and
 # refused, final texts, latency from the end of each utterance to its text (p50/p95/p99/max,
-# including the segmenter's 600 ms wait for silence), and the server's CPU (% of one core) and
-# resident memory. The load client runs on the same machine and takes CPU from the server.
-# Each N runs twice: with the shared model (`shared`, examples/transcribe.yaml) and with a model
-# per session (`per_session`, bench/asr/per_session.yaml: seed 001's option A, the way
-# per-client systems work), so both are measured in one run.
+# including the VAD's 500 ms wait for silence), word error rate against the texts read
+# (examples/transcripts/), and the server's CPU (% of one core) and peak resident memory. The
+# load client runs on the same machine and takes CPU from the server.
+# Each N runs once per model in $MODES: `shared` (examples/transcribe.yaml: one shared
+# Moonshine, decoding batched across streams), `unbatched` (the same, one utterance at a time:
+# bench/asr/unbatched.yaml) and `per_session` (a model per session, seed 001's option A, the
+# way per-client systems work: bench/asr/per_session.yaml), so all are measured in one run.
+# Ends with the largest N at p95 <= 1.0 s per model, and a plot of p95 against N
+# ($PLOT, default target/asr_streams.png; NO_PLOT=1 skips it); the table is in
+# target/asr_streams.csv.
 #
 #   ./bench/asr_streams.sh                              # 8 16 24 32 48 64 streams, 40 s each
 #   STREAMS="16 32" SECONDS_PER_RUN=30 MODES=shared ./bench/asr_streams.sh
@@ -16,19 +21,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STREAMS="${STREAMS:-8 16 24 32 48 64}"
-MODES="${MODES:-shared per_session}"
+MODES="${MODES:-shared unbatched per_session}"
 SECS="${SECONDS_PER_RUN:-40}"
 PORT="${PORT:-50152}"
 ./scripts/setup-models.sh >/dev/null
 cargo build --release --locked -q -p remotemedia-cli --bin remotemedia
 cargo build --release --locked -q -p remotemedia-server --example asr_load
 TICK=$(getconf CLK_TCK)
-printf '%-12s %-8s %-9s %-8s %-11s %-8s %-8s %-8s %-8s %-10s %s\n' model streams admitted \
-    refused utterances p50_ms p95_ms p99_ms max_ms cpu_%core rss_MiB
+CSV=target/asr_streams.csv
+echo "model,streams,admitted,refused,utterances,p50_ms,p95_ms,p99_ms,max_ms,wer_percent,cpu_percent,rss_mib" > "$CSV"
+printf '%-12s %-8s %-9s %-8s %-11s %-8s %-8s %-8s %-8s %-6s %-10s %s\n' model streams admitted \
+    refused utterances p50_ms p95_ms p99_ms max_ms wer_% cpu_%core rss_MiB
 for n in $STREAMS; do
 for mode in $MODES; do
     case $mode in
         shared) manifest=examples/transcribe.yaml ;;
+        unbatched) manifest=bench/asr/unbatched.yaml ;;
         per_session) manifest=bench/asr/per_session.yaml ;;
         *) echo "unknown mode $mode" >&2; exit 2 ;;
     esac
@@ -57,16 +65,31 @@ for mode in $MODES; do
     wait $LOAD
     c1=$(awk '{print $14 + $15}' "/proc/$SERVER/stat"); t1=$(date +%s.%N)
     kill $SERVER; wait $SERVER 2>/dev/null || true
-    python3 - "$mode" "$n" "$c0" "$c1" "$t0" "$t1" "$TICK" "$peak" <<'PY'
+    python3 - "$mode" "$n" "$c0" "$c1" "$t0" "$t1" "$TICK" "$peak" "$CSV" <<'PY'
 import json, sys
-mode, n, c0, c1, t0, t1, tick, peak = sys.argv[1:]
+mode, n, c0, c1, t0, t1, tick, peak, csv = sys.argv[1:]
 r = json.load(open("target/asr_load.json"))
 cpu = (float(c1) - float(c0)) / float(tick) / (float(t1) - float(t0)) * 100
 l = r["latency_ms"]
-print(f'{mode:<12} {n:<8} {r["admitted"]:<9} {r["refused"]:<8} {r["utterances"]:<11} {l["p50"]:<8} '
-      f'{l["p95"]:<8} {l["p99"]:<8} {l["max"]:<8} {cpu:<10.0f} {int(peak) / 1024:.0f}')
+row = [mode, n, r["admitted"], r["refused"], r["utterances"], l["p50"], l["p95"], l["p99"],
+       l["max"], r["wer_percent"], round(cpu), round(int(peak) / 1024)]
+print("".join(f"{v:<{w}} " for v, w in zip(row, [12, 8, 9, 8, 11, 8, 8, 8, 8, 6, 10, 0])))
+open(csv, "a").write(",".join(map(str, row)) + "\n")
 if r["failed"]:
     print("  failures:", r["failures"], file=sys.stderr)
 PY
 done
 done
+# The largest N at p95 <= 1 s per model, and the plot (matplotlib in the project's venv).
+python3 - "$CSV" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+for model in dict.fromkeys(r["model"] for r in rows):
+    ok = [int(r["streams"]) for r in rows if r["model"] == model and float(r["p95_ms"]) <= 1000]
+    print(f"{model}: largest N with p95 <= 1.0 s: {max(ok) if ok else 'none'} of those run")
+PY
+if [ -z "${NO_PLOT:-}" ]; then
+    ./scripts/setup-python.sh >/dev/null
+    .venv/bin/python -c 'import matplotlib' 2>/dev/null || .venv/bin/pip install -q matplotlib
+    .venv/bin/python bench/asr_plot.py "$CSV" "${PLOT:-target/asr_streams.png}"
+fi

@@ -545,10 +545,15 @@ async fn run(
     }
     finished?;
     fed?;
-    if failures > 0 {
-        eprintln!("{failures} input(s) failed and were skipped (see warnings above)");
+    if failures == 0 {
+        return Ok(0);
     }
-    Ok(0)
+    eprintln!("{failures} node failure(s): inputs were lost (see the warnings above)");
+    if pipeline.manifest.config.tolerate_failures {
+        return Ok(0);
+    }
+    eprintln!("error: the run saw node failures (config.tolerate_failures: true accepts them)");
+    Ok(EXIT_RUN_FAILED)
 }
 
 /// What `run` reads and how.

@@ -140,6 +140,32 @@ fn a_node_failing_at_run_time_exits_1_naming_it() {
     );
 }
 
+/// A node failure that loses an input (the session goes on) still fails the run, unless the
+/// manifest tolerates it.
+#[test]
+fn a_run_that_lost_inputs_exits_1_unless_the_manifest_tolerates_it() {
+    let input = temp("reject.txt");
+    std::fs::write(&input, "hello\nreject\nbye\n").unwrap();
+    for (config, code) in [("", 1), ("config: {tolerate_failures: true}\n", 0)] {
+        let m = temp("rejects.yaml");
+        std::fs::write(
+            &m,
+            format!("version: v1\n{config}nodes:\n  - {{id: py, type: \"probe:Probe\"}}\n"),
+        )
+        .unwrap();
+        let o = bin()
+            .args(["run", m.to_str().unwrap(), "-i", input.to_str().unwrap()])
+            .env("PYTHONPATH", repo("crates/python-executor/tests/py"))
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{config}: {err}");
+        assert_eq!(stdout(&o), "hello\nbye\nflushed\n");
+        assert!(err.contains("asked to reject this input"), "{err}");
+        assert!(err.contains("1 node failure(s)"), "{err}");
+    }
+}
+
 #[test]
 fn nodes_and_schema_are_machine_readable() {
     let o = run(&["nodes", "--json"]);

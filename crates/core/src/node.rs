@@ -167,6 +167,10 @@ pub struct NodeContext {
 /// One processing step. Each instance lives for one session and runs in its own task, so it
 /// may keep state across inputs without locks. Heavy CPU or model work must leave the async
 /// reactor (`tokio::task::spawn_blocking`), so other sessions keep flowing.
+///
+/// Outputs pushed before a method returns an error are delivered, before the error is
+/// reported: what a node produced is never lost with its failure. (When a retryable error is
+/// retried, each attempt starts with empty outputs.)
 #[async_trait]
 pub trait Node: Send + 'static {
     /// Handles one input packet, emitting zero or more outputs. `port` is the index of the input

@@ -28,10 +28,15 @@ pub trait BatchModel: Send + 'static {
     type Response: Send + 'static;
     type Error: std::error::Error + Clone + Send + Sync + 'static;
 
-    /// Runs `batch` (1 to `max_batch` requests) and returns one result per request, in order.
-    /// Results must not depend on which other requests share the batch.
-    fn run(&mut self, batch: Vec<Self::Request>) -> Vec<Result<Self::Response, Self::Error>>;
+    /// Runs `batch` (1 to `max_batch` requests) and passes each request's result to `reply`
+    /// with its index in the batch, as soon as it is known: a request that finishes early
+    /// need not wait for the rest of its batch. A request left without a result fails
+    /// ([`ScheduleError::Failed`]).
+    fn run(&mut self, batch: Vec<Self::Request>, reply: &mut dyn FnMut(usize, Outcome<Self>));
 }
+
+/// What a [`BatchModel`] gives for one request.
+pub type Outcome<M> = Result<<M as BatchModel>::Response, <M as BatchModel>::Error>;
 
 /// How a scheduler batches and how much it queues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,29 +323,26 @@ fn serve<M: BatchModel>(shared: &Shared<M>, mut model: M) {
             replies.push(job.reply);
         }
         let n = replies.len();
-        let results =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(requests)));
+        let mut replies: Vec<Option<Reply<M>>> = replies.into_iter().map(Some).collect();
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            model.run(requests, &mut |i, result| {
+                if let Some(reply) = replies.get_mut(i).and_then(Option::take) {
+                    let _ = reply.send(result.map_err(ScheduleError::Model));
+                }
+            })
+        }));
         let stats = &shared.stats;
         stats.busy_ns.fetch_add(elapsed_ns(started), Relaxed);
         stats.batches.fetch_add(1, Relaxed);
         stats.batch_size.record_ns(n as u64);
         stats.completed.fetch_add(n as u64, Relaxed);
-        let failed = || ScheduleError::Failed {
-            model: shared.name.clone(),
-        };
-        let mut results = match results {
-            Ok(r) => r.into_iter(),
-            Err(_) => {
-                tracing::error!(model = %shared.name, "the model panicked on a batch of {n}");
-                Vec::new().into_iter()
-            }
-        };
-        for reply in replies {
-            let result = match results.next() {
-                Some(r) => r.map_err(ScheduleError::Model),
-                None => Err(failed()),
-            };
-            let _ = reply.send(result);
+        if ran.is_err() {
+            tracing::error!(model = %shared.name, "the model panicked on a batch of {n}");
+        }
+        for reply in replies.into_iter().flatten() {
+            let _ = reply.send(Err(ScheduleError::Failed {
+                model: shared.name.clone(),
+            }));
         }
     }
 }

@@ -462,13 +462,14 @@ impl NodeTask {
                 tokio::select! {
                     next = self.inbox.recv() => next,
                     r = self.node.node.poll_output(&mut out) => {
+                        // What the node produced before an error goes out before it.
+                        if let Stop::Halted = self.forward(&mut out).await {
+                            return Stop::Halted;
+                        }
                         match r {
                             Err(e) if e.kind == ErrorKind::Fatal => return Stop::Failed(e),
                             Err(e) => self.fail(e, false),
                             Ok(()) => {}
-                        }
-                        if let Stop::Halted = self.forward(&mut out).await {
-                            return Stop::Halted;
                         }
                         continue;
                     }
@@ -482,10 +483,16 @@ impl NodeTask {
             let Some((edge, packet)) = next else {
                 // End of stream: everything upstream has flushed into us.
                 out.clear();
-                if let Err(e) = self.node.node.flush(&mut out).await {
-                    return Stop::Failed(e);
-                }
-                return self.forward(&mut out).await;
+                let r = self.node.node.flush(&mut out).await;
+                let stop = self.forward(&mut out).await;
+                return match r {
+                    Err(e) if e.kind == ErrorKind::Fatal => Stop::Failed(e),
+                    Err(e) => {
+                        self.fail(e, false);
+                        stop
+                    }
+                    Ok(()) => stop,
+                };
             };
             self.last = (packet.timestamp, packet.captured);
             let port = self.edge_ports[edge];
@@ -495,23 +502,25 @@ impl NodeTask {
                     Control::Flush => self.node.node.flush(&mut out).await,
                     other => self.node.node.control(other, &mut out).await,
                 };
-                if let Err(e) = r {
-                    return Stop::Failed(e);
-                }
                 if let Stop::Halted = self.forward(&mut out).await {
                     return Stop::Halted;
+                }
+                match r {
+                    Err(e) if e.kind == ErrorKind::Fatal => return Stop::Failed(e),
+                    Err(e) => self.fail(e, false),
+                    Ok(()) => {}
                 }
                 if self.pass_control(&packet).await.is_err() {
                     return Stop::Halted;
                 }
                 continue;
             }
-            match self.process(port, &packet, &mut out).await {
-                Ok(()) => {
-                    if let Stop::Halted = self.forward(&mut out).await {
-                        return Stop::Halted;
-                    }
-                }
+            let r = self.process(port, &packet, &mut out).await;
+            if let Stop::Halted = self.forward(&mut out).await {
+                return Stop::Halted;
+            }
+            match r {
+                Ok(()) => {}
                 Err(e) if e.kind != ErrorKind::Fatal => self.fail(e, false),
                 Err(e) => return Stop::Failed(e),
             }

@@ -7,8 +7,8 @@
 //!   node is made by its registry factory, as a session makes it;
 //! - a [`Control`] is handled as the session router handles it: [`Control::Flush`] calls
 //!   [`Node::flush`], any other control [`Node::control`] (never [`Node::process`]); the
-//!   node's outputs come first, then the control itself on every output port, and an error
-//!   is fatal whatever its kind;
+//!   node's outputs come first, then the control itself on every output port; an error keeps
+//!   its kind (the router ends the session on a fatal one and reports any other);
 //! - end-of-stream flush output inherits the last input's timestamp, and output on a port the
 //!   node type does not declare (which the router would drop) is an error.
 
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::data::{Control, Packet, RuntimeData};
-use crate::node::{ErrorKind, Node, NodeContext, NodeError, NodeType, Output, Outputs, Ports};
+use crate::node::{Node, NodeContext, NodeError, NodeType, Output, Outputs, Ports};
 use crate::pipeline::ManifestError;
 use crate::registry::{NodeFactory, NodeRegistry};
 
@@ -179,7 +179,7 @@ impl NodeHarness {
             Control::Flush => self.node.flush(&mut self.out).await,
             other => self.node.control(other, &mut self.out).await,
         };
-        reacted.map_err(ends_session)?;
+        reacted?;
         let mut out = self.take(packet.timestamp)?;
         let outputs = self.ports.as_ref().map_or(1, |p| p.outputs.len());
         out.extend((0..outputs).map(|port| Output {
@@ -197,11 +197,11 @@ impl NodeHarness {
     }
 
     /// Like [`NodeHarness::flush`], keeping ports and timestamps (an inherited timestamp is
-    /// the last input's, as in the router). An error is fatal whatever its kind: at end of
-    /// stream the router does not retry.
+    /// the last input's, as in the router). The router does not retry a flush: it reports
+    /// the error and, when it is fatal, ends the session.
     pub async fn flush_outputs(&mut self) -> Result<Vec<Output>, NodeError> {
         self.out.clear();
-        self.node.flush(&mut self.out).await.map_err(ends_session)?;
+        self.node.flush(&mut self.out).await?;
         self.take(self.last)
     }
 
@@ -230,14 +230,6 @@ impl NodeHarness {
             )));
         }
         Ok(out)
-    }
-}
-
-/// The router ends the session on any error from a flush or a control.
-fn ends_session(e: NodeError) -> NodeError {
-    NodeError {
-        kind: ErrorKind::Fatal,
-        ..e
     }
 }
 
@@ -291,6 +283,7 @@ fn node_id(node_type: &str) -> String {
 mod tests {
     use super::*;
     use crate::data::MediaType;
+    use crate::node::ErrorKind;
     use crate::runtime::RuntimeBuilder;
     use crate::session::SessionError;
     use async_trait::async_trait;
@@ -556,16 +549,40 @@ mod tests {
         }
     }
 
+    /// A flush that fails with a non-fatal error is reported and the session goes on, in the
+    /// router as in the harness (which returns the error with its kind).
     #[tokio::test]
-    async fn a_failed_flush_is_fatal_as_in_the_router() {
-        let inputs = [(RuntimeData::Control(Control::Flush), Duration::ZERO)];
-        let routed = through_router::<FlakyFlush>(&inputs).await.unwrap_err();
-        assert!(
-            matches!(&routed, SessionError::Node(f) if f.fatal && f.message == "busy"),
-            "{routed}"
+    async fn a_failed_flush_is_reported_with_its_kind_as_in_the_router() {
+        let rt = RuntimeBuilder::empty()
+            .node::<FlakyFlush>()
+            .build()
+            .unwrap();
+        let text = "version: v1\nnodes:\n  - {id: n, type: FlakyFlush}\n";
+        let pipeline = rt.load(text, "test.yaml").unwrap();
+        let (input, mut output) = rt.open(&pipeline).await.unwrap().split();
+        input
+            .send(RuntimeData::Control(Control::Flush))
+            .await
+            .unwrap();
+        drop(input);
+        let mut failures = Vec::new();
+        while let Some(item) = output.recv().await {
+            if let Err(f) = item {
+                failures.push((f.fatal, f.message));
+            }
+        }
+        // The flush asked for, then the one at end of stream.
+        assert_eq!(
+            failures,
+            [(false, "busy".to_string()), (false, "busy".to_string())]
         );
+        output.finish().await.unwrap();
+        let inputs = [(RuntimeData::Control(Control::Flush), Duration::ZERO)];
         let err = through_harness::<FlakyFlush>(&inputs).await.unwrap_err();
-        assert_eq!((err.kind, err.message.as_str()), (ErrorKind::Fatal, "busy"));
+        assert_eq!(
+            (err.kind, err.message.as_str()),
+            (ErrorKind::Retryable, "busy")
+        );
     }
 
     /// Sends each input to both of its outputs.

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use remotemedia_core::scheduler::{BatchModel, ScheduleError, Scheduler, SchedulerConfig};
+use remotemedia_core::scheduler::{BatchModel, Outcome, ScheduleError, Scheduler, SchedulerConfig};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("odd request {0}")]
@@ -24,14 +24,13 @@ impl BatchModel for Doubler {
     type Response = u32;
     type Error = Odd;
 
-    fn run(&mut self, batch: Vec<u32>) -> Vec<Result<u32, Odd>> {
+    fn run(&mut self, batch: Vec<u32>, reply: &mut dyn FnMut(usize, Outcome<Self>)) {
         self.batches.lock().unwrap().push(batch.clone());
         std::thread::sleep(self.delay);
         assert!(!batch.contains(&999), "the model broke");
-        batch
-            .into_iter()
-            .map(|n| if n % 2 == 0 { Ok(n * 2) } else { Err(Odd(n)) })
-            .collect()
+        for (i, n) in batch.into_iter().enumerate() {
+            reply(i, if n % 2 == 0 { Ok(n * 2) } else { Err(Odd(n)) });
+        }
     }
 }
 
@@ -188,6 +187,59 @@ async fn a_withdrawn_request_does_not_run_and_a_panic_fails_only_its_batch() {
 }
 
 /// Awaits every future, in order (the core has no `futures` dependency).
+/// Sleeps its request's milliseconds, shortest first, replying to each as it ends: like a
+/// decoder whose rows leave the batch when their text ends.
+struct Steps;
+
+impl BatchModel for Steps {
+    type Request = u64;
+    type Response = ();
+    type Error = Odd;
+
+    fn run(&mut self, batch: Vec<u64>, reply: &mut dyn FnMut(usize, Outcome<Self>)) {
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by_key(|&i| batch[i]);
+        let mut slept = 0;
+        for i in order {
+            std::thread::sleep(Duration::from_millis(batch[i] - slept));
+            slept = batch[i];
+            reply(i, Ok(()));
+        }
+    }
+}
+
+/// A 2 s request does not hold back the five short ones batched with it: each gets its result
+/// when its own work ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_request_does_not_delay_the_short_ones_in_its_batch() {
+    let config = SchedulerConfig {
+        max_batch: 8,
+        max_wait_us: 50_000,
+        ..Default::default()
+    };
+    let s = Scheduler::new("steps", vec![Steps], config);
+    let started = std::time::Instant::now();
+    let calls = [2_000u64, 10, 20, 30, 40, 50]
+        .into_iter()
+        .enumerate()
+        .map(|(i, ms)| {
+            let s = s.clone();
+            async move {
+                s.submit(&session(&format!("s{i}")), ms).await.unwrap();
+                started.elapsed()
+            }
+        });
+    let took = futures_join_all(calls).await;
+    assert_eq!(s.snapshot().batches, 1, "one batch");
+    assert!(took[0] >= Duration::from_secs(2));
+    for t in &took[1..] {
+        assert!(
+            *t < Duration::from_millis(1_000),
+            "short requests took {took:?}"
+        );
+    }
+}
+
 async fn futures_join_all<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
     F: std::future::Future + Send + 'static,

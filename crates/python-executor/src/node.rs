@@ -3,9 +3,11 @@
 //!
 //! Up to `window` inputs are in flight at once, so the worker computes while the runtime
 //! reads the next input; outputs that arrive between inputs leave through
-//! [`Node::poll_output`]. A worker that dies or hangs is detected by its monitor; the restart
-//! policy then either starts a new worker (the inputs in flight are reported lost and the
-//! session goes on) or fails the session with the node, exit status and last stderr lines.
+//! [`Node::poll_output`]. A worker that dies or hangs is detected by its monitor. Everything it
+//! sent before it died is delivered first; then the restart policy either starts a new worker
+//! (the input the worker was processing is reported lost, with the node, exit status and last
+//! stderr lines; the inputs sent after it go to the new worker, and the session goes on) or
+//! fails the session with that report.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -68,8 +70,11 @@ pub struct PythonNode {
     worker: Option<Worker>,
     /// Set when the worker is found dead or broken; cleared by a successful restart.
     failure: Option<String>,
-    /// Sequence numbers sent and not yet answered, oldest first.
-    in_flight: VecDeque<u64>,
+    /// Requests sent and not yet answered, oldest first (kept to send again to a new worker).
+    in_flight: VecDeque<Frame>,
+    /// Requests that were in flight behind the one a failed worker was processing, for the
+    /// next worker.
+    replay: VecDeque<Frame>,
     next_seq: u64,
     restarts: u32,
     /// Outputs received but not yet handed to the router.
@@ -98,6 +103,7 @@ impl PythonNode {
             worker: None,
             failure: None,
             in_flight: VecDeque::new(),
+            replay: VecDeque::new(),
             next_seq: 0,
             restarts: 0,
             ready: VecDeque::new(),
@@ -151,7 +157,7 @@ impl PythonNode {
             return;
         };
         match worker.link.send(&frame) {
-            Ok(()) => self.in_flight.push_back(frame.seq),
+            Ok(()) => self.in_flight.push_back(frame),
             Err(IpcError::TooLarge { len, max }) => {
                 let e = NodeError::rejected(self.describe(&format!(
                     "cannot take an input of {len} bytes: the limit is {max} (worker.max_frame_bytes)"
@@ -159,8 +165,8 @@ impl PythonNode {
                 self.note(e);
             }
             Err(e) => {
-                // Counted among the inputs lost with the worker.
-                self.in_flight.push_back(frame.seq);
+                // Sent again to the next worker.
+                self.in_flight.push_back(frame);
                 self.broken(e.to_string());
             }
         }
@@ -183,11 +189,11 @@ impl PythonNode {
                 });
             }
             Msg::Done | Msg::Error => {
-                if self.in_flight.front() != Some(&frame.seq) {
+                let expected = self.in_flight.front().map(|f| f.seq);
+                if expected != Some(frame.seq) {
                     return Err(format!(
-                        "answered input {} out of order (expected {:?})",
-                        frame.seq,
-                        self.in_flight.front()
+                        "answered input {} out of order (expected {expected:?})",
+                        frame.seq
                     ));
                 }
                 self.in_flight.pop_front();
@@ -206,9 +212,10 @@ impl PythonNode {
         Ok(())
     }
 
-    /// Takes every frame already in shared memory.
+    /// Takes every frame already in shared memory, after a failure too: what a worker sent
+    /// before it died still counts. A worker that broke the protocol is not read further.
     fn drain(&mut self) {
-        while self.failure.is_none() {
+        loop {
             let Some(worker) = &self.worker else {
                 return;
             };
@@ -216,10 +223,14 @@ impl PythonNode {
                 Ok(Some(frame)) => {
                     if let Err(why) = self.take(frame) {
                         self.broken(format!("broke the protocol: it {why}"));
+                        return;
                     }
                 }
                 Ok(None) => return,
-                Err(e) => self.broken(e.to_string()),
+                Err(e) => {
+                    self.broken(e.to_string());
+                    return;
+                }
             }
         }
     }
@@ -265,6 +276,14 @@ impl PythonNode {
         if self.failure.is_none() {
             return Ok(());
         }
+        // A worker that died may have sent outputs just before: they are delivered first.
+        if self
+            .worker
+            .as_ref()
+            .is_some_and(|w| w.process.ended().is_some())
+        {
+            self.drain();
+        }
         if let Some(mut worker) = self.worker.take() {
             let ended = match worker.process.ended() {
                 Some(e) => e,
@@ -280,10 +299,17 @@ impl PythonNode {
             if why != ended.to_string() {
                 message.push_str(&format!(" ({why})"));
             }
-            let lost = std::mem::take(&mut self.in_flight).len();
-            if lost > 0 {
-                message.push_str(&format!("; {lost} input(s) in flight were lost"));
+            // The worker answers in order: the oldest unanswered request is the one it was on.
+            let mut unanswered = std::mem::take(&mut self.in_flight);
+            if let Some(lost) = unanswered.pop_front() {
+                let what = match lost.msg {
+                    Msg::Data => "input",
+                    Msg::Flush => "flush",
+                    _ => "control",
+                };
+                message.push_str(&format!("; the {what} it was processing was lost"));
             }
+            self.replay = unanswered;
             self.failure = Some(format!("{message}{tail}"));
         }
         let message = self.failure.clone().unwrap_or_default();
@@ -312,6 +338,9 @@ impl PythonNode {
         self.restarts += 1;
         RESTARTS.fetch_add(1, Relaxed);
         self.failure = None;
+        for frame in std::mem::take(&mut self.replay) {
+            self.request(frame);
+        }
         Err(NodeError::rejected(self.describe(&format!(
             "restarted ({} of {}) after: {message}",
             self.restarts, self.cfg.max_restarts
@@ -330,26 +359,36 @@ impl PythonNode {
         }
     }
 
-    /// Hands received outputs to the router; a pending error is reported once they are out.
+    /// Hands received outputs to the router, then a pending error (the router delivers the
+    /// outputs before it reports the error).
     fn deliver(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
-        if self.ready.is_empty() {
-            return self.error.take().map_or(Ok(()), Err);
-        }
         for o in self.ready.drain(..) {
             match o.timestamp {
                 Some(ts) => out.push_to_at(o.port, o.data, ts),
                 None => out.push_to(o.port, o.data),
             }
         }
-        Ok(())
+        self.error.take().map_or(Ok(()), Err)
+    }
+
+    /// [`PythonNode::ensure_worker`]; a fatal error is kept to report after the outputs.
+    async fn ensure_worker_or_keep(&mut self) -> bool {
+        match self.ensure_worker().await {
+            Ok(()) => true,
+            Err(e) => {
+                self.note(e);
+                false
+            }
+        }
     }
 
     /// Sends a request and waits for every answer.
     async fn round_trip(&mut self, frame: Frame, out: &mut Outputs) -> Result<(), NodeError> {
-        self.ensure_worker().await?;
-        self.request(frame);
-        self.pump(Until::Drained).await;
-        self.ensure_worker().await?;
+        if self.ensure_worker_or_keep().await {
+            self.request(frame);
+            self.pump(Until::Drained).await;
+            self.ensure_worker_or_keep().await;
+        }
         self.deliver(out)
     }
 }
@@ -362,14 +401,25 @@ impl Node for PythonNode {
         input: &Packet,
         out: &mut Outputs,
     ) -> Result<(), NodeError> {
-        self.ensure_worker().await?;
-        self.pump(Until::Room).await;
-        // A worker that died while we waited for room is replaced before this input goes.
-        self.ensure_worker().await?;
+        if !self.ensure_worker_or_keep().await {
+            return self.deliver(out);
+        }
+        // After a restart (an error is then pending), nothing from the new worker is read
+        // before the report: the outputs from before the crash, then the report, then the rest.
+        // The restart left room in the window (it re-sent fewer than `window` inputs).
+        if self.error.is_none() {
+            self.pump(Until::Room).await;
+            // A worker that died while we waited for room is replaced before this input goes.
+            if !self.ensure_worker_or_keep().await {
+                return self.deliver(out);
+            }
+        }
         let port = u16::try_from(port).unwrap_or(u16::MAX);
         let frame = self.next_frame(Msg::Data, Some((port, input.timestamp, input.data.clone())));
         self.request(frame);
-        self.pump(Until::Nothing).await;
+        if self.error.is_none() {
+            self.pump(Until::Nothing).await;
+        }
         self.deliver(out)
     }
 
@@ -394,7 +444,7 @@ impl Node for PythonNode {
                 return self.deliver(out);
             }
             if self.failure.is_some() {
-                self.ensure_worker().await?;
+                self.ensure_worker_or_keep().await;
                 continue;
             }
             if self.worker.is_none() {

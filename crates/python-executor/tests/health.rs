@@ -92,7 +92,10 @@ async fn restarts_are_bounded_and_inputs_in_flight_are_reported_lost() {
     assert!(!f.fatal);
     assert_mentions(
         &f.message,
-        &["exited with status 7", "1 input(s) in flight were lost"],
+        &[
+            "exited with status 7",
+            "the input it was processing was lost",
+        ],
     );
     assert_eq!(
         text(&{
@@ -104,6 +107,70 @@ async fn restarts_are_bounded_and_inputs_in_flight_are_reported_lost() {
     let f = fails(&mut s, "exit:8").await;
     assert!(f.fatal);
     assert_mentions(&f.message, &["all 1 restarts used", "exited with status 8"]);
+}
+
+/// What a session receives, in order, until `n` outputs and a failure have come (or a fatal
+/// one): texts, and failures as
+/// `Err(message)`.
+async fn collect(s: &mut Session, n: usize) -> Vec<Result<String, NodeFailure>> {
+    let mut got: Vec<Result<String, NodeFailure>> = Vec::new();
+    while got.iter().filter(|r| r.is_ok()).count() < n || !got.iter().any(Result::is_err) {
+        got.push(next(s).await.map(|p| text(&p).to_string()));
+        if matches!(got.last(), Some(Err(f)) if f.fatal) {
+            break;
+        }
+    }
+    got
+}
+
+/// `restart: never`: every output the worker produced before it crashed arrives, then the
+/// failure; `remotemedia run` exits 1 (tests/cli.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_produced_before_a_crash_arrive_before_the_failure() {
+    let rt = runtime();
+    let mut s = open(&rt, &one_node("probe:Probe", NEVER)).await;
+    s.send(RuntimeData::text("crash_after:3")).await.unwrap();
+    let got = collect(&mut s, 4).await;
+    let texts: Vec<&String> = got.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(texts, ["0", "1", "2"], "{got:?}");
+    let f = got.last().unwrap().as_ref().unwrap_err();
+    assert!(f.fatal);
+    assert_mentions(
+        &f.message,
+        &["SIGSEGV", "the input it was processing was lost"],
+    );
+}
+
+/// `restart: on-failure`: the outputs before the crash arrive, the crashing input is reported
+/// lost (node, signal, stderr), and the inputs sent after it, already in flight to the dead
+/// worker, are processed by the new one: the session loses exactly what it is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_after_the_crashing_one_go_to_the_new_worker() {
+    let rt = runtime();
+    let mut s = open(&rt, &one_node("probe:Probe", "{worker: {backoff_ms: 10}}")).await;
+    for input in ["crash_after:2", "a", "b", "c"] {
+        s.send(RuntimeData::text(input)).await.unwrap();
+    }
+    let got = collect(&mut s, 5).await;
+    let texts: Vec<&String> = got.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(texts, ["0", "1", "a", "b", "c"], "{got:?}");
+    // The report follows what the worker produced before it died (the session's failures and
+    // outputs are separate queues, so outputs of the new worker may overtake it).
+    let failures: Vec<usize> = (0..got.len()).filter(|&i| got[i].is_err()).collect();
+    assert_eq!(failures.len(), 1, "{got:?}");
+    assert!(failures[0] >= 2, "{got:?}");
+    let f = got[failures[0]].as_ref().unwrap_err();
+    assert!(!f.fatal, "{f}");
+    assert_mentions(
+        &f.message,
+        &[
+            "`py` (probe:Probe)",
+            "SIGSEGV",
+            "the input it was processing was lost",
+            "restarted (1 of 3)",
+        ],
+    );
+    s.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

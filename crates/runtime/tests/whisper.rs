@@ -11,7 +11,7 @@
 #[path = "../../speech/tests/common/mod.rs"]
 mod speech;
 
-const BECKETT: &str = "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better.";
+const BECKETT: &str = include_str!("../../../examples/transcripts/beckett.txt");
 /// Silence in front of the recording, so the spans are checked away from time zero.
 const LEAD_S: f64 = 1.0;
 

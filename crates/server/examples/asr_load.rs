@@ -3,7 +3,10 @@
 //! by a second of silence) in a loop in real time (20 ms frames, from its own offset), and
 //! measuring for every final text the time from the end of its utterance (the end of the text's
 //! span, in the stream's media time) to its arrival. That latency includes the VAD's wait for
-//! silence (500 ms in `examples/transcribe.yaml`).
+//! silence (500 ms in `examples/transcribe.yaml`). Word error rate: each stream's final texts
+//! against the words its recording reads (`examples/transcripts/`), aligned to the stretch of
+//! the looped text they match best, since a stream starts and ends anywhere in it; words cut at
+//! a stream's ends count as errors, the same in every run.
 //!
 //!   cargo run --release -p remotemedia-server --example asr_load -- \
 //!       --addr 127.0.0.1:50051 --pipeline transcribe --streams 32 --seconds 40
@@ -63,14 +66,21 @@ fn args() -> Args {
 }
 
 /// A bundled human recording (mono, 16-bit) at its own rate, with a second of silence after
-/// it, played in a loop by a stream.
+/// it, played in a loop by a stream, and the words it reads.
 struct Clip {
     samples: Vec<f32>,
     rate: u32,
+    words: Vec<String>,
 }
 
 impl Clip {
     fn load(models: &str, name: &str) -> Self {
+        let transcript = format!(
+            "{}/../../examples/transcripts/{}.txt",
+            env!("CARGO_MANIFEST_DIR"),
+            name.trim_end_matches(".wav")
+        );
+        let words = words(&std::fs::read_to_string(&transcript).expect(&transcript));
         let path = format!("{models}/samples/{name}");
         let reader = hound::WavReader::open(&path)
             .unwrap_or_else(|e| panic!("{path}: {e}; run ./scripts/setup-models.sh"));
@@ -81,7 +91,11 @@ impl Clip {
             .map(|s| f32::from(s.unwrap_or(0)) / 32_768.0)
             .collect();
         samples.extend(std::iter::repeat_n(0.0, rate as usize));
-        Self { samples, rate }
+        Self {
+            samples,
+            rate,
+            words,
+        }
     }
 
     /// Samples in 20 ms.
@@ -90,9 +104,54 @@ impl Clip {
     }
 }
 
+/// Lowercase words without punctuation (hyphens and dashes split words), as the speech tests
+/// score word error rate.
+fn words(text: &str) -> Vec<String> {
+    let cleaned: String = text
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            '-' | '\u{2010}'..='\u{2015}' => Some(' '),
+            c if c.is_alphanumeric() || c.is_whitespace() => Some(c),
+            _ => None,
+        })
+        .collect();
+    cleaned.split_whitespace().map(str::to_string).collect()
+}
+
+/// Word edits between `heard` and the stretch of the looped `read` words it matches best, and
+/// that stretch's length: a stream starts and ends anywhere in its recording, so the alignment
+/// may start and end anywhere in the reference for free.
+fn loop_edits(read: &[String], heard: &[String], loops: usize) -> (usize, usize) {
+    let r: Vec<&String> = read.iter().cycle().take(read.len() * loops).collect();
+    // cost[j], start[j]: best alignment of the heard words so far ending at reference word j.
+    let mut cost: Vec<usize> = vec![0; r.len() + 1];
+    let mut start: Vec<usize> = (0..=r.len()).collect();
+    for h in heard {
+        let mut next = vec![0; r.len() + 1];
+        let mut next_start = vec![0; r.len() + 1];
+        next[0] = cost[0] + 1;
+        next_start[0] = start[0];
+        for j in 1..=r.len() {
+            let options = [
+                (cost[j - 1] + usize::from(r[j - 1] != h), start[j - 1]),
+                (cost[j] + 1, start[j]),
+                (next[j - 1] + 1, next_start[j - 1]),
+            ];
+            (next[j], next_start[j]) = *options.iter().min_by_key(|o| o.0).unwrap();
+        }
+        (cost, start) = (next, next_start);
+    }
+    let (end, edits) = cost.iter().enumerate().min_by_key(|(_, c)| **c).unwrap();
+    (*edits, end - start[end])
+}
+
 #[derive(Default)]
 struct Results {
     latency_ms: Vec<f64>,
+    /// Word edits and reference words over all streams.
+    edits: usize,
+    reference_words: usize,
     admitted: usize,
     refused: usize,
     failed: Vec<String>,
@@ -119,6 +178,8 @@ async fn stream(
     let frames = (args.seconds * 50.0) as usize;
     let frame = clip.frame();
     let t0 = tokio::time::Instant::now();
+    let played = args.seconds * f64::from(clip.rate) / clip.samples.len() as f64;
+    let read_words = clip.words.clone();
     let feed = async move {
         let len = clip.samples.len() / frame * frame;
         for k in 0..frames {
@@ -148,6 +209,7 @@ async fn stream(
     let start = Instant::now();
     let read = async {
         let mut lat = Vec::new();
+        let mut heard = Vec::new();
         loop {
             match responses.message().await {
                 Ok(Some(proto::StreamResponse { message: Some(m) })) => {
@@ -159,16 +221,22 @@ async fn stream(
                         let end_us = span.end_us;
                         let arrived = start.elapsed().as_secs_f64() * 1e3;
                         lat.push(arrived - end_us as f64 / 1e3);
+                        heard.extend(words(&t.text));
                     }
                 }
                 Ok(_) => break,
                 Err(s) => return Err(format!("{:?}: {}", s.code(), s.message())),
             }
         }
-        Ok(lat)
+        Ok((lat, heard))
     };
-    let ((), lat) = tokio::join!(feed, read);
-    results.lock().unwrap().latency_ms.extend(lat?);
+    let ((), read) = tokio::join!(feed, read);
+    let (lat, heard) = read?;
+    let (edits, words) = loop_edits(&read_words, &heard, played.ceil() as usize + 1);
+    let mut r = results.lock().unwrap();
+    r.latency_ms.extend(lat);
+    r.edits += edits;
+    r.reference_words += words;
     Ok(())
 }
 
@@ -231,6 +299,7 @@ fn main() {
             "failed": r.failed.len(),
             "failures": failures.iter().take(3).collect::<Vec<_>>(),
             "utterances": r.latency_ms.len(),
+            "wer_percent": (1000.0 * r.edits as f64 / r.reference_words.max(1) as f64).round() / 10.0,
             "latency_ms": {
                 "p50": pct(&r.latency_ms, 0.50),
                 "p95": pct(&r.latency_ms, 0.95),

@@ -401,11 +401,13 @@ pub struct Pace {
 }
 
 impl Pace {
-    pub fn new(l: &LimitsConfig) -> Self {
+    /// Limits counted from `opened`, when the client asked for the session: audio it sent at
+    /// real time while the session was starting is within its budget, however long that took.
+    pub fn new(l: &LimitsConfig, opened: Instant) -> Self {
         let now = Instant::now();
         let fps = f64::from(l.max_frames_per_second);
         Self {
-            started: now,
+            started: opened,
             audio: Duration::ZERO,
             factor: l.max_realtime_factor,
             burst: Duration::from_millis(l.realtime_burst_ms),
@@ -472,7 +474,7 @@ mod tests {
             max_frames_per_second: 0,
             ..Default::default()
         };
-        let mut pace = Pace::new(&limits);
+        let mut pace = Pace::new(&limits, Instant::now());
         for _ in 0..50 {
             pace.audio(Duration::from_millis(20)).unwrap(); // 1 s: the head start
         }
@@ -487,7 +489,7 @@ mod tests {
             max_frames_per_second: 100,
             ..Default::default()
         };
-        let mut pace = Pace::new(&limits);
+        let mut pace = Pace::new(&limits, Instant::now());
         let refused = (0..1_000).filter(|_| pace.frame().is_err()).count();
         assert!(
             refused >= 800,

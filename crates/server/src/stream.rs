@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use remotemedia_core::rt::sleep_until;
@@ -49,6 +49,7 @@ async fn serve(
     tx: &Outbox,
 ) -> Result<(), Status> {
     let open = first_message(shared, inbound).await?;
+    let opened = Instant::now();
     let requested = open.requested_limits.as_ref().map(convert::limits_in);
     let granted = shared
         .admission
@@ -89,7 +90,7 @@ async fn serve(
         input,
         tx,
         stop: &stop_tx,
-        pace: Pace::new(&granted.limits),
+        pace: Pace::new(&granted.limits, opened),
     }
     .run(inbound, stop_tx.subscribe());
     let ends = Ends {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use remotemedia_core::scheduler::{BatchModel, Scheduler, SchedulerConfig};
+use remotemedia_core::scheduler::{BatchModel, Outcome, Scheduler, SchedulerConfig};
 use tonic::{Code, Request};
 
 /// Model schedulers are process-wide: the tests here take turns so one's load is not the
@@ -88,9 +88,11 @@ impl BatchModel for Slow {
     type Response = ();
     type Error = Never;
 
-    fn run(&mut self, batch: Vec<()>) -> Vec<Result<(), Never>> {
+    fn run(&mut self, batch: Vec<()>, reply: &mut dyn FnMut(usize, Outcome<Self>)) {
         std::thread::sleep(self.0);
-        batch.into_iter().map(Ok).collect()
+        for i in 0..batch.len() {
+            reply(i, Ok(()));
+        }
     }
 }
 

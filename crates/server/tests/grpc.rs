@@ -647,3 +647,54 @@ async fn output_audio_comes_as_bytes_when_the_client_asks() {
         .collect();
     assert_eq!(got, sent);
 }
+
+/// A client that keeps to real time from the moment it sends `open` is never refused as too
+/// fast, however long the session takes to start: the audio it sent meanwhile is read in one
+/// go when the pipeline is up, and the real-time budget counts from the open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_sent_at_real_time_while_the_session_starts_is_within_the_budget() {
+    let py = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py");
+    let runtime = remotemedia_runtime::builder_with(remotemedia_runtime::Options {
+        python_path: vec![py],
+        ..Default::default()
+    })
+    .node::<Picky>()
+    .build()
+    .unwrap();
+    let server = serve_with(runtime, |c| {
+        c.limits.max_realtime_factor = 1.5;
+        c.limits.realtime_burst_ms = 500;
+        c.manifests.insert(
+            "slow".into(),
+            "version: v1\nnodes:\n  - {id: slow, type: \"slow_start:SlowStart\", params: {seconds: 2}}\n"
+                .into(),
+        );
+    })
+    .await;
+    let mut c = client(&server).await;
+    let mut s = stream(&mut c, Request::new).await.unwrap();
+    s.tx.send(open("slow")).await.unwrap();
+    let tx = s.tx.clone();
+    const FRAMES: usize = 150; // 3 s, two of them before the session is up
+    let feed = tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        for k in 0..FRAMES {
+            tokio::time::sleep_until(start + Duration::from_millis(20 * k as u64)).await;
+            tx.send(audio(vec![0.1; 320], 16_000)).await.unwrap();
+        }
+        tx.send(control(Action::Close)).await.unwrap();
+    });
+    let mut outputs = 0;
+    loop {
+        match next(&mut s.rx).await {
+            Ok(Some(Msg::Output(_))) => outputs += 1,
+            Ok(Some(Msg::Closed(_)) | None) => break,
+            Ok(Some(Msg::Error(e))) => panic!("{e:?}"),
+            Ok(Some(_)) => {}
+            Err(status) => panic!("refused after {outputs} frames: {status:?}"),
+        }
+    }
+    feed.await.unwrap();
+    assert_eq!(outputs, FRAMES);
+    assert_no_leaks(&server).await;
+}

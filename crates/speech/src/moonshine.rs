@@ -33,7 +33,7 @@ use serde::Deserialize;
 
 use crate::models::{self, ModelError, SharedSession};
 use crate::tokenizer::Tokenizer;
-use remotemedia_core::scheduler::{BatchModel, Scheduler, SchedulerConfig};
+use remotemedia_core::scheduler::{BatchModel, Outcome, Scheduler, SchedulerConfig};
 
 /// The only rate the model was trained on.
 pub const SAMPLE_RATE: u32 = 16_000;
@@ -60,6 +60,8 @@ pub const DEFAULT_MAX_TOKENS_PER_SECOND: f32 = 6.5;
 /// Utterances queued for the shared model at most; one more is refused (retryable) rather than
 /// queued without limit. At ~0.1 s of work per utterance, a full queue is ~25 s of backlog.
 const MAX_QUEUED_UTTERANCES: usize = 256;
+/// Utterances a worker decodes together by default (bench/asr_streams.sh).
+pub const DEFAULT_MAX_BATCH: usize = 8;
 
 /// Decoder input that selects the cached branch.
 const USE_CACHE: &str = "use_cache_branch";
@@ -72,6 +74,9 @@ const PAST_PREFIX: &str = "past_key_values.";
 const PRESENT_PREFIX: &str = "present.";
 /// `<s>` and `</s>`: the tokenizer checks they sit at these ids.
 const START_TOKEN: u32 = 1;
+/// The decoder reads its `encoder_attention_mask` at one value per this many samples, one per
+/// encoder frame (the encoder's convolutions downsample by 64 × 3 × 2).
+const MASK_STRIDE: usize = 384;
 const END_TOKEN: u32 = 2;
 
 /// What the loaded graphs look like, read from their signatures so a foreign or damaged file is
@@ -90,6 +95,8 @@ struct Layout {
     heads: usize,
     head_dim: usize,
     vocab: usize,
+    /// Width of the encoder states.
+    width: usize,
 }
 
 /// One recogniser: shared encoder and decoder sessions plus the vocabulary. Cheap to share
@@ -103,7 +110,7 @@ pub struct Moonshine {
 }
 
 /// A transcription and how its decoding ended, for logs and benchmarks.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Transcript {
     pub text: String,
     /// Tokens decoded, without the end-of-sequence token.
@@ -199,35 +206,69 @@ impl Moonshine {
     /// quieter than [`SILENCE_PEAK`] gives empty text without running the model; longer than
     /// [`MAX_UTTERANCE`] is an error.
     pub fn transcribe(&self, samples: &[f32]) -> Result<Transcript, ModelError> {
-        if samples.len() > max_samples() {
-            return Err(self.encoder.inference_error(format!(
-                "{:.1} s of audio in one utterance; the model takes at most {} s",
-                samples.len() as f64 / f64::from(SAMPLE_RATE),
-                MAX_UTTERANCE.as_secs()
-            )));
-        }
-        let silent = samples.iter().all(|s| s.abs() < SILENCE_PEAK);
-        if samples.len() < min_samples() || silent {
-            return Ok(Transcript {
-                text: String::new(),
-                tokens: 0,
-                capped: false,
-            });
-        }
-        let mask = vec![1i64; samples.len()];
-        let hidden = self.encode(samples, &mask)?;
-        let cap = self.token_cap(samples.len());
-        let ids = self.decode(&hidden, &mask, cap)?;
-        Ok(Transcript {
-            text: self.tokenizer.decode(&ids).trim().to_string(),
-            tokens: ids.len(),
-            capped: ids.len() >= cap,
-        })
+        let mut result = None;
+        self.transcribe_batch(&[samples], &mut |_, r| result = Some(r));
+        result.unwrap_or_else(|| Err(self.decoder.inference_error("no result")))
     }
 
-    fn encode(&self, samples: &[f32], mask: &[i64]) -> Result<DynValue, ModelError> {
+    /// Transcribes several utterances at once, each as [`Moonshine::transcribe`] would, passing
+    /// each result to `done` with the utterance's index as soon as it is known. Each utterance
+    /// is encoded on its own (a batch makes the encoder no faster: it is bound by compute);
+    /// their decoding steps run as one batch, each utterance with its own cache, and an
+    /// utterance leaves the batch when its text ends.
+    pub fn transcribe_batch(
+        &self,
+        utterances: &[&[f32]],
+        done: &mut dyn FnMut(usize, Result<Transcript, ModelError>),
+    ) {
+        let mut rows = Vec::with_capacity(utterances.len());
+        for (index, samples) in utterances.iter().enumerate() {
+            if samples.len() > max_samples() {
+                done(
+                    index,
+                    Err(self.encoder.inference_error(format!(
+                        "{:.1} s of audio in one utterance; the model takes at most {} s",
+                        samples.len() as f64 / f64::from(SAMPLE_RATE),
+                        MAX_UTTERANCE.as_secs()
+                    ))),
+                );
+            } else if samples.len() < min_samples()
+                || samples.iter().all(|s| s.abs() < SILENCE_PEAK)
+            {
+                done(index, Ok(Transcript::default()));
+            } else {
+                match self.encode(samples) {
+                    Ok((hidden, frames)) => rows.push(Row {
+                        index,
+                        hidden,
+                        frames,
+                        cap: self.token_cap(samples.len()),
+                        ids: Vec::new(),
+                    }),
+                    Err(e) => done(index, Err(e)),
+                }
+            }
+        }
+        let mut finished = |row: Row| {
+            let transcript = Transcript {
+                text: self.tokenizer.decode(&row.ids).trim().to_string(),
+                tokens: row.ids.len(),
+                capped: row.ids.len() >= row.cap,
+            };
+            done(row.index, Ok(transcript));
+        };
+        if let Err(e) = self.decode(&mut rows, &mut finished) {
+            for row in rows {
+                done(row.index, Err(e.clone()));
+            }
+        }
+    }
+
+    /// The encoder's states for one utterance, row-major `[frames, width]`, and their frames.
+    fn encode(&self, samples: &[f32]) -> Result<(Vec<f32>, usize), ModelError> {
         let err = |e: ort::Error| self.encoder.inference_error(e);
         let n = samples.len();
+        let mask = vec![1i64; n];
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![(
             ENCODER_INPUT.into(),
             TensorRef::from_array_view(([1usize, n], samples))
@@ -237,54 +278,85 @@ impl Moonshine {
         if self.layout.encoder_mask {
             inputs.push((
                 ENCODER_MASK.into(),
-                TensorRef::from_array_view(([1usize, n], mask))
+                TensorRef::from_array_view(([1usize, n], mask.as_slice()))
                     .map_err(err)?
                     .into(),
             ));
         }
         let mut session = self.encoder.lock();
         let outputs = session.run(inputs).map_err(err)?;
-        outputs
-            .into_iter()
-            .next()
-            .map(|(_, v)| v)
-            .ok_or_else(|| self.encoder.inference_error("the encoder returned nothing"))
+        if outputs.len() == 0 {
+            return Err(self.encoder.inference_error("the encoder returned nothing"));
+        }
+        let (shape, states) = outputs[0].try_extract_tensor::<f32>().map_err(err)?;
+        match **shape {
+            [1, frames, width] if width as usize == self.layout.width => {
+                Ok((states.to_vec(), frames as usize))
+            }
+            _ => Err(self
+                .encoder
+                .inference_error(format!("encoder states of shape {shape:?}"))),
+        }
     }
 
-    /// Greedy decoding of at most `cap` tokens (end of sequence excluded).
-    fn decode(&self, hidden: &DynValue, mask: &[i64], cap: usize) -> Result<Vec<u32>, ModelError> {
+    /// Greedy decoding of `rows` as one batch. Each row stops at end of sequence or at its cap
+    /// (end of sequence excluded) and is passed to `finished` as it leaves; on an error the
+    /// rows still decoding are left in `rows`.
+    fn decode(&self, rows: &mut Vec<Row>, finished: &mut dyn FnMut(Row)) -> Result<(), ModelError> {
         let err = |e: ort::Error| self.decoder.inference_error(e);
         let l = &self.layout;
-        let empty = [1usize, l.heads, 0, l.head_dim];
+        // Encoder states are padded to the longest row of the batch as it started (the cross-
+        // attention caches keep that length), with the mask the decoder reads one value per
+        // encoder frame from (every MASK_STRIDE-th sample).
+        let frames = rows.iter().map(|r| r.frames).max().unwrap_or(0);
+        let pad = |rows: &[Row]| {
+            let mut hidden = vec![0f32; rows.len() * frames * l.width];
+            let mut mask = vec![0i64; rows.len() * frames * MASK_STRIDE];
+            for (i, row) in rows.iter().enumerate() {
+                let at = i * frames * l.width;
+                hidden[at..at + row.hidden.len()].copy_from_slice(&row.hidden);
+                let at = i * frames * MASK_STRIDE;
+                mask[at..at + row.frames * MASK_STRIDE].fill(1);
+            }
+            (hidden, mask)
+        };
+        let (mut hidden, mut mask) = pad(rows);
+        let empty = [rows.len(), l.heads, 0, l.head_dim];
         let mut past: Vec<DynValue> = l
             .past
             .iter()
             .map(|_| Tensor::<f32>::from_array((empty, Vec::new())).map(Tensor::into_dyn))
             .collect::<Result<_, _>>()
             .map_err(err)?;
-        let mut ids = Vec::with_capacity(cap);
-        let mut last = i64::from(START_TOKEN);
-        while ids.len() < cap {
-            let cached = !ids.is_empty();
+        let mut step = 0;
+        while !rows.is_empty() {
+            let batch = rows.len();
+            let last: Vec<i64> = rows
+                .iter()
+                .map(|r| i64::from(r.ids.last().copied().unwrap_or(START_TOKEN)))
+                .collect();
             let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
                 Vec::with_capacity(l.past.len() + 4);
             inputs.push((
                 INPUT_IDS.into(),
-                Tensor::from_array(([1usize, 1], vec![last]))
+                Tensor::from_array(([batch, 1], last)).map_err(err)?.into(),
+            ));
+            inputs.push((
+                ENCODER_STATES.into(),
+                TensorRef::from_array_view(([batch, frames, l.width], hidden.as_slice()))
                     .map_err(err)?
                     .into(),
             ));
-            inputs.push((ENCODER_STATES.into(), hidden.into()));
             inputs.push((
                 USE_CACHE.into(),
-                Tensor::from_array(([1usize], vec![cached]))
+                Tensor::from_array(([1usize], vec![step > 0]))
                     .map_err(err)?
                     .into(),
             ));
             if l.decoder_mask {
                 inputs.push((
                     DECODER_MASK.into(),
-                    TensorRef::from_array_view(([1usize, mask.len()], mask))
+                    TensorRef::from_array_view(([batch, frames * MASK_STRIDE], mask.as_slice()))
                         .map_err(err)?
                         .into(),
                 ));
@@ -296,25 +368,69 @@ impl Moonshine {
                 let mut session = self.decoder.lock();
                 let outputs = session.run(inputs).map_err(err)?;
                 let (_, logits) = outputs[0].try_extract_tensor::<f32>().map_err(err)?;
-                let next = argmax(logits.get(logits.len().saturating_sub(l.vocab)..))
-                    .ok_or_else(|| self.decoder.inference_error("empty logits"))?;
+                let next = logits
+                    .chunks(l.vocab)
+                    .map(|scores| argmax(Some(scores)))
+                    .collect::<Option<Vec<u32>>>()
+                    .filter(|n| n.len() == batch)
+                    .ok_or_else(|| self.decoder.inference_error("logits of the wrong size"))?;
                 for (i, (_, value)) in outputs.into_iter().enumerate() {
                     if let Some(slot) = l.present.get(i).copied().flatten()
-                        && (!cached || !l.cross[slot])
+                        && (step == 0 || !l.cross[slot])
                     {
                         past[slot] = value;
                     }
                 }
                 next
             };
-            if next == END_TOKEN {
-                break;
+            step += 1;
+            let mut keep = Vec::with_capacity(batch);
+            for (row, token) in std::mem::take(rows).into_iter().zip(next) {
+                let mut row = row;
+                if token != END_TOKEN {
+                    row.ids.push(token);
+                }
+                if token == END_TOKEN || row.ids.len() >= row.cap {
+                    keep.push(false);
+                    finished(row);
+                } else {
+                    keep.push(true);
+                    rows.push(row);
+                }
             }
-            ids.push(next);
-            last = i64::from(next);
+            if !rows.is_empty() && rows.len() < batch {
+                for value in &mut past {
+                    *value = keep_rows(value, &keep).map_err(err)?;
+                }
+                (hidden, mask) = pad(rows);
+            }
         }
-        Ok(ids)
+        Ok(())
     }
+}
+
+/// One utterance being decoded in a batch.
+struct Row {
+    /// Its index in the batch the caller gave.
+    index: usize,
+    /// Encoder states, `[frames, width]`.
+    hidden: Vec<f32>,
+    frames: usize,
+    cap: usize,
+    ids: Vec<u32>,
+}
+
+/// The rows of a `[batch, ...]` cache tensor whose `keep` is true.
+fn keep_rows(value: &DynValue, keep: &[bool]) -> Result<DynValue, ort::Error> {
+    let (shape, data) = value.try_extract_tensor::<f32>()?;
+    let row = data.len() / keep.len().max(1);
+    let mut kept = Vec::with_capacity(data.len());
+    for (chunk, _) in data.chunks(row).zip(keep).filter(|(_, k)| **k) {
+        kept.extend_from_slice(chunk);
+    }
+    let mut dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    dims[0] = keep.iter().filter(|k| **k).count();
+    Ok(Tensor::from_array((dims, kept))?.into_dyn())
 }
 
 fn min_samples() -> usize {
@@ -400,21 +516,24 @@ fn check_decoder(
             return Err(bad(format!("no input \"{required}\" (inputs {names:?})")));
         }
     }
-    if let (Some(h), Some(d)) = (
-        hidden,
-        inputs
-            .iter()
-            .find(|i| i.name() == ENCODER_STATES)
-            .and_then(|i| i.dtype().tensor_shape())
-            .and_then(|s| s.last().copied())
-            .filter(|&d| d > 0),
-    ) && h != d
+    let takes = inputs
+        .iter()
+        .find(|i| i.name() == ENCODER_STATES)
+        .and_then(|i| i.dtype().tensor_shape())
+        .and_then(|s| s.last().copied())
+        .filter(|&d| d > 0);
+    if let (Some(h), Some(d)) = (hidden, takes)
+        && h != d
     {
         return Err(bad(format!(
             "takes encoder states of width {d}, but the encoder gives {h}; \
              the files come from different models"
         )));
     }
+    let width = takes
+        .or(hidden)
+        .ok_or_else(|| bad("the width of the encoder states is not fixed".into()))?
+        as usize;
     let mut past = Vec::new();
     let mut cross = Vec::new();
     let mut dims = None;
@@ -472,6 +591,7 @@ fn check_decoder(
         heads,
         head_dim,
         vocab,
+        width,
     })
 }
 
@@ -496,11 +616,22 @@ pub struct MoonshineParams {
     /// 60 % more CPU (`cargo bench -p remotemedia-speech --bench moonshine`).
     #[schemars(range(min = 1, max = 16))]
     pub threads: usize,
-    /// Utterances transcribed at once, each by its own copy of the model (about 70 MB each),
-    /// for every stream of the process: one per core by default, at most 4. Shared with the
+    /// Threads running the model for every stream of the process, each with its own copy of
+    /// it (about 70 MB each) and its own batch: one per core by default, at most 4. Shared with the
     /// first node that starts the model's scheduler.
     #[schemars(range(min = 1, max = 16))]
     pub workers: Option<usize>,
+    /// Utterances decoded together at most, by one worker: their decoding steps run as one
+    /// batch, each leaving it when its text ends. Batching only forms from utterances that are
+    /// already waiting, so it costs nothing at low load and raises the throughput under load.
+    /// The bundled export quantizes activations per batch, so a batch can, rarely, flip a
+    /// near-tie word (ADR 16). Shared with the first node that starts the model's scheduler.
+    #[schemars(range(min = 1, max = 64))]
+    pub max_batch: usize,
+    /// How long a worker that finds one utterance waiting waits for others to join its batch
+    /// (ms). 0: batch only what already waits.
+    #[schemars(range(max = 100))]
+    pub batch_wait_ms: u64,
     /// `shared`: every session's utterances go to the process's shared model. `per_session`:
     /// this session loads its own copy (about 70 MB and a load per session) and runs it on its
     /// own thread, as per-client systems do; kept to measure the difference.
@@ -520,6 +651,8 @@ impl Default for MoonshineParams {
             model: None,
             threads: 1,
             workers: None,
+            max_batch: DEFAULT_MAX_BATCH,
+            batch_wait_ms: 0,
             sharing: Sharing::Shared,
             max_tokens_per_second: DEFAULT_MAX_TOKENS_PER_SECOND,
             interim: false,
@@ -543,9 +676,7 @@ pub struct MoonshineASRNode {
     interim: bool,
 }
 
-/// The recogniser as the shared scheduler runs it: one utterance at a time. The export mixes
-/// the rows of a batch (an utterance decodes differently beside another; measured on the
-/// bundled model with ONNX Runtime 1.32), so batches hold one utterance.
+/// The recogniser as a scheduler runs it: a batch of utterances, decoded together.
 struct Recognizer(Moonshine);
 
 impl BatchModel for Recognizer {
@@ -553,8 +684,9 @@ impl BatchModel for Recognizer {
     type Response = Transcript;
     type Error = ModelError;
 
-    fn run(&mut self, batch: Vec<Samples>) -> Vec<Result<Transcript, ModelError>> {
-        batch.iter().map(|s| self.0.transcribe(s)).collect()
+    fn run(&mut self, batch: Vec<Samples>, reply: &mut dyn FnMut(usize, Outcome<Self>)) {
+        let utterances: Vec<&[f32]> = batch.iter().map(|s| &s[..]).collect();
+        self.0.transcribe_batch(&utterances, reply);
     }
 }
 
@@ -647,8 +779,8 @@ impl NodeType for MoonshineASRNode {
         let max_tokens = p.max_tokens_per_second;
         let dir = p.model.unwrap_or_else(Moonshine::default_model);
         let queue = SchedulerConfig {
-            max_batch: 1,
-            max_wait_us: 0,
+            max_batch: p.max_batch.max(1),
+            max_wait_us: p.batch_wait_ms * 1_000,
             max_queue: MAX_QUEUED_UTTERANCES,
         };
         if p.sharing == Sharing::PerSession {
@@ -661,7 +793,10 @@ impl NodeType for MoonshineASRNode {
                 interim: p.interim,
             });
         }
-        let config = format!("threads={},max_tokens_per_second={max_tokens}", p.threads);
+        let config = format!(
+            "threads={},max_tokens_per_second={max_tokens},max_batch={},batch_wait_ms={}",
+            p.threads, p.max_batch, p.batch_wait_ms
+        );
         let (threads, model) = (p.threads, dir.clone());
         let workers = p
             .workers

@@ -198,6 +198,9 @@ pub struct PipelineConfig {
     /// (a `runtime_hint` on a node still wins).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub executor_rules: Vec<ExecutorRule>,
+    /// A node failure that loses an input (reported; the session goes on) does not fail the
+    /// run: `remotemedia run` still exits 0. Off by default: such a run exits 1.
+    pub tolerate_failures: bool,
 }
 
 impl Default for PipelineConfig {
@@ -208,6 +211,7 @@ impl Default for PipelineConfig {
             circuit_breaker: CircuitBreakerConfig::default(),
             edges: EdgeConfig::default(),
             executor_rules: Vec::new(),
+            tolerate_failures: false,
         }
     }
 }

@@ -52,6 +52,10 @@ class Probe(Node):
         elif cmd == "segfault":
             print("probe: about to segfault", file=sys.stderr, flush=True)
             ctypes.string_at(0)
+        elif cmd == "crash_after":
+            for i in range(int(arg)):
+                yield Text(f"{i}")
+            ctypes.string_at(0)
         elif cmd == "exit":
             os._exit(int(arg or 3))
         elif cmd == "hang":
