@@ -466,10 +466,8 @@ impl NodeTask {
                         if let Stop::Halted = self.forward(&mut out).await {
                             return Stop::Halted;
                         }
-                        match r {
-                            Err(e) if e.kind == ErrorKind::Fatal => return Stop::Failed(e),
-                            Err(e) => self.fail(e, false),
-                            Ok(()) => {}
+                        if let Err(e) = self.settle(r) {
+                            return Stop::Failed(e);
                         }
                         continue;
                     }
@@ -485,12 +483,8 @@ impl NodeTask {
                 out.clear();
                 let r = self.node.node.flush(&mut out).await;
                 let stop = self.forward(&mut out).await;
-                return match r {
-                    Err(e) if e.kind == ErrorKind::Fatal => Stop::Failed(e),
-                    Err(e) => {
-                        self.fail(e, false);
-                        stop
-                    }
+                return match self.settle(r) {
+                    Err(e) => Stop::Failed(e),
                     Ok(()) => stop,
                 };
             };
@@ -505,10 +499,8 @@ impl NodeTask {
                 if let Stop::Halted = self.forward(&mut out).await {
                     return Stop::Halted;
                 }
-                match r {
-                    Err(e) if e.kind == ErrorKind::Fatal => return Stop::Failed(e),
-                    Err(e) => self.fail(e, false),
-                    Ok(()) => {}
+                if let Err(e) = self.settle(r) {
+                    return Stop::Failed(e);
                 }
                 if self.pass_control(&packet).await.is_err() {
                     return Stop::Halted;
@@ -519,10 +511,8 @@ impl NodeTask {
             if let Stop::Halted = self.forward(&mut out).await {
                 return Stop::Halted;
             }
-            match r {
-                Ok(()) => {}
-                Err(e) if e.kind != ErrorKind::Fatal => self.fail(e, false),
-                Err(e) => return Stop::Failed(e),
+            if let Err(e) = self.settle(r) {
+                return Stop::Failed(e);
             }
         }
     }
@@ -583,6 +573,19 @@ impl NodeTask {
                     return Err(e);
                 }
             }
+        }
+    }
+
+    /// What a node call's result means for the node's task: a fatal error is returned (it ends
+    /// the session), any other is reported and the node goes on.
+    fn settle(&self, r: Result<(), NodeError>) -> Result<(), NodeError> {
+        match r {
+            Err(e) if e.kind == ErrorKind::Fatal => Err(e),
+            Err(e) => {
+                self.fail(e, false);
+                Ok(())
+            }
+            Ok(()) => Ok(()),
         }
     }
 

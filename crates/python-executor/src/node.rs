@@ -347,15 +347,16 @@ impl PythonNode {
         ))))
     }
 
-    /// Restarts a failed worker if needed; a restart is noted for reporting, not returned.
-    async fn ensure_worker(&mut self) -> Result<(), NodeError> {
+    /// Restarts a failed worker if needed. The error (a restart, or the end of the node) is
+    /// kept to report after the outputs; false when there is no worker to send to.
+    async fn ensure_worker(&mut self) -> bool {
         match self.recover().await {
-            Err(e) if e.kind == ErrorKind::Fatal => Err(e),
+            Ok(()) => true,
             Err(e) => {
+                let alive = e.kind != ErrorKind::Fatal;
                 self.note(e);
-                Ok(())
+                alive
             }
-            Ok(()) => Ok(()),
         }
     }
 
@@ -371,23 +372,12 @@ impl PythonNode {
         self.error.take().map_or(Ok(()), Err)
     }
 
-    /// [`PythonNode::ensure_worker`]; a fatal error is kept to report after the outputs.
-    async fn ensure_worker_or_keep(&mut self) -> bool {
-        match self.ensure_worker().await {
-            Ok(()) => true,
-            Err(e) => {
-                self.note(e);
-                false
-            }
-        }
-    }
-
     /// Sends a request and waits for every answer.
     async fn round_trip(&mut self, frame: Frame, out: &mut Outputs) -> Result<(), NodeError> {
-        if self.ensure_worker_or_keep().await {
+        if self.ensure_worker().await {
             self.request(frame);
             self.pump(Until::Drained).await;
-            self.ensure_worker_or_keep().await;
+            self.ensure_worker().await;
         }
         self.deliver(out)
     }
@@ -401,7 +391,7 @@ impl Node for PythonNode {
         input: &Packet,
         out: &mut Outputs,
     ) -> Result<(), NodeError> {
-        if !self.ensure_worker_or_keep().await {
+        if !self.ensure_worker().await {
             return self.deliver(out);
         }
         // After a restart (an error is then pending), nothing from the new worker is read
@@ -410,7 +400,7 @@ impl Node for PythonNode {
         if self.error.is_none() {
             self.pump(Until::Room).await;
             // A worker that died while we waited for room is replaced before this input goes.
-            if !self.ensure_worker_or_keep().await {
+            if !self.ensure_worker().await {
                 return self.deliver(out);
             }
         }
@@ -444,7 +434,7 @@ impl Node for PythonNode {
                 return self.deliver(out);
             }
             if self.failure.is_some() {
-                self.ensure_worker_or_keep().await;
+                self.ensure_worker().await;
                 continue;
             }
             if self.worker.is_none() {

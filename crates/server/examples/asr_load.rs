@@ -20,6 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
+/// Word error rate as the speech tests score it.
+#[path = "../../speech/tests/common/wer.rs"]
+mod wer;
 
 use remotemedia_server::proto;
 
@@ -80,7 +83,7 @@ impl Clip {
             env!("CARGO_MANIFEST_DIR"),
             name.trim_end_matches(".wav")
         );
-        let words = words(&std::fs::read_to_string(&transcript).expect(&transcript));
+        let words = wer::normalise(&std::fs::read_to_string(&transcript).expect(&transcript));
         let path = format!("{models}/samples/{name}");
         let reader = hound::WavReader::open(&path)
             .unwrap_or_else(|e| panic!("{path}: {e}; run ./scripts/setup-models.sh"));
@@ -102,21 +105,6 @@ impl Clip {
     fn frame(&self) -> usize {
         self.rate as usize / 50
     }
-}
-
-/// Lowercase words without punctuation (hyphens and dashes split words), as the speech tests
-/// score word error rate.
-fn words(text: &str) -> Vec<String> {
-    let cleaned: String = text
-        .to_lowercase()
-        .chars()
-        .filter_map(|c| match c {
-            '-' | '\u{2010}'..='\u{2015}' => Some(' '),
-            c if c.is_alphanumeric() || c.is_whitespace() => Some(c),
-            _ => None,
-        })
-        .collect();
-    cleaned.split_whitespace().map(str::to_string).collect()
 }
 
 /// Word edits between `heard` and the stretch of the looped `read` words it matches best, and
@@ -221,7 +209,7 @@ async fn stream(
                         let end_us = span.end_us;
                         let arrived = start.elapsed().as_secs_f64() * 1e3;
                         lat.push(arrived - end_us as f64 / 1e3);
-                        heard.extend(words(&t.text));
+                        heard.extend(wer::normalise(&t.text));
                     }
                 }
                 Ok(_) => break,

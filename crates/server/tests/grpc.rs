@@ -283,37 +283,31 @@ async fn client_manifests_follow_the_server_policy() {
     })
     .await;
     let mut c = client(&server).await;
-    let mut first_status = async |manifest: &str| {
-        let mut s = stream(&mut c, Request::new).await.unwrap();
-        let m = proto::open_session::Pipeline::Manifest(manifest.into());
-        s.tx.send(open_with(m, "1.0")).await.unwrap();
-        match next(&mut s.rx).await {
-            Ok(Some(Msg::Ready(_))) => tonic::Status::ok(""),
-            Ok(other) => panic!("{other:?}"),
-            Err(e) => e,
-        }
-    };
     // A bad manifest: the validation message with its line and column.
     let bad = "version: v1\nnodes:\n  - {id: g, type: AudioGain, params: {gain_db: loud}}\n";
-    let err = first_status(bad).await;
+    let err = manifest_status(&mut c, bad).await;
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("manifest:3:"), "{}", err.message());
     assert!(err.message().contains("gain_db"), "{}", err.message());
     // An unknown type lists the known ones.
-    let err = first_status("version: v1\nnodes:\n  - {id: g, type: AudioGian}\n").await;
+    let err = manifest_status(
+        &mut c,
+        "version: v1\nnodes:\n  - {id: g, type: AudioGian}\n",
+    )
+    .await;
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("AudioGain"), "{}", err.message());
     // Python code from clients is off by default.
-    let err = first_status("version: v1\nnodes:\n  - {id: e, type: Echo}\n").await;
+    let err = manifest_status(&mut c, "version: v1\nnodes:\n  - {id: e, type: Echo}\n").await;
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("Python"), "{}", err.message());
     // Too many nodes.
     let three = "version: v1\nnodes:\n  - {id: a, type: AudioGain}\n  - {id: b, type: AudioGain}\n  - {id: c, type: AudioGain}\nconnections:\n  - {from: a, to: b}\n  - {from: b, to: c}\n";
-    let err = first_status(three).await;
+    let err = manifest_status(&mut c, three).await;
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.message().contains("at most 2"), "{}", err.message());
     // A good one opens.
-    assert_eq!(first_status(GAIN).await.code(), Code::Ok);
+    assert_eq!(manifest_status(&mut c, GAIN).await.code(), Code::Ok);
     // Unknown pipeline names list the configured ones.
     let mut s = stream(&mut c, Request::new).await.unwrap();
     s.tx.send(open("nope")).await.unwrap();
@@ -654,14 +648,7 @@ async fn output_audio_comes_as_bytes_when_the_client_asks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audio_sent_at_real_time_while_the_session_starts_is_within_the_budget() {
     let py = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py");
-    let runtime = remotemedia_runtime::builder_with(remotemedia_runtime::Options {
-        python_path: vec![py],
-        ..Default::default()
-    })
-    .node::<Picky>()
-    .build()
-    .unwrap();
-    let server = serve_with(runtime, |c| {
+    let server = serve_with(runtime_with_python_path(&py), |c| {
         c.limits.max_realtime_factor = 1.5;
         c.limits.realtime_burst_ms = 500;
         c.manifests.insert(

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::*;
 use remotemedia_server::proto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::{Code, Request};
+use tonic::Code;
 
 const MARKER: &str = "import pathlib\n\
 pathlib.Path(__file__).with_suffix('.imported').touch()\n\
@@ -85,28 +85,6 @@ fn marker_dir() -> PathBuf {
     dir
 }
 
-fn runtime_with(dir: &Path) -> remotemedia_core::Runtime {
-    remotemedia_runtime::builder_with(remotemedia_runtime::Options {
-        python_path: vec![dir.to_path_buf()],
-        ..Default::default()
-    })
-    .node::<Picky>()
-    .build()
-    .unwrap()
-}
-
-async fn open_status(server: &remotemedia_server::RunningServer, manifest: &str) -> tonic::Status {
-    let mut c = client(server).await;
-    let mut s = stream(&mut c, Request::new).await.unwrap();
-    let m = proto::open_session::Pipeline::Manifest(manifest.into());
-    s.tx.send(open_with(m, "1.0")).await.unwrap();
-    match next(&mut s.rx).await {
-        Ok(Some(Msg::Ready(_))) => tonic::Status::ok(""),
-        Ok(other) => panic!("{other:?}"),
-        Err(e) => e,
-    }
-}
-
 /// POST over plain HTTP/1.1; the status code.
 async fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> u16 {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -124,7 +102,7 @@ async fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_class_in_a_client_manifest_is_refused_before_it_is_imported() {
     let dir = marker_dir();
-    let server = serve_with(runtime_with(&dir), |c| {
+    let server = serve_with(runtime_with_python_path(&dir), |c| {
         c.client_manifests.allow = true;
         c.webrtc.enabled = true;
     })
@@ -132,7 +110,7 @@ async fn a_python_class_in_a_client_manifest_is_refused_before_it_is_imported() 
     wait_ready(&server).await;
 
     let watcher = Watcher::start();
-    let err = open_status(&server, CLASS_MANIFEST).await;
+    let err = manifest_status(&mut client(&server).await, CLASS_MANIFEST).await;
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("Python"), "{}", err.message());
     // The unary call takes the same path.
@@ -164,13 +142,13 @@ async fn a_python_class_in_a_client_manifest_is_refused_before_it_is_imported() 
 
     // The witness works: where the policy allows Python, the same manifest imports the module.
     // (In the same test: the watcher above would see the workers of a test running beside it.)
-    let server = serve_with(runtime_with(&dir), |c| {
+    let server = serve_with(runtime_with_python_path(&dir), |c| {
         c.client_manifests.allow = true;
         c.client_manifests.allow_python = true;
     })
     .await;
     wait_ready(&server).await;
-    let status = open_status(&server, CLASS_MANIFEST).await;
+    let status = manifest_status(&mut client(&server).await, CLASS_MANIFEST).await;
     assert_eq!(status.code(), Code::Ok, "{status:?}");
     assert!(dir.join("marker_node.imported").exists());
     assert_no_leaks(&server).await;

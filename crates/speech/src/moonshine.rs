@@ -385,8 +385,7 @@ impl Moonshine {
             };
             step += 1;
             let mut keep = Vec::with_capacity(batch);
-            for (row, token) in std::mem::take(rows).into_iter().zip(next) {
-                let mut row = row;
+            for (mut row, token) in std::mem::take(rows).into_iter().zip(next) {
                 if token != END_TOKEN {
                     row.ids.push(token);
                 }

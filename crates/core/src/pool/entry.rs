@@ -187,12 +187,9 @@ impl<T> Instances<T> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::Boom;
     use super::super::{LoadOptions, ModelKey, ModelPool, PoolConfig};
     use std::sync::Arc;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("boom {0}")]
-    struct Boom(u32);
 
     #[test]
     fn a_clone_of_the_shared_instance_keeps_it_loaded() {

@@ -354,11 +354,8 @@ impl<T> Drop for Lease<T> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::Boom;
     use super::super::{LoadOptions, ModelKey, ModelPool};
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("boom {0}")]
-    struct Boom(u32);
 
     #[test]
     fn try_acquire_loads_up_to_the_bound() {

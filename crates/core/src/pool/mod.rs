@@ -413,9 +413,10 @@ mod tests {
     use std::future::Future;
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+    /// A loader's error, for the tests of every pool module.
     #[derive(Debug, thiserror::Error)]
     #[error("boom {0}")]
-    struct Boom(u32);
+    pub(super) struct Boom(pub(super) u32);
 
     /// Handles, leases and the async API cross threads and await points.
     #[test]

@@ -321,11 +321,8 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::Boom;
     use super::super::{LoadOptions, ModelKey, ModelPool};
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("boom {0}")]
-    struct Boom(u32);
 
     #[test]
     fn a_panicking_loader_releases_waiters_and_is_retried() {

@@ -82,6 +82,17 @@ pub fn runtime() -> Runtime {
         .unwrap()
 }
 
+/// [`runtime`] whose Python workers may also import node code from `dir`.
+pub fn runtime_with_python_path(dir: &std::path::Path) -> Runtime {
+    remotemedia_runtime::builder_with(remotemedia_runtime::Options {
+        python_path: vec![dir.to_path_buf()],
+        ..Default::default()
+    })
+    .node::<Picky>()
+    .build()
+    .unwrap()
+}
+
 /// Loopback ports chosen by the OS, the three light pipelines, and `tweak` applied last.
 pub async fn serve(tweak: impl FnOnce(&mut ServerConfig)) -> RunningServer {
     serve_with(runtime(), tweak).await
@@ -147,6 +158,21 @@ pub async fn opened(client: &mut PipelineServiceClient<Channel>, pipeline: &str)
     let ready = next(&mut s.rx).await.unwrap();
     assert!(matches!(ready, Some(Msg::Ready(_))), "{ready:?}");
     s
+}
+
+/// Opens a session of the client's own `manifest`: the status it was refused with, or OK.
+pub async fn manifest_status(
+    client: &mut PipelineServiceClient<Channel>,
+    manifest: &str,
+) -> Status {
+    let mut s = stream(client, Request::new).await.unwrap();
+    let m = proto::open_session::Pipeline::Manifest(manifest.into());
+    s.tx.send(open_with(m, "1.0")).await.unwrap();
+    match next(&mut s.rx).await {
+        Ok(Some(Msg::Ready(_))) => Status::ok(""),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => e,
+    }
 }
 
 /// Sends `frame()` up to `n` times, as fast as the server takes them, and returns the status
