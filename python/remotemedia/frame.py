@@ -17,14 +17,15 @@ import numpy as np
 from .data import Audio, Binary, Control, Image, Json, RuntimeData, Text
 
 MAGIC = b"RM"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 HEADER = struct.Struct("<2sBBBBHQQHHI")
 assert HEADER.size == 32
 NO_TIMESTAMP = 2**64 - 1
 
 # Messages.
-DATA, DONE, ERROR, FLUSH, CONTROL, CLOSE = 1, 2, 3, 4, 5, 6
+DATA, DONE, ERROR, FLUSH, CONTROL, CLOSE, OPEN = 1, 2, 3, 4, 5, 6, 7
 FLAG_REJECTED = 1
+FLAG_MORE = 2
 
 _KIND_AUDIO, _KIND_TEXT, _KIND_JSON, _KIND_BINARY, _KIND_IMAGE, _KIND_CONTROL = range(1, 7)
 _CONTROL_CODES = {"flush": 1, "cancel": 2, "end_of_stream": 3}

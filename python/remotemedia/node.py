@@ -17,6 +17,28 @@ A node runs in its own worker process, on that process's asyncio event loop::
 synchronous work (a model's forward pass) must not block the loop — the worker's heartbeat
 runs on it, and a loop blocked longer than the heartbeat timeout is treated as hung. Run it
 with ``await asyncio.to_thread(fn, ...)`` (see ``remotemedia.nodes.examples.SlowUpper``).
+
+A node class that sets ``shared = True`` gets one worker process for every session that uses
+it with the same params, instead of one per session::
+
+    @register
+    class Transcribe(Node):
+        shared = True
+
+        @classmethod
+        def load(cls, params):          # once per worker process
+            return load_model(params)
+
+        def setup(self, params):        # once per session, on its own instance
+            self.utterances = 0
+
+        async def process(self, data):  # self.loaded is what load() returned
+            yield Text(self.loaded.transcribe(data.samples))
+
+Each session has its own instance (its state never mixes with another session's), created
+when the session opens and closed with it, and runs on a thread of its own, so blocking calls
+in ``process`` hold that session only. A shared class may also define ``process_batch``:
+the runtime's scheduler then hands it the inputs of several sessions at once.
 """
 
 from __future__ import annotations
@@ -52,6 +74,25 @@ class Node:
     #: Output ports, in order, with the media types each gives; outputs go to the first
     #: unless yielded as ``Output(data, port="name")``.
     outputs: ClassVar[Dict[str, List[str]]] = {"out": list(MEDIA_TYPES)}
+    #: One worker process serves every session (see the module's documentation).
+    shared: ClassVar[bool] = False
+    #: What ``load`` returned, set before ``setup``.
+    loaded: Any = None
+
+    @classmethod
+    def load(cls, params: Dict[str, Any]) -> Any:
+        """Loads what all instances in the worker process share (a model): called once per
+        process, before any ``setup``. May be ``async``. Raise ``ValueError`` to reject params."""
+        return None
+
+    # A shared node may define:
+    #
+    #     @classmethod
+    #     def process_batch(cls, nodes: List[Node], inputs: List[RuntimeData]) -> List[Any]
+    #
+    # called on a pool thread with the inputs of several sessions (``nodes[i]`` is the
+    # instance of the session that sent ``inputs[i]``). It returns one entry per input: a list
+    # of outputs, or an exception (``NodeError`` rejects that input). May be ``async``.
 
     def setup(self, params: Dict[str, Any]) -> Any:
         """Called once with the node's params before any input. May be ``async``. Raise
@@ -93,6 +134,7 @@ class Node:
             "params_schema": cls.params_schema,
             "inputs": [{"name": "in", "media": list(cls.inputs)}],
             "outputs": [{"name": n, "media": list(m)} for n, m in cls.outputs.items()],
+            "shared": bool(cls.shared),
         }
 
 

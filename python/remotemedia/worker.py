@@ -28,6 +28,7 @@ import sys
 import threading
 import traceback
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -82,6 +83,7 @@ class Worker:
         self.notifier = event(outbound).notifier_builder().create()
         self.encoder = fr.Encoder(self.publisher, self.session, args.max_frame)
         self.borrowed = 0
+        self.lock = threading.Lock()  # node threads of a shared worker send and release too
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -95,7 +97,8 @@ class Worker:
             loop.call_soon_threadsafe(wake.set)
 
     def _released(self) -> None:
-        self.borrowed -= 1
+        with self.lock:
+            self.borrowed -= 1
 
     def _viewer(self, sample: Any):
         def view(address: int, count: int) -> np.ndarray:
@@ -103,7 +106,8 @@ class Worker:
             if self.borrowed >= _VIEW_LIMIT:
                 return np.array(buf, dtype=np.float32)  # copy: the node holds too many views
             buf._sample = sample  # the sample stays borrowed while the array lives
-            self.borrowed += 1
+            with self.lock:
+                self.borrowed += 1
             weakref.finalize(buf, self._released)
             arr = np.frombuffer(buf, dtype=np.float32)
             arr.flags.writeable = False
@@ -114,8 +118,9 @@ class Worker:
     # -- sending ---------------------------------------------------------------------------
 
     def _send(self, msg: int, seq: int, **kw) -> None:
-        self.encoder.send(msg, seq, **kw)
-        self.notifier.notify()
+        with self.lock:
+            self.encoder.send(msg, seq, **kw)
+            self.notifier.notify()
 
     def _port(self, port: Any) -> int:
         if isinstance(port, int) and 0 <= port < len(self.out_ports):
@@ -124,26 +129,33 @@ class Worker:
             return self.out_ports.index(port)
         raise NodeError(f"yielded to unknown output port {port!r}; ports: {self.out_ports}")
 
+    def _emit(self, seq: int, item: Any, timestamp: Optional[float]) -> None:
+        port = 0
+        if isinstance(item, Output):
+            port, item = self._port(item.port), item.data
+        data = wrap(item)
+        ts = data.timestamp if data.timestamp is not None else timestamp
+        self._send(fr.DATA, seq, data=data, port=port, timestamp=ts)
+
+    def _fail(self, seq: int, e: BaseException) -> bool:
+        """Reports a failed input. False when the node cannot go on."""
+        if isinstance(e, FatalNodeError):
+            self._send(fr.ERROR, seq, error=str(e) or type(e).__name__)
+            return False
+        if not isinstance(e, NodeError):
+            traceback.print_exception(e, file=sys.stderr)
+        text = str(e) if isinstance(e, NodeError) else f"{type(e).__name__}: {e}"
+        self._send(fr.ERROR, seq, error=text, flags=fr.FLAG_REJECTED)
+        return True
+
     async def _drive(self, seq: int, gen, timestamp: Optional[float]) -> bool:
         """Runs one generator to its end, sending each output. False when the node failed
         fatally."""
         try:
             async for item in gen:
-                port = 0
-                if isinstance(item, Output):
-                    port, item = self._port(item.port), item.data
-                data = wrap(item)
-                ts = data.timestamp if data.timestamp is not None else timestamp
-                self._send(fr.DATA, seq, data=data, port=port, timestamp=ts)
-        except FatalNodeError as e:
-            self._send(fr.ERROR, seq, error=str(e) or type(e).__name__)
-            return False
-        except Exception as e:  # one input failed; the node goes on
-            if not isinstance(e, NodeError):
-                traceback.print_exc(file=sys.stderr)
-            text = str(e) if isinstance(e, NodeError) else f"{type(e).__name__}: {e}"
-            self._send(fr.ERROR, seq, error=text, flags=fr.FLAG_REJECTED)
-            return True
+                self._emit(seq, item, timestamp)
+        except Exception as e:  # one input failed; the node may go on
+            return self._fail(seq, e)
         self._send(fr.DONE, seq)
         return True
 
@@ -217,6 +229,157 @@ class Worker:
         self.iox = None
 
 
+class _Session:
+    """One session's node on a shared worker, on a thread and event loop of its own: a node
+    that blocks holds its own session only."""
+
+    def __init__(self, node: Node, name: str):
+        self.node = node
+        self.loop = asyncio.new_event_loop()
+
+        def main() -> None:
+            self.loop.run_forever()
+            self.loop.close()
+
+        threading.Thread(target=main, name=f"session-{name}", daemon=True).start()
+
+    def run(self, coro) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+class SharedWorker(Worker):
+    """One process for every session of a node type declared ``shared``: the model is loaded
+    once (``load``), each session gets its own node instance (``Open`` and ``Close`` frames),
+    and requests arrive in batches (consecutive frames, the last without ``FLAG_MORE``) from
+    the runtime's scheduler. A node class with ``process_batch`` gets each batch's inputs in
+    one call, on a pool thread; otherwise each input runs on its session's thread. The event
+    loop here only moves frames and beats the heartbeat."""
+
+    def __init__(self, cls: type, loaded: Any, params: Dict[str, Any], args, report):
+        super().__init__(None, cls, args, report)
+        self.cls = cls
+        self.loaded = loaded
+        self.params = params
+        self.sessions: Dict[str, _Session] = {}
+        self.batch = []
+        self.batches = ThreadPoolExecutor(thread_name_prefix="batch")
+        self.batched = callable(getattr(cls, "process_batch", None))
+
+    async def _handle(self, sample: Any) -> bool:
+        try:
+            f = fr.decode(sample.payload_ptr, sample.payload().len(), self._viewer(sample))
+        except Exception as e:
+            self._send(fr.ERROR, 0, error=f"malformed frame from the runtime: {e}")
+            return False
+        if f.msg == fr.CLOSE and not f.session:
+            for session in self.sessions.values():
+                session.stop()
+            return False
+        self.batch.append(f)
+        if not f.flags & fr.FLAG_MORE:
+            batch, self.batch = self.batch, []
+            self._dispatch(batch)
+        return True
+
+    def _dispatch(self, frames: List[Any]) -> None:
+        inputs = [f for f in frames if f.msg == fr.DATA and f.session in self.sessions]
+        if self.batched and inputs:
+            self.batches.submit(self._run_batch, inputs)
+            frames = [f for f in frames if f not in inputs]
+        for f in frames:
+            self._one(f)
+
+    def _one(self, f: Any) -> None:
+        if f.msg == fr.OPEN:
+            if f.session in self.sessions:
+                self._send(fr.ERROR, f.seq, error=f"session {f.session!r} is already open")
+                return
+            node = self.cls()
+            node.loaded = self.loaded
+            session = self.sessions[f.session] = _Session(node, f.session)
+            session.run(self._open(f, session))
+            return
+        session = self.sessions.get(f.session)
+        if session is None:
+            if f.msg == fr.CLOSE:
+                self._send(fr.DONE, f.seq)
+            else:
+                self._send(fr.ERROR, f.seq, error=f"session {f.session!r} is not open on this worker")
+            return
+        node = session.node
+        if f.msg == fr.DATA:
+            session.run(self._drive(f.seq, node.process(f.data), f.timestamp))
+        elif f.msg == fr.FLUSH:
+            session.run(self._drive(f.seq, node.flush(), f.timestamp))
+        elif f.msg == fr.CONTROL:
+            session.run(self._drive(f.seq, node.control(f.data), f.timestamp))
+        elif f.msg == fr.CLOSE:
+            del self.sessions[f.session]
+            session.run(self._close(f, session))
+        else:
+            self._send(fr.ERROR, f.seq, error=f"unexpected message type {f.msg}")
+
+    async def _open(self, f: Any, session: _Session) -> None:
+        try:
+            result = session.node.setup(self.params)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as e:
+            traceback.print_exc(file=sys.stderr)
+            self._send(fr.ERROR, f.seq, error=f"setup failed: {type(e).__name__}: {e}")
+            self.loop.call_soon_threadsafe(self._forget, f.session, session)
+            return
+        self._send(fr.DONE, f.seq)
+
+    def _forget(self, name: str, session: _Session) -> None:
+        if self.sessions.get(name) is session:
+            del self.sessions[name]
+        session.stop()
+
+    async def _close(self, f: Any, session: _Session) -> None:
+        try:
+            result = session.node.close()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+        self._send(fr.DONE, f.seq)
+        session.stop()
+
+    def _run_batch(self, frames: List[Any]) -> None:
+        """On a pool thread: one ``process_batch`` call for the batch's inputs."""
+        nodes = [self.sessions[f.session].node for f in frames]
+        try:
+            results = self.cls.process_batch(nodes, [f.data for f in frames])
+            if inspect.isawaitable(results):
+                results = asyncio.run(results)
+            results = list(results)
+            if len(results) != len(frames):
+                raise NodeError(
+                    f"process_batch returned {len(results)} results for {len(frames)} inputs"
+                )
+        except Exception as e:  # the whole batch failed
+            results = [e] * len(frames)
+        for f, result in zip(frames, results):
+            if isinstance(result, BaseException):
+                self._fail(f.seq, result)
+                continue
+            try:
+                for item in result or ():
+                    self._emit(f.seq, item, f.timestamp)
+            except Exception as e:
+                self._fail(f.seq, e)
+                continue
+            self._send(fr.DONE, f.seq)
+
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().run()
+
+
 def _with_new_socket(create):
     """Calls ``create`` and finds the one socket it opened. iceoryx2's Python listener does
     not expose its descriptor (the Rust one does); this lets the event loop wait on it
@@ -253,6 +416,7 @@ def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p.add_argument("--control-fd", type=int, default=3)
     p.add_argument("--max-frame", type=int, default=64 << 20)
     p.add_argument("--heartbeat-ms", type=int, default=500)
+    p.add_argument("--shared", action="store_true", help="serve every session (a shared node)")
     return p.parse_args(argv)
 
 
@@ -291,18 +455,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as e:
         return fail("import", e)
 
+    async def call(fn, *a):
+        result = fn(*a)
+        return await result if inspect.isawaitable(result) else result
+
     async def start() -> int:
-        node = cls()
         try:
-            result = node.setup(params)
-            if inspect.isawaitable(result):
-                await result
+            loaded = await call(cls.load, params)
+            if not args.shared:
+                node = cls()
+                node.loaded = loaded
+                await call(node.setup, params)
         except ValueError as e:
             return fail("params", e)
         except Exception as e:
             return fail("setup", e)
         try:
-            worker = Worker(node, cls, args, report)
+            if args.shared:
+                worker = SharedWorker(cls, loaded, params, args, report)
+            else:
+                worker = Worker(node, cls, args, report)
         except Exception as e:
             return fail("connect", e)
         report({"type": "ready", "protocol": fr.PROTOCOL_VERSION, "pid": os.getpid(), "node": info})

@@ -25,7 +25,8 @@ pub enum RestartPolicy {
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
     pub restart: RestartPolicy,
-    /// Restarts allowed over the session's life.
+    /// Restarts allowed over the session's life (a shared worker: in a row, the count starting
+    /// again once a restarted worker answers).
     pub max_restarts: u32,
     /// Wait before the first restart; doubles for each further one (at most 10 s).
     pub backoff_ms: u64,
@@ -41,6 +42,16 @@ pub struct WorkerConfig {
     pub max_frame_bytes: usize,
     /// Time the worker gets to run `close()` and exit before it is killed.
     pub close_timeout_ms: u64,
+    /// Run a worker for each session even when the node declares itself shared.
+    pub per_session: bool,
+    /// Shared nodes: worker processes serving all sessions (each session is pinned to one).
+    pub workers: usize,
+    /// Shared nodes: batches run at once on each worker (a node that blocks holds one).
+    pub lanes: usize,
+    /// Shared nodes: requests of different sessions run as one batch, at most.
+    pub max_batch: usize,
+    /// Shared nodes: how long the oldest waiting request waits for others to join its batch.
+    pub batch_wait_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -55,6 +66,11 @@ impl Default for WorkerConfig {
             window: 8,
             max_frame_bytes: 64 << 20,
             close_timeout_ms: 2_000,
+            per_session: false,
+            workers: 1,
+            lanes: 2,
+            max_batch: 8,
+            batch_wait_ms: 0,
         }
     }
 }
@@ -91,6 +107,15 @@ impl WorkerConfig {
                 "worker.heartbeat_timeout_ms ({}) must be longer than worker.heartbeat_interval_ms ({})",
                 self.heartbeat_timeout_ms, self.heartbeat_interval_ms
             ));
+        }
+        for (name, v, max) in [
+            ("workers", self.workers, 16),
+            ("lanes", self.lanes, 16),
+            ("max_batch", self.max_batch, 64),
+        ] {
+            if !(1..=max).contains(&v) {
+                return Err(format!("worker.{name} must be from 1 to {max}"));
+            }
         }
         if self.max_frame_bytes < 4096 {
             return Err("worker.max_frame_bytes must be at least 4096".into());

@@ -29,7 +29,7 @@ compile_error!("the frame layout writes samples in native order, which must be l
 
 pub const MAGIC: [u8; 2] = *b"RM";
 /// Bumped on any incompatible change; the worker reports its own in the handshake.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 32;
 const NO_TIMESTAMP: u64 = u64::MAX;
 
@@ -47,8 +47,11 @@ pub enum Msg {
     Flush = 4,
     /// To the worker: call the node's `control()` with the frame's control data.
     Control = 5,
-    /// To the worker: call `close()` and exit.
+    /// To the worker: call `close()` and exit. To a shared worker: close that session's node
+    /// (a frame with an empty session: exit).
     Close = 6,
+    /// To a shared worker: create the node instance of the frame's session (its `setup`).
+    Open = 7,
 }
 
 impl Msg {
@@ -60,6 +63,7 @@ impl Msg {
             4 => Msg::Flush,
             5 => Msg::Control,
             6 => Msg::Close,
+            7 => Msg::Open,
             _ => return None,
         })
     }
@@ -67,6 +71,8 @@ impl Msg {
 
 /// Error flag: the node rejected this one input and goes on.
 pub const FLAG_REJECTED: u8 = 1;
+/// Request flag (to a shared worker): more frames of this batch follow.
+pub const FLAG_MORE: u8 = 2;
 
 /// A decoded frame. `data` is set for `Data` and `Control` frames.
 #[derive(Clone, Debug, PartialEq)]

@@ -17,7 +17,9 @@ pub mod frame;
 pub mod ipc;
 pub mod node;
 pub mod process;
+pub mod shared;
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -54,6 +56,11 @@ pub struct PythonExecutor {
     catalogue: OnceLock<Vec<NodeTypeInfo>>,
     /// `module:Class` types described lately, least recently used first.
     described: Mutex<Vec<NodeTypeInfo>>,
+    /// Types that declare one worker for all sessions (`shared = True`).
+    shared_types: Mutex<HashSet<String>>,
+    /// Shared workers by node type, params and worker settings; they live as long as the
+    /// executor, so a session opens on a warm worker.
+    pools: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<shared::Pool>>>>>,
 }
 
 impl PythonExecutor {
@@ -65,6 +72,8 @@ impl PythonExecutor {
             defaults: WorkerConfig::default(),
             catalogue: OnceLock::new(),
             described: Mutex::new(Vec::new()),
+            shared_types: Mutex::default(),
+            pools: Mutex::default(),
         }
     }
 
@@ -146,7 +155,7 @@ impl PythonExecutor {
 
     fn catalogue(&self) -> &[NodeTypeInfo] {
         self.catalogue.get_or_init(|| match self.ask::<Vec<TypeDecl>>(&["--list"]) {
-            Ok(types) => types.into_iter().map(|t| t.into_info()).collect(),
+            Ok(types) => types.into_iter().map(|t| self.info(t)).collect(),
             Err(e) => {
                 // Info, not a warning: a native-only pipeline is fine without Python.
                 tracing::info!(
@@ -174,11 +183,10 @@ impl PythonExecutor {
         }
         // Not under the lock: describing takes a process start.
         let info = match self.ask::<TypeDecl>(&["--describe", node_type]) {
-            Ok(t) => TypeDecl {
+            Ok(t) => self.info(TypeDecl {
                 name: node_type.to_string(),
                 ..t
-            }
-            .into_info(),
+            }),
             Err(e) => {
                 tracing::warn!("Python node type `{node_type}` does not import: {e}");
                 let port = |name: &str| PortSpec {
@@ -205,8 +213,60 @@ impl PythonExecutor {
     }
 
     fn described(&self) -> std::sync::MutexGuard<'_, Vec<NodeTypeInfo>> {
-        self.described.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.described)
     }
+
+    /// The runtime's description of a declared type; notes whether it is shared.
+    fn info(&self, decl: TypeDecl) -> NodeTypeInfo {
+        if decl.shared {
+            lock(&self.shared_types).insert(decl.name.clone());
+        }
+        decl.into_info()
+    }
+
+    /// Whether `node_type` declares one worker for all sessions.
+    fn is_shared(&self, node_type: &str) -> bool {
+        if !node_type.contains(':') {
+            self.catalogue();
+        }
+        lock(&self.shared_types).contains(node_type)
+    }
+
+    /// The shared workers for this node type and params, started on first use.
+    async fn pool(
+        &self,
+        launch: &process::Launch,
+        cfg: &WorkerConfig,
+    ) -> Result<Arc<shared::Pool>, process::StartError> {
+        let key = format!(
+            "{}\n{}\n{}",
+            launch.node_type,
+            launch.params,
+            serde_json::to_string(cfg).unwrap_or_default()
+        );
+        let cell = Arc::clone(lock(&self.pools).entry(key).or_default());
+        let pool = cell
+            .get_or_try_init(|| async {
+                let id: String = launch
+                    .node_type
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect();
+                let launch = process::Launch {
+                    session: Arc::from("shared"),
+                    node_id: Arc::from(id),
+                    shared: true,
+                    ..launch.clone()
+                };
+                shared::Pool::start(&launch, cfg).await.map(Arc::new)
+            })
+            .await?;
+        Ok(Arc::clone(pool))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn find_venv(start: &Path) -> Option<PathBuf> {
@@ -250,6 +310,9 @@ struct TypeDecl {
     params_schema: serde_json::Value,
     inputs: Vec<PortDecl>,
     outputs: Vec<PortDecl>,
+    /// One worker serves every session.
+    #[serde(default)]
+    shared: bool,
 }
 
 #[derive(Deserialize)]
@@ -372,7 +435,20 @@ impl Executor for PythonExecutor {
             heartbeat_interval: cfg.heartbeat_interval(),
             heartbeat_timeout: cfg.heartbeat_timeout(),
             startup_timeout: cfg.startup_timeout(),
+            shared: false,
         };
+        if !cfg.per_session && self.is_shared(node_type) {
+            let pool = self.pool(&launch, &cfg).await.map_err(|e| {
+                NodeError::from_error(
+                    &format!(
+                        "python node `{}` ({node_type}) could not start its shared worker",
+                        ctx.node_id
+                    ),
+                    &e,
+                )
+            })?;
+            return Ok(Box::new(pool.open(&launch).await?));
+        }
         Ok(Box::new(PythonNode::start(launch, cfg).await?))
     }
 }

@@ -35,6 +35,19 @@ pub fn worker_stats() -> (u64, u64) {
     (FAILURES.load(Relaxed), RESTARTS.load(Relaxed))
 }
 
+pub(crate) fn count_failure() {
+    FAILURES.fetch_add(1, Relaxed);
+}
+
+pub(crate) fn count_restart() {
+    RESTARTS.fetch_add(1, Relaxed);
+}
+
+/// A number no other worker of this process has had.
+pub(crate) fn next_instance() -> u64 {
+    INSTANCE.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A live worker and its link. Field order is drop order: the link's ports go before the
 /// process is killed, so our side of shared memory is released first.
 struct Worker {
@@ -44,7 +57,7 @@ struct Worker {
 
 impl Worker {
     async fn start(launch: &mut Launch, cfg: &WorkerConfig) -> Result<Self, StartError> {
-        let n = INSTANCE.fetch_add(1, Ordering::Relaxed);
+        let n = next_instance();
         let names = ServiceNames {
             prefix: format!(
                 "remotemedia/{}/{}/{}-{n}",
@@ -290,7 +303,7 @@ impl PythonNode {
                 // Alive but broken (it broke the protocol): stop it.
                 None => worker.process.kill().await,
             };
-            FAILURES.fetch_add(1, Relaxed);
+            count_failure();
             let tail = worker.process.stderr_tail().await;
             worker.link.cleanup_dead();
             drop(worker);
@@ -336,7 +349,7 @@ impl PythonNode {
             })?;
         self.worker = Some(worker);
         self.restarts += 1;
-        RESTARTS.fetch_add(1, Relaxed);
+        count_restart();
         self.failure = None;
         for frame in std::mem::take(&mut self.replay) {
             self.request(frame);

@@ -38,6 +38,8 @@ pub struct Launch {
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
     pub startup_timeout: Duration,
+    /// One process for every session (`--shared`): sessions are opened and closed by frames.
+    pub shared: bool,
 }
 
 /// What the worker says on its control channel.
@@ -169,6 +171,9 @@ impl Process {
             .arg(launch.heartbeat_interval.as_millis().to_string())
             .arg("--control-fd")
             .arg("3");
+        if launch.shared {
+            cmd.arg("--shared");
+        }
         if !launch.modules.is_empty() {
             cmd.arg("--modules").arg(launch.modules.join(","));
         }

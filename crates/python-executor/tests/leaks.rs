@@ -1,6 +1,6 @@
 //! 200 sessions with Python nodes opened and closed — normally, with the worker killed from
-//! inside or outside, or abandoned mid-stream — leave no worker process and no shared-memory
-//! file behind. Alone in its test binary, so no other test's workers are counted.
+//! inside or outside, or abandoned mid-stream, on workers of their own or on a shared one that
+//! is killed now and then — leave no worker process and no shared-memory file behind. Alone in its test binary, so no other test's workers are counted.
 
 mod common;
 
@@ -39,6 +39,9 @@ fn iceoryx_files() -> BTreeSet<String> {
 }
 
 async fn one_session(rt: Arc<Runtime>, i: usize) {
+    if i % 5 == 4 {
+        return shared_session(&rt, i).await;
+    }
     let mut s = open(&rt, &one_node("probe:Probe", "{worker: {restart: never}}")).await;
     s.send(RuntimeData::text("pid")).await.unwrap();
     let pid = json(&next_ok(&mut s).await)["pid"].as_i64().unwrap() as i32;
@@ -69,6 +72,20 @@ async fn one_session(rt: Arc<Runtime>, i: usize) {
     }
 }
 
+/// A session on the shared worker that sometimes kills it: its own request and those of other
+/// sessions in flight then fail, which is not what this test is about.
+async fn shared_session(rt: &Runtime, i: usize) {
+    let mut s = open(
+        rt,
+        &one_node("shared_probe:Counter", "{worker: {backoff_ms: 10}}"),
+    )
+    .await;
+    let command = if i.is_multiple_of(3) { "kill" } else { "x" };
+    s.send(RuntimeData::text(command)).await.unwrap();
+    let _ = next(&mut s).await;
+    let _ = s.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_sessions_leave_no_process_and_no_shared_memory() {
     let before = iceoryx_files();
@@ -82,6 +99,8 @@ async fn two_hundred_sessions_leave_no_process_and_no_shared_memory() {
             r.unwrap();
         }
     }
+    // The shared worker lives as long as the runtime.
+    drop(rt);
     // Abandoned sessions close in the background (their node tasks release the workers and
     // then the shared memory): give them a moment.
     let leaked = || {

@@ -685,3 +685,77 @@ async fn audio_sent_at_real_time_while_the_session_starts_is_within_the_budget()
     assert_eq!(outputs, FRAMES);
     assert_no_leaks(&server).await;
 }
+
+/// A node declared shared serves every stream from one Python process, each stream with its own
+/// state. When that process is killed mid-request, only the stream whose request was in flight
+/// is told (a non-fatal error naming the signal); the next request restarts the process and
+/// both streams go on. The shared model's queue is in /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_python_worker_serves_several_streams_and_survives_a_kill() {
+    let py =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../python-executor/tests/py");
+    let server = serve_with(runtime_with_python_path(&py), |c| {
+        c.manifests.insert(
+            "counter".into(),
+            "version: v1\nnodes:\n  - {id: count, type: \"shared_probe:Counter\", params: {worker: {backoff_ms: 10}}}\n"
+                .into(),
+        );
+    })
+    .await;
+    let mut c = client(&server).await;
+    let (mut a, mut b) = (
+        opened(&mut c, "counter").await,
+        opened(&mut c, "counter").await,
+    );
+    async fn ask(s: &mut Stream, word: &str) -> Result<serde_json::Value, proto::ErrorInfo> {
+        s.tx.send(text("", word)).await.unwrap();
+        match next(&mut s.rx).await.unwrap() {
+            Some(Msg::Output(o)) => match o.data.unwrap().kind {
+                Some(proto::data::Kind::Json(j)) => Ok(serde_json::from_str(&j).unwrap()),
+                other => panic!("{other:?}"),
+            },
+            Some(Msg::Error(e)) => Err(e),
+            other => panic!("{other:?}"),
+        }
+    }
+    let first = ask(&mut a, "x").await.unwrap();
+    let pid = first["pid"].as_i64().unwrap();
+    assert_eq!(ask(&mut a, "x").await.unwrap()["count"], 2);
+    let v = ask(&mut b, "x").await.unwrap();
+    assert_eq!(
+        (v["pid"].as_i64(), v["count"].as_i64()),
+        (Some(pid), Some(1))
+    );
+
+    b.tx.send(text("", "sleep:30")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    assert!(killed.unwrap().success());
+    let Some(Msg::Error(e)) = next(&mut b.rx).await.unwrap() else {
+        panic!("expected the loss")
+    };
+    assert!(
+        !e.fatal && e.message.contains("SIGKILL") && e.message.contains("was lost"),
+        "{e:?}"
+    );
+    let v = ask(&mut a, "x").await.unwrap();
+    assert!(v["pid"].as_i64() != Some(pid) && v["count"] == 1, "{v}");
+    assert_eq!(ask(&mut b, "y").await.unwrap()["text"], "y");
+    assert!(
+        server
+            .metrics_text()
+            .contains("remotemedia_model_requests_total{model=\"python:shared_probe:Counter\"}")
+    );
+    for s in [a, b] {
+        s.tx.send(control(Action::Close)).await.unwrap();
+        let mut rx = s.rx;
+        while let Some(m) = next(&mut rx).await.unwrap() {
+            if matches!(m, Msg::Closed(_)) {
+                break;
+            }
+        }
+    }
+    assert_no_leaks(&server).await;
+}
