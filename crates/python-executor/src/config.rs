@@ -61,7 +61,7 @@ impl Default for WorkerConfig {
             max_restarts: 3,
             backoff_ms: 100,
             startup_timeout_ms: 60_000,
-            heartbeat_interval_ms: 250,
+            heartbeat_interval_ms: 1_000,
             heartbeat_timeout_ms: 5_000,
             window: 8,
             max_frame_bytes: 64 << 20,
