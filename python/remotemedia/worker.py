@@ -1,13 +1,14 @@
-"""``python -m remotemedia.worker``: runs one Python node for one session.
+"""``python -m remotemedia.worker``: runs one Python node for one session (or, with
+``--shared``, for every session of a node declared ``shared``).
 
 The runtime starts this process with the node's type and params and an inherited pipe (the
 control channel) on which the worker reports, as JSON lines, its handshake (``ready`` with the
 protocol version and the node's type, schema and ports, or ``error`` naming the stage that
 failed) and then a heartbeat from its event loop. Frames travel over the four iceoryx2
 services the runtime created for this worker (``<service>/in`` and ``<service>/out``, each a
-publish-subscribe service plus an event service to wake the reader). Nothing polls: the event
-loop waits on the listener's socket (or, where that cannot be found, a thread blocks on the
-listener and wakes the loop).
+publish-subscribe service plus an event service to wake the reader), read and written by
+``remotemedia._native.WorkerLink``. Nothing polls: the event loop waits on the listener's
+socket.
 
 The worker exits when told to (a close frame), when the runtime goes away (the control socket
 reaches end of file; the runtime also sets PDEATHSIG), or when its node fails fatally.
@@ -19,19 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import inspect
 import json
 import os
-import stat
 import sys
 import threading
 import traceback
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional
-
-import numpy as np
 
 from . import frame as fr
 from .data import Output, wrap
@@ -40,12 +36,11 @@ from .node import FatalNodeError, Node, NodeError, load_builtins, registered, re
 #: Must match WORKER_BORROWED in crates/python-executor/src/ipc.rs: input samples the node may keep as
 #: zero-copy views. Past this the worker copies audio, so receiving never stalls.
 MAX_BORROWED = 48
-_VIEW_LIMIT = MAX_BORROWED - 4
 
 
 class Worker:
     def __init__(self, node: Node, cls: type, args: argparse.Namespace, report):
-        import iceoryx2 as iox2
+        from ._native import WorkerLink
 
         self.node = node
         self.report = report
@@ -53,74 +48,15 @@ class Worker:
         self.session = args.session
         self.control_fd = args.control_fd
         self.out_ports = list(cls.outputs)
-        iox2.set_log_level_from_env_or(iox2.LogLevel.Error)
-        self.iox = iox2.NodeBuilder.new().signal_handling_mode(
-            iox2.SignalHandlingMode.Disabled
-        ).create(iox2.ServiceType.Ipc)
-
-        def pubsub(name: str):
-            return (
-                self.iox.service_builder(iox2.ServiceName.new(name))
-                .publish_subscribe(iox2.Slice[ctypes.c_uint8])
-                .payload_alignment(iox2.Alignment.new(8))
-                .open()
-            )
-
-        def event(name: str):
-            return self.iox.service_builder(iox2.ServiceName.new(name)).event().open()
-
-        inbound, outbound = f"{args.service}/in", f"{args.service}/out"
-        self.subscriber = pubsub(inbound).subscriber_builder().create()
-        self.publisher = (
-            pubsub(outbound)
-            .publisher_builder()
-            .initial_max_slice_len(64 * 1024)
-            .allocation_strategy(iox2.AllocationStrategy.PowerOfTwo)
-            .backpressure_strategy(iox2.BackpressureStrategy.RetryUntilDelivered)
-            .create()
-        )
-        self.listener, self.listener_fd = _with_new_socket(event(inbound).listener_builder().create)
-        self.notifier = event(outbound).notifier_builder().create()
-        self.encoder = fr.Encoder(self.publisher, self.session, args.max_frame)
-        self.borrowed = 0
-        self.lock = threading.Lock()  # node threads of a shared worker send and release too
-
-    # -- receiving -------------------------------------------------------------------------
-
-    def _wait_thread(self, loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> None:
-        """Blocks on the listener (the GIL is released while it waits) and wakes the loop."""
-        while True:
-            try:
-                self.listener.blocking_wait()
-            except Exception:  # the process is shutting down
-                return
-            loop.call_soon_threadsafe(wake.set)
-
-    def _released(self) -> None:
-        with self.lock:
-            self.borrowed -= 1
-
-    def _viewer(self, sample: Any):
-        def view(address: int, count: int) -> np.ndarray:
-            buf = (ctypes.c_float * count).from_address(address)
-            if self.borrowed >= _VIEW_LIMIT:
-                return np.array(buf, dtype=np.float32)  # copy: the node holds too many views
-            buf._sample = sample  # the sample stays borrowed while the array lives
-            with self.lock:
-                self.borrowed += 1
-            weakref.finalize(buf, self._released)
-            arr = np.frombuffer(buf, dtype=np.float32)
-            arr.flags.writeable = False
-            return arr
-
-        return view
+        # Past this many zero-copy views alive, audio input is copied, so receiving never stalls.
+        self.link = WorkerLink(args.service, self.session, args.max_frame, MAX_BORROWED - 4)
 
     # -- sending ---------------------------------------------------------------------------
 
     def _send(self, msg: int, seq: int, **kw) -> None:
-        with self.lock:
-            self.encoder.send(msg, seq, **kw)
-            self.notifier.notify()
+        # Each frame wakes the runtime at once: an output is acted on before its input is done.
+        self.link.send(msg, seq, **kw)
+        self.link.notify()
 
     def _port(self, port: Any) -> int:
         if isinstance(port, int) and 0 <= port < len(self.out_ports):
@@ -159,13 +95,8 @@ class Worker:
         self._send(fr.DONE, seq)
         return True
 
-    async def _handle(self, sample: Any) -> bool:
+    async def _handle(self, f: fr.Frame) -> bool:
         """Processes one frame; False when the worker should stop."""
-        try:
-            f = fr.decode(sample.payload_ptr, sample.payload().len(), self._viewer(sample))
-        except Exception as e:
-            self._send(fr.ERROR, 0, error=f"malformed frame from the runtime: {e}")
-            return False
         if f.msg == fr.DATA:
             return await self._drive(f.seq, self.node.process(f.data), f.timestamp)
         if f.msg == fr.FLUSH:
@@ -186,47 +117,59 @@ class Worker:
             print("remotemedia.worker: the runtime went away; exiting", file=sys.stderr, flush=True)
             os._exit(0)
 
+    def _idle(self) -> bool:
+        """Every frame received is answered and none is waiting."""
+        return self.waiting
+
     async def _beat(self) -> None:
+        """Beats while there is work; when idle, says so once and sleeps until the next frame
+        (the runtime then expects beats again from the moment it sends one)."""
         while True:
+            if self._idle():
+                self.report({"type": "idle", "received": self.received})
+                self.busy.clear()
+                await self.busy.wait()
             self.report({"type": "heartbeat"})
             await asyncio.sleep(self.heartbeat)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         wake = asyncio.Event()
-        if self.listener_fd is not None:
-            # The listener's socket in the loop's own epoll: no thread hop per frame.
-            def notified() -> None:
-                self.listener.try_wait()
-                wake.set()
+        fd = self.link.fileno()
 
-            loop.add_reader(self.listener_fd, notified)
-        else:
-            threading.Thread(target=self._wait_thread, args=(loop, wake), daemon=True).start()
+        def notified() -> None:
+            self.link.clear_events()
+            wake.set()
+
+        # The listener's socket in the loop's own epoll: no thread hop per frame.
+        loop.add_reader(fd, notified)
         # The runtime never writes to the control socket; end of file means it is gone.
         loop.add_reader(self.control_fd, self._control_readable)
+        self.received, self.waiting, self.busy = 0, False, asyncio.Event()
         beat = asyncio.create_task(self._beat())
         try:
             while True:
-                sample = self.subscriber.receive()
-                if sample is None:
+                try:
+                    f = self.link.receive()
+                except ValueError as e:
+                    self._send(fr.ERROR, 0, error=str(e))
+                    return
+                if f is None:
+                    self.waiting = True
                     await wake.wait()
                     wake.clear()
                     continue
-                if not await self._handle(sample):
+                self.received += 1
+                self.waiting = False
+                self.busy.set()
+                if not await self._handle(fr.Frame(*f)):
                     return
-                del sample
+                del f
         finally:
             beat.cancel()
-            if self.listener_fd is not None:
-                loop.remove_reader(self.listener_fd)
-            self._release_ports()
-
-    def _release_ports(self) -> None:
-        """Gives the shared memory back now, not whenever the interpreter gets to it."""
-        for port in (self.publisher, self.subscriber, self.listener, self.notifier):
-            port.delete()
-        self.iox = None
+            loop.remove_reader(fd)
+            # Gives the shared memory back now, not whenever the interpreter gets to it.
+            self.link = None
 
 
 class _Session:
@@ -267,17 +210,28 @@ class SharedWorker(Worker):
         self.batch = []
         self.batches = ThreadPoolExecutor(thread_name_prefix="batch")
         self.batched = callable(getattr(cls, "process_batch", None))
+        self.lock = threading.Lock()
+        self.outstanding = 0  # requests received and not yet answered
 
-    async def _handle(self, sample: Any) -> bool:
-        try:
-            f = fr.decode(sample.payload_ptr, sample.payload().len(), self._viewer(sample))
-        except Exception as e:
-            self._send(fr.ERROR, 0, error=f"malformed frame from the runtime: {e}")
-            return False
+    def _send(self, msg: int, seq: int, **kw) -> None:
+        # From the sessions' and batches' threads.
+        with self.lock:
+            self.link.send(msg, seq, **kw)
+            self.link.notify()
+            if msg in (fr.DONE, fr.ERROR):
+                self.outstanding -= 1
+
+    def _idle(self) -> bool:
+        with self.lock:
+            return self.waiting and self.outstanding <= 0
+
+    async def _handle(self, f: fr.Frame) -> bool:
         if f.msg == fr.CLOSE and not f.session:
             for session in self.sessions.values():
                 session.stop()
             return False
+        with self.lock:
+            self.outstanding += 1
         self.batch.append(f)
         if not f.flags & fr.FLAG_MORE:
             batch, self.batch = self.batch, []
@@ -378,27 +332,6 @@ class SharedWorker(Worker):
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
         await super().run()
-
-
-def _with_new_socket(create):
-    """Calls ``create`` and finds the one socket it opened. iceoryx2's Python listener does
-    not expose its descriptor (the Rust one does); this lets the event loop wait on it
-    directly. Returns (object, descriptor or None when it cannot be told apart)."""
-
-    def sockets():
-        found = set()
-        for name in os.listdir("/proc/self/fd"):
-            try:
-                if stat.S_ISSOCK(os.fstat(int(name)).st_mode):
-                    found.add(int(name))
-            except OSError:
-                pass
-        return found
-
-    before = sockets()
-    obj = create()
-    new = sockets() - before
-    return obj, (new.pop() if len(new) == 1 else None)
 
 
 def _parse(argv: Optional[List[str]]) -> argparse.Namespace:

@@ -19,11 +19,17 @@ use remotemedia_core::{Executor, NodeContext, Outputs, Packet, RuntimeData};
 use remotemedia_python_executor::PythonExecutor;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn utterances(n: usize) -> Vec<Vec<f32>> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/samples/two_cities.wav");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/samples/two_cities.wav"
+    );
     let reader = hound::WavReader::open(path)
         .unwrap_or_else(|e| panic!("{path}: {e} (run ./scripts/setup-models.sh)"));
     let step = (reader.spec().sample_rate / 16_000) as usize;
@@ -32,12 +38,19 @@ fn utterances(n: usize) -> Vec<Vec<f32>> {
         .step_by(step)
         .map(|s| f32::from(s.unwrap()) / 32_768.0)
         .collect();
-    samples.chunks_exact(48_000).take(n).map(<[f32]>::to_vec).collect()
+    samples
+        .chunks_exact(48_000)
+        .take(n)
+        .map(<[f32]>::to_vec)
+        .collect()
 }
 
 /// Time on CPU of all threads of `pid` (ns), from the scheduler's own accounting.
 fn cpu_ns(pid: u32) -> u64 {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten();
     tasks
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())

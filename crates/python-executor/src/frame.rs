@@ -235,16 +235,33 @@ impl<'a> Encoded<'a> {
                 Body::Borrowed(frame.error.as_deref().unwrap_or("").as_bytes()),
             ),
         };
-        let session = frame.session.as_bytes();
+        let head = Head {
+            msg: frame.msg as u8,
+            kind: frame.data.as_ref().map_or(0, kind_tag),
+            flags: frame.flags,
+            port: frame.port,
+            seq: frame.seq,
+            timestamp: frame.timestamp,
+        };
+        Self::with(&head, frame.session.as_bytes(), meta, body)
+    }
+
+    /// A frame from its parts, for writers that do not hold a [`Frame`] (the Python worker's
+    /// side): `kind` is the data kind's tag (0 for none), `body` the payload as it is sent.
+    pub fn from_parts(head: &Head, session: &'a [u8], meta: Vec<u8>, body: &'a [u8]) -> Self {
+        Self::with(head, session, meta, Body::Borrowed(body))
+    }
+
+    fn with(head: &Head, session: &'a [u8], meta: Vec<u8>, body: Body<'a>) -> Self {
         let mut h = [0u8; HEADER_LEN];
         h[0..2].copy_from_slice(&MAGIC);
         h[2] = PROTOCOL_VERSION;
-        h[3] = frame.msg as u8;
-        h[4] = frame.data.as_ref().map_or(0, kind_tag);
-        h[5] = frame.flags;
-        h[6..8].copy_from_slice(&frame.port.to_le_bytes());
-        h[8..16].copy_from_slice(&frame.seq.to_le_bytes());
-        h[16..24].copy_from_slice(&frame.timestamp.map_or(NO_TIMESTAMP, nanos).to_le_bytes());
+        h[3] = head.msg;
+        h[4] = head.kind;
+        h[5] = head.flags;
+        h[6..8].copy_from_slice(&head.port.to_le_bytes());
+        h[8..16].copy_from_slice(&head.seq.to_le_bytes());
+        h[16..24].copy_from_slice(&head.timestamp.map_or(NO_TIMESTAMP, nanos).to_le_bytes());
         // Session ids and metadata are short by construction (ids are validated, meta is a
         // few fields); clamp rather than panic.
         h[24..26].copy_from_slice(&(session.len().min(u16::MAX.into()) as u16).to_le_bytes());
@@ -326,8 +343,28 @@ fn utf8<'b>(b: &'b [u8], what: &'static str) -> Result<&'b str, FrameError> {
     std::str::from_utf8(b).map_err(|_| FrameError::Utf8(what))
 }
 
-/// Parses a frame, copying its payload out of shared memory.
-pub fn decode(b: &[u8]) -> Result<Frame, FrameError> {
+/// A frame's fixed fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub msg: u8,
+    /// The data kind's tag: 0 none, 1 audio, 2 text, 3 JSON, 4 binary, 5 image, 6 control.
+    pub kind: u8,
+    pub flags: u8,
+    pub port: u16,
+    pub seq: u64,
+    pub timestamp: Option<Duration>,
+}
+
+/// A frame checked and split in place, nothing copied.
+pub struct Parts<'b> {
+    pub head: Head,
+    pub session: &'b str,
+    pub meta: &'b [u8],
+    pub body: &'b [u8],
+}
+
+/// Checks a frame's header and lengths and splits it.
+pub fn parse(b: &[u8]) -> Result<Parts<'_>, FrameError> {
     if b.len() < HEADER_LEN {
         return Err(FrameError::Short(b.len()));
     }
@@ -337,8 +374,7 @@ pub fn decode(b: &[u8]) -> Result<Frame, FrameError> {
     if b[2] != PROTOCOL_VERSION {
         return Err(FrameError::Version(b[2]));
     }
-    let msg = Msg::from_u8(b[3]).ok_or(FrameError::Message(b[3]))?;
-    let kind = b[4];
+    Msg::from_u8(b[3]).ok_or(FrameError::Message(b[3]))?;
     let session_len = usize::from(u16_at(b, 24));
     let meta_len = usize::from(u16_at(b, 26));
     let body_len = u32_at(b, 28) as usize;
@@ -349,16 +385,38 @@ pub fn decode(b: &[u8]) -> Result<Frame, FrameError> {
             actual: b.len(),
         });
     }
-    let session = utf8(&b[HEADER_LEN..HEADER_LEN + session_len], "session id")?;
-    let meta = &b[HEADER_LEN + session_len..HEADER_LEN + session_len + meta_len];
-    let body = &b[offset..];
     let ts = u64_at(b, 16);
+    Ok(Parts {
+        head: Head {
+            msg: b[3],
+            kind: b[4],
+            flags: b[5],
+            port: u16_at(b, 6),
+            seq: u64_at(b, 8),
+            timestamp: (ts != NO_TIMESTAMP).then(|| Duration::from_nanos(ts)),
+        },
+        session: utf8(&b[HEADER_LEN..HEADER_LEN + session_len], "session id")?,
+        meta: &b[HEADER_LEN + session_len..HEADER_LEN + session_len + meta_len],
+        body: &b[offset..],
+    })
+}
+
+/// Parses a frame, copying its payload out of shared memory.
+pub fn decode(b: &[u8]) -> Result<Frame, FrameError> {
+    let Parts {
+        head,
+        session,
+        meta,
+        body,
+    } = parse(b)?;
+    let msg = Msg::from_u8(head.msg).ok_or(FrameError::Message(head.msg))?;
+    let kind = head.kind;
     let mut frame = Frame {
         msg,
-        flags: b[5],
-        port: u16_at(b, 6),
-        seq: u64_at(b, 8),
-        timestamp: (ts != NO_TIMESTAMP).then(|| Duration::from_nanos(ts)),
+        flags: head.flags,
+        port: head.port,
+        seq: head.seq,
+        timestamp: head.timestamp,
         session: session.into(),
         data: None,
         error: None,

@@ -212,3 +212,114 @@ impl Link {
         tracing::debug!(?state, "iceoryx2 dead-node cleanup");
     }
 }
+
+/// A frame received by the worker, still in shared memory.
+pub type WorkerSample = iceoryx2::sample::Sample<Svc, [u8], ()>;
+
+/// The worker's end of a link: opens the services the runtime created. The Python worker
+/// uses it through `remotemedia._native.WorkerLink`, so its frames are read and written at
+/// Rust speed and its event loop waits on the listener's socket.
+pub struct WorkerEnd {
+    listener: Listener<Svc>,
+    notifier: Notifier<Svc>,
+    subscriber: Subscriber<Svc, [u8], ()>,
+    publisher: Publisher<Svc, [u8], ()>,
+    _node: iceoryx2::node::Node<Svc>,
+}
+
+impl WorkerEnd {
+    /// Opens the services of `names` from the worker's side.
+    pub fn open(names: &ServiceNames) -> Result<Self, IpcError> {
+        set_log_level_from_env_or(LogLevel::Error);
+        let node = NodeBuilder::new()
+            .signal_handling_mode(SignalHandlingMode::Disabled)
+            .create::<Svc>()
+            .map_err(ice)?;
+        let align = Alignment::new(8).ok_or_else(|| ice("alignment"))?;
+        let pubsub = |name: &str| {
+            node.service_builder(&service_name(name)?)
+                .publish_subscribe::<[u8]>()
+                .payload_alignment(align)
+                .open()
+                .map_err(ice)
+        };
+        let event = |name: &str| {
+            node.service_builder(&service_name(name)?)
+                .event()
+                .open()
+                .map_err(ice)
+        };
+        let subscriber = pubsub(&names.to_worker())?
+            .subscriber_builder()
+            .create()
+            .map_err(ice)?;
+        let publisher = pubsub(&names.from_worker())?
+            .publisher_builder()
+            .initial_max_slice_len(INITIAL_SLICE)
+            .allocation_strategy(AllocationStrategy::PowerOfTwo)
+            .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
+            .create()
+            .map_err(ice)?;
+        let listener = event(&names.to_worker())?
+            .listener_builder()
+            .create()
+            .map_err(ice)?;
+        let notifier = event(&names.from_worker())?
+            .notifier_builder()
+            .create()
+            .map_err(ice)?;
+        Ok(Self {
+            listener,
+            notifier,
+            subscriber,
+            publisher,
+            _node: node,
+        })
+    }
+
+    /// The socket that becomes readable when the runtime notifies.
+    pub fn fd(&self) -> RawFd {
+        // SAFETY: only read; the descriptor stays owned by the listener.
+        unsafe { self.listener.file_descriptor().native_handle() }
+    }
+
+    /// Consumes the wake-ups received so far.
+    pub fn clear_events(&self) -> Result<(), IpcError> {
+        self.listener.try_wait(|_| {}).map_err(ice).map(|_| ())
+    }
+
+    /// Blocks until the runtime notifies (for a worker that cannot wait on [`Self::fd`]).
+    pub fn wait(&self) -> Result<(), IpcError> {
+        self.listener.blocking_wait(|_| {}).map_err(ice).map(|_| ())
+    }
+
+    /// The next frame, if one is waiting.
+    pub fn receive(&self) -> Result<Option<WorkerSample>, IpcError> {
+        self.subscriber.receive().map_err(ice)
+    }
+
+    /// Sends a frame (without waking the runtime: see [`Self::notify`]).
+    pub fn send(&self, frame: &Encoded<'_>) -> Result<(), IpcError> {
+        let mut sample = self.publisher.loan_slice_uninit(frame.len()).map_err(ice)?;
+        frame.write(sample.payload_mut());
+        // SAFETY: `write` initialised every byte of the slice.
+        unsafe { sample.assume_init() }.send().map_err(ice)?;
+        Ok(())
+    }
+
+    /// Sends bytes as they are (tests of the runtime's checks).
+    pub fn send_raw(&self, raw: &[u8]) -> Result<(), IpcError> {
+        let mut sample = self.publisher.loan_slice_uninit(raw.len()).map_err(ice)?;
+        for (d, s) in sample.payload_mut().iter_mut().zip(raw) {
+            d.write(*s);
+        }
+        // SAFETY: every byte of the slice was written above.
+        unsafe { sample.assume_init() }.send().map_err(ice)?;
+        Ok(())
+    }
+
+    /// Wakes the runtime to read what was sent.
+    pub fn notify(&self) -> Result<(), IpcError> {
+        self.notifier.notify().map_err(ice).map(|_| ())
+    }
+}

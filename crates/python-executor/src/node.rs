@@ -169,6 +169,7 @@ impl PythonNode {
         let Some(worker) = &self.worker else {
             return;
         };
+        worker.process.sent.one();
         match worker.link.send(&frame) {
             Ok(()) => self.in_flight.push_back(frame),
             Err(IpcError::TooLarge { len, max }) => {

@@ -47,8 +47,36 @@ pub struct Launch {
 #[serde(tag = "type", rename_all = "lowercase")]
 enum Report {
     Ready(Handshake),
-    Error { stage: String, message: String },
+    Error {
+        stage: String,
+        message: String,
+    },
     Heartbeat,
+    /// Nothing to do: every frame received (`received` of them) is answered. The worker stops
+    /// beating until the next frame, so an idle worker sleeps.
+    Idle {
+        received: u64,
+    },
+}
+
+/// Frames sent to a worker, counted so that its monitor expects heartbeats again (after an
+/// `idle` report) from the moment one is sent: a worker that hangs on it is still found.
+#[derive(Default)]
+pub struct Sent {
+    count: std::sync::atomic::AtomicU64,
+    wake: tokio::sync::Notify,
+}
+
+impl Sent {
+    /// Call before each frame sent to the worker.
+    pub fn one(&self) {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// The worker's `ready` message.
@@ -130,6 +158,8 @@ impl remotemedia_core::node::Retryable for StartError {
 /// A running worker. Dropping it kills the process.
 pub struct Process {
     pub pid: u32,
+    /// Count every frame sent to the worker here.
+    pub sent: Arc<Sent>,
     ended: watch::Receiver<Option<Ended>>,
     stderr: Arc<Mutex<VecDeque<String>>>,
     stderr_reader: Option<tokio::task::JoinHandle<()>>,
@@ -226,16 +256,19 @@ impl Process {
         let (ready_tx, ready_rx) = oneshot::channel();
         let (ended_tx, ended_rx) = watch::channel(None);
         let (kill_tx, kill_rx) = oneshot::channel();
+        let sent = Arc::new(Sent::default());
         let monitor = tokio::spawn(monitor(
             child,
             control,
             launch.heartbeat_timeout,
+            Arc::clone(&sent),
             ready_tx,
             ended_tx,
             kill_rx,
         ));
         let mut process = Self {
             pid,
+            sent,
             ended: ended_rx,
             stderr,
             stderr_reader,
@@ -275,7 +308,9 @@ impl Process {
                     tail: process.stderr_tail().await,
                 })
             }
-            Report::Heartbeat => unreachable!("the monitor forwards only ready or error"),
+            Report::Heartbeat | Report::Idle { .. } => {
+                unreachable!("the monitor forwards only ready or error")
+            }
         }
     }
 
@@ -351,11 +386,13 @@ fn spawn_err(launch: &Launch, source: std::io::Error) -> StartError {
 }
 
 /// Owns the child: reaps it, reads the control channel, and kills it on a missed heartbeat
-/// or on request.
+/// or on request. Heartbeats are expected from the handshake on, except while the worker is
+/// idle (it said so, and nothing was sent to it since).
 async fn monitor(
     mut child: Child,
     control: tokio::net::UnixStream,
     heartbeat_timeout: Duration,
+    sent: Arc<Sent>,
     ready: oneshot::Sender<Report>,
     ended: watch::Sender<Option<Ended>>,
     mut kill: oneshot::Receiver<()>,
@@ -364,6 +401,9 @@ async fn monitor(
     let mut ready = Some(ready);
     // The heartbeat clock starts at the handshake: start-up has its own timeout.
     let mut last_beat: Option<Instant> = None;
+    let mut started = false;
+    // Frames the worker had received when it last said it was idle.
+    let mut idle_at: Option<u64> = None;
     let verdict = loop {
         let deadline = last_beat.map(|t| t + heartbeat_timeout);
         tokio::select! {
@@ -383,6 +423,13 @@ async fn monitor(
                 let _ = child.wait().await;
                 break Ended::Hung(heartbeat_timeout);
             }
+            _ = sent.wake.notified(), if idle_at.is_some() => {
+                // A frame went to an idle worker: it must beat again (or be found hung).
+                if idle_at.is_some_and(|n| sent.count() > n) {
+                    idle_at = None;
+                    last_beat = Some(Instant::now());
+                }
+            }
             line = lines.next_line() => {
                 let Ok(Some(line)) = line else {
                     // Control channel closed: the process is exiting; wait for it.
@@ -391,12 +438,21 @@ async fn monitor(
                 };
                 match serde_json::from_str::<Report>(&line) {
                     Ok(Report::Heartbeat) => {
-                        if last_beat.is_some() {
+                        if started {
+                            idle_at = None;
                             last_beat = Some(Instant::now());
+                        }
+                    }
+                    Ok(Report::Idle { received }) => {
+                        // Stale when a frame was sent since: the clock keeps running.
+                        if started && received >= sent.count() {
+                            idle_at = Some(received);
+                            last_beat = None;
                         }
                     }
                     Ok(r) => {
                         if matches!(r, Report::Ready(_)) {
+                            started = true;
                             last_beat = Some(Instant::now());
                         }
                         if let Some(tx) = ready.take() {

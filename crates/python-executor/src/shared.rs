@@ -68,6 +68,7 @@ struct Routes {
     ended: OnceLock<(String, String)>,
     /// Keeps a batch's frames consecutive on the link.
     send: Mutex<()>,
+    sent: Arc<crate::process::Sent>,
     next_seq: AtomicU64,
 }
 
@@ -134,6 +135,7 @@ impl Conn {
             waiting: Mutex::new(HashMap::new()),
             ended: OnceLock::new(),
             send: Mutex::new(()),
+            sent: Arc::clone(&process.sent),
             next_seq: AtomicU64::new(0),
         });
         let (stop, stopped) = oneshot::channel();
@@ -168,6 +170,7 @@ impl Conn {
             }
             let (tx, rx) = mpsc::unbounded_channel();
             lock(&routes.waiting).insert(seq, tx);
+            routes.sent.one();
             if let Err(e) = routes.link.send(&frame) {
                 // Its receiver ends at once: the request fails with this reason.
                 lock(&routes.waiting).remove(&seq);

@@ -178,6 +178,8 @@ async fn a_hung_worker_is_found_by_its_missing_heartbeat() {
     let rt = runtime();
     let params = "{worker: {restart: never, heartbeat_interval_ms: 50, heartbeat_timeout_ms: 500}}";
     let mut s = open(&rt, &one_node("probe:Probe", params)).await;
+    // Idle first (it stops beating then): the input that hangs it must start the clock again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let t0 = Instant::now();
     let f = fails(&mut s, "hang").await;
     assert!(f.fatal);

@@ -7,6 +7,8 @@
 //! to the runtime as it is, and output audio comes back as a read-only numpy view of the
 //! runtime's buffer.
 
+mod link;
+
 use std::sync::{Arc, Mutex, OnceLock};
 
 use numpy::ndarray::ArrayView1;
@@ -460,6 +462,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativePipeline>()?;
     m.add_class::<NativeSession>()?;
     m.add_class::<SampleBuffer>()?;
+    m.add_class::<link::WorkerLink>()?;
     m.add_function(wrap_pyfunction!(metrics_json, m)?)?;
     Ok(())
 }

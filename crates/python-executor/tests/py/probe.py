@@ -28,14 +28,13 @@ class Probe(Node):
 
     async def process(self, data):
         if isinstance(data, Audio):
+            # The array's base is the shared-memory sample it views (remotemedia._native).
             base = data.samples.base
-            while base is not None and not hasattr(base, "_sample") and hasattr(base, "obj"):
-                base = base.obj
             yield Json(
                 {
                     "owndata": bool(data.samples.flags.owndata),
                     "writeable": bool(data.samples.flags.writeable),
-                    "in_shared_memory": hasattr(base, "_sample"),
+                    "in_shared_memory": type(base).__name__ == "HeldSample",
                 }
             )
             yield data
@@ -79,10 +78,8 @@ class Probe(Node):
             yield Control("cancel", "probe says stop")
         elif cmd == "garbage":
             worker = next(o for o in gc.get_objects() if type(o).__name__ == "Worker")
-            sample = worker.publisher.loan_slice_uninit(40)
-            ctypes.memmove(sample.payload_ptr, b"XX" + bytes(38), 40)
-            sample.assume_init().send()
-            worker.notifier.notify()
+            worker.link.send_raw(b"XX" + bytes(38))
+            worker.link.notify()
             yield Text("after garbage")
         else:
             yield data
