@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use remotemedia_core::data::Samples;
 use remotemedia_core::{AudioFrame, Control, ImageFrame, RuntimeData, TextFrame};
 
 #[cfg(target_endian = "big")]
@@ -403,6 +404,24 @@ pub fn parse(b: &[u8]) -> Result<Parts<'_>, FrameError> {
 
 /// Parses a frame, copying its payload out of shared memory.
 pub fn decode(b: &[u8]) -> Result<Frame, FrameError> {
+    decode_with(b, copy_samples)
+}
+
+/// Audio samples copied out of a payload into a buffer of their own.
+fn copy_samples(body: &[u8]) -> Samples {
+    let mut samples: Arc<[MaybeUninit<f32>]> = Arc::new_uninit_slice(body.len() / 4);
+    let dst = Arc::get_mut(&mut samples).unwrap_or_else(|| unreachable!("new Arc"));
+    // SAFETY: `dst` holds exactly body.len() bytes; every bit pattern is a valid f32 and the
+    // target is little-endian; `assume_init` follows the full copy.
+    let samples = unsafe {
+        std::ptr::copy_nonoverlapping(body.as_ptr(), dst.as_mut_ptr().cast::<u8>(), body.len());
+        samples.assume_init()
+    };
+    samples.into()
+}
+
+/// [`decode`], with audio samples made by `audio` from the payload (whole f32s, 8-aligned).
+pub fn decode_with(b: &[u8], audio: impl FnOnce(&[u8]) -> Samples) -> Result<Frame, FrameError> {
     let Parts {
         head,
         session,
@@ -434,20 +453,8 @@ pub fn decode(b: &[u8]) -> Result<Frame, FrameError> {
             if !body.len().is_multiple_of(4) {
                 return Err(FrameError::AudioLength(body.len()));
             }
-            let mut samples: Arc<[MaybeUninit<f32>]> = Arc::new_uninit_slice(body.len() / 4);
-            let dst = Arc::get_mut(&mut samples).unwrap_or_else(|| unreachable!("new Arc"));
-            // SAFETY: `dst` holds exactly body.len() bytes; every bit pattern is a valid f32 and
-            // the target is little-endian; `assume_init` follows the full copy.
-            let samples = unsafe {
-                std::ptr::copy_nonoverlapping(
-                    body.as_ptr(),
-                    dst.as_mut_ptr().cast::<u8>(),
-                    body.len(),
-                );
-                samples.assume_init()
-            };
             Some(RuntimeData::Audio(AudioFrame::new(
-                samples,
+                audio(body),
                 u32_at(meta, 0),
                 u16_at(meta, 4),
             )))

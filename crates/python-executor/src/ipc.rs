@@ -3,12 +3,15 @@
 //! them. Waiting is on the event listener's socket through tokio, so an idle link costs nothing.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 
 use iceoryx2::port::listener::Listener;
 use iceoryx2::port::notifier::Notifier;
 use iceoryx2::port::publisher::Publisher;
 use iceoryx2::port::subscriber::Subscriber;
 use iceoryx2::prelude::*;
+use remotemedia_core::data::{ForeignSamples, Samples};
 use tokio::io::unix::AsyncFd;
 
 use crate::frame::{self, Encoded, Frame, FrameError};
@@ -23,6 +26,11 @@ const FROM_WORKER_BUFFER: usize = 1024;
 /// Input frames a Python node may keep as zero-copy views at once; beyond this the worker
 /// copies (see `remotemedia/worker.py`).
 pub const WORKER_BORROWED: usize = 48;
+/// Audio from the worker at least this large stays in its shared-memory sample (no copy)...
+const HELD_MIN_BYTES: usize = 64 * 1024;
+/// ...while fewer than this many such samples are held; past it, audio is copied, so the
+/// worker's sending never waits on what the pipeline keeps.
+const HELD_MAX: usize = 16;
 const INITIAL_SLICE: usize = 64 * 1024;
 
 /// Why the link failed.
@@ -79,6 +87,8 @@ pub struct Link {
     publisher: Publisher<Svc, [u8], ()>,
     node: iceoryx2::node::Node<Svc>,
     max_frame: usize,
+    /// Samples from the worker whose audio is lent to the pipeline now.
+    held: Arc<AtomicUsize>,
 }
 
 fn service_name(s: &str) -> Result<ServiceName, IpcError> {
@@ -121,7 +131,7 @@ impl Link {
                 .map_err(ice)
         };
         let to_worker = pubsub(&names.to_worker(), TO_WORKER_BUFFER, WORKER_BORROWED)?;
-        let from_worker = pubsub(&names.from_worker(), FROM_WORKER_BUFFER, 2)?;
+        let from_worker = pubsub(&names.from_worker(), FROM_WORKER_BUFFER, HELD_MAX + 2)?;
         let publisher = to_worker
             .publisher_builder()
             .initial_max_slice_len(INITIAL_SLICE)
@@ -153,6 +163,7 @@ impl Link {
             publisher,
             node,
             max_frame,
+            held: Arc::default(),
         })
     }
 
@@ -176,12 +187,31 @@ impl Link {
         Ok(())
     }
 
-    /// The next frame already in shared memory, if any.
+    /// The next frame already in shared memory, if any. Large audio is not copied: the
+    /// frame's samples stay in the sample, which is released when the last clone goes.
     pub fn try_recv(&self) -> Result<Option<Frame>, IpcError> {
-        match self.subscriber.receive().map_err(ice)? {
-            Some(sample) => Ok(Some(frame::decode(sample.payload())?)),
-            None => Ok(None),
+        let Some(sample) = self.subscriber.receive().map_err(ice)? else {
+            return Ok(None);
+        };
+        let b = sample.payload();
+        let audio = b.get(4) == Some(&1) && b.len() >= HELD_MIN_BYTES;
+        if !audio || self.held.load(Relaxed) >= HELD_MAX {
+            return Ok(Some(frame::decode(b)?));
         }
+        self.held.fetch_add(1, Relaxed);
+        let held = Arc::new(HeldAudio {
+            sample,
+            range: OnceLock::new(),
+            held: Arc::clone(&self.held),
+        });
+        let start = held.sample.payload().as_ptr() as usize;
+        let frame = frame::decode_with(held.sample.payload(), |body| {
+            let _ = held
+                .range
+                .set((body.as_ptr() as usize - start, body.len() / 4));
+            Samples::foreign(Arc::clone(&held) as Arc<dyn ForeignSamples>)
+        })?;
+        Ok(Some(frame))
     }
 
     /// Waits until the worker has notified since the last call (no polling).
@@ -210,6 +240,36 @@ impl Link {
             .node
             .blocking_cleanup_dead_nodes(std::time::Duration::from_millis(100));
         tracing::debug!(?state, "iceoryx2 dead-node cleanup");
+    }
+}
+
+/// Audio from the worker lent to the pipeline in the shared-memory sample it arrived in.
+struct HeldAudio {
+    sample: iceoryx2::sample::Sample<Svc, [u8], ()>,
+    /// Where the samples start in the payload (bytes) and how many there are.
+    range: OnceLock<(usize, usize)>,
+    held: Arc<AtomicUsize>,
+}
+
+// SAFETY: the sample is only read through `&self` (its payload, shared memory nobody writes
+// while it is held) and released once, on drop; the thread-safe iceoryx2 service makes that
+// release safe from any thread.
+unsafe impl Send for HeldAudio {}
+unsafe impl Sync for HeldAudio {}
+
+impl ForeignSamples for HeldAudio {
+    fn samples(&self) -> &[f32] {
+        let (at, n) = self.range.get().copied().unwrap_or((0, 0));
+        let bytes = &self.sample.payload()[at..];
+        // SAFETY: `at` is the 8-aligned start of whole little-endian f32s (the frame layout,
+        // checked by the decoder), `n` of them, inside the payload.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), n) }
+    }
+}
+
+impl Drop for HeldAudio {
+    fn drop(&mut self) {
+        self.held.fetch_sub(1, Relaxed);
     }
 }
 

@@ -44,6 +44,14 @@ async fn every_kind_crosses_both_ways_intact() {
         "audio must reach Python as a read-only view of shared memory"
     );
     assert_eq!(next_ok(&mut s).await.data, audio);
+    // Large audio comes back without a copy, in the worker's shared-memory sample: it stays
+    // intact after the worker is gone (checked below, after close).
+    let big: Vec<f32> = (0..65_536).map(|i| (i as f32 * 0.001).cos()).collect();
+    let big = RuntimeData::audio(big, 16_000, 1);
+    s.send_to("py", big.clone()).await.unwrap();
+    next_ok(&mut s).await;
+    let big_back = next_ok(&mut s).await;
+    assert_eq!(big_back.data, big);
     // A node may emit control, and a second port.
     s.send_to("py", RuntimeData::text("cancel")).await.unwrap();
     assert_eq!(
@@ -60,6 +68,11 @@ async fn every_kind_crosses_both_ways_intact() {
     let (rest, _) = s.close().await.unwrap();
     assert_eq!(rest.len(), 1);
     assert_eq!(text(&rest[0]), "flushed");
+    drop(rt);
+    assert_eq!(
+        big_back.data, big,
+        "held audio outlives its worker and link"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
