@@ -386,12 +386,18 @@ impl PythonNode {
         self.error.take().map_or(Ok(()), Err)
     }
 
-    /// Sends a request and waits for every answer.
+    /// Sends a request and waits for every answer. A worker that dies meanwhile is replaced
+    /// (by policy) and the requests it had not reached go to the new one, which is waited for
+    /// in turn.
     async fn round_trip(&mut self, frame: Frame, out: &mut Outputs) -> Result<(), NodeError> {
         if self.ensure_worker().await {
             self.request(frame);
-            self.pump(Until::Drained).await;
-            self.ensure_worker().await;
+            loop {
+                self.pump(Until::Drained).await;
+                if !self.ensure_worker().await || self.in_flight.is_empty() {
+                    break;
+                }
+            }
         }
         self.deliver(out)
     }

@@ -313,3 +313,17 @@ async fn other_sessions_keep_working_when_one_worker_dies() {
     }
     healthy.close().await.unwrap();
 }
+
+/// The same, with the session closed right after: the replayed input's output is among what
+/// the close returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_replayed_after_a_crash_is_not_lost_when_the_session_closes() {
+    let rt = runtime();
+    let mut s = open(&rt, &one_node("probe:Probe", "{worker: {backoff_ms: 10}}")).await;
+    for input in ["crash_after:2", "after"] {
+        s.send(RuntimeData::text(input)).await.unwrap();
+    }
+    let (rest, _) = s.close().await.unwrap();
+    let texts: Vec<&str> = rest.iter().map(text).collect();
+    assert_eq!(texts, ["0", "1", "after", "flushed"]);
+}

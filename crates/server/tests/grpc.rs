@@ -759,3 +759,70 @@ async fn a_shared_python_worker_serves_several_streams_and_survives_a_kill() {
     }
     assert_no_leaks(&server).await;
 }
+
+/// A Python worker of its own that crashes mid-stream, through the server: with `on-failure`
+/// the client gets the outputs made before the crash, then a non-fatal error naming the signal
+/// and the loss, and the stream goes on with a new worker; with `never` the error is fatal and
+/// the stream closes as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_python_worker_is_reported_to_the_client_by_its_restart_policy() {
+    let py =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../python-executor/tests/py");
+    let server = serve_with(runtime_with_python_path(&py), |c| {
+        for (name, restart) in [("restarts", "on-failure"), ("never", "never")] {
+            c.manifests.insert(
+                name.into(),
+                format!(
+                    "version: v1\nnodes:\n  - {{id: probe, type: \"probe:Probe\", params: {{worker: {{restart: {restart}, backoff_ms: 10}}}}}}\n"
+                ),
+            );
+        }
+    })
+    .await;
+    let mut c = client(&server).await;
+    async fn run(s: &mut Stream, words: &[&str]) -> Vec<String> {
+        for w in words {
+            s.tx.send(text("", w)).await.unwrap();
+        }
+        s.tx.send(control(Action::Close)).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(m) = next(&mut s.rx).await.unwrap() {
+            got.push(match m {
+                Msg::Output(o) => match o.data.unwrap().kind {
+                    Some(proto::data::Kind::Text(t)) => t.text,
+                    other => panic!("{other:?}"),
+                },
+                Msg::Error(e) => format!("error fatal={}: {}", e.fatal, e.message),
+                Msg::Closed(c) => format!("closed {}", c.reason),
+                _ => continue,
+            });
+        }
+        got
+    }
+    let mut s = opened(&mut c, "restarts").await;
+    let got = run(&mut s, &["crash_after:2", "after"]).await;
+    assert_eq!(&got[..2], ["0", "1"], "{got:?}");
+    let error = got
+        .iter()
+        .find(|g| g.starts_with("error"))
+        .expect("the loss is reported");
+    assert!(
+        error.contains("fatal=false") && error.contains("SIGSEGV") && error.contains("was lost"),
+        "{error}"
+    );
+    assert!(
+        got.contains(&"after".to_string()),
+        "the next input goes to the new worker: {got:?}"
+    );
+    assert_eq!(got.last().unwrap(), "closed closed");
+
+    let mut s = opened(&mut c, "never").await;
+    let got = run(&mut s, &["crash_after:1"]).await;
+    assert_eq!(got[0], "0", "{got:?}");
+    assert!(
+        got[1].starts_with("error fatal=true") && got[1].contains("`never`"),
+        "{got:?}"
+    );
+    assert_eq!(got.last().unwrap(), "closed failed");
+    assert_no_leaks(&server).await;
+}
