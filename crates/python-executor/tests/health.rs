@@ -319,7 +319,7 @@ async fn other_sessions_keep_working_when_one_worker_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_input_replayed_after_a_crash_is_not_lost_when_the_session_closes() {
     let rt = runtime();
-    let mut s = open(&rt, &one_node("probe:Probe", "{worker: {backoff_ms: 10}}")).await;
+    let s = open(&rt, &one_node("probe:Probe", "{worker: {backoff_ms: 10}}")).await;
     for input in ["crash_after:2", "after"] {
         s.send(RuntimeData::text(input)).await.unwrap();
     }
