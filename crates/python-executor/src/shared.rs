@@ -47,13 +47,14 @@ pub struct Request {
     port: u16,
     timestamp: Duration,
     data: Option<RuntimeData>,
+    /// Where its outputs go as they arrive (none: dropped).
+    outputs: Option<mpsc::UnboundedSender<Output>>,
 }
 
-/// What came back for one request: its outputs, then, if it failed, why. Outputs produced
-/// before a failure (even the worker's death) are kept.
+/// How one request ended (its outputs went to the request's channel as they came, those
+/// produced before a failure, even the worker's death, included).
 #[derive(Default)]
 pub struct Answer {
-    outputs: Vec<Output>,
     error: Option<NodeError>,
     /// The process died before answering.
     lost: bool,
@@ -314,7 +315,7 @@ impl Host {
             .collect();
         let refs: Vec<&Request> = opens.iter().collect();
         for (r, rx) in opens.iter().zip(conn.send(&refs)) {
-            let answer = collect(rx, &conn);
+            let answer = collect(rx, &conn, r);
             if let Some(e) = answer.error {
                 tracing::warn!(session = %r.session, "reopening after a restart failed: {}", e.message);
                 st.sessions.remove(&r.session);
@@ -333,19 +334,20 @@ impl Request {
             port: 0,
             timestamp: Duration::ZERO,
             data: None,
+            outputs: None,
         }
     }
 }
 
-/// Waits (blocking) for one request's answers: outputs until done or an error, or the death
-/// of the process.
-fn collect(mut rx: mpsc::UnboundedReceiver<Frame>, conn: &Conn) -> Answer {
+/// Waits (blocking) for one request's answers, passing its outputs on as they come, until it
+/// is done or failed or the process died.
+fn collect(mut rx: mpsc::UnboundedReceiver<Frame>, conn: &Conn, request: &Request) -> Answer {
     let mut answer = Answer::default();
     while let Some(frame) = rx.blocking_recv() {
         match frame.msg {
             Msg::Data => {
-                if let Some(data) = frame.data {
-                    answer.outputs.push(Output {
+                if let (Some(data), Some(outputs)) = (frame.data, &request.outputs) {
+                    let _ = outputs.send(Output {
                         port: usize::from(frame.port),
                         data,
                         timestamp: frame.timestamp,
@@ -407,8 +409,8 @@ impl BatchModel for Lane {
         };
         let refs: Vec<&Request> = batch.iter().collect();
         let mut answered = false;
-        for (i, rx) in conn.send(&refs).into_iter().enumerate() {
-            let mut answer = collect(rx, &conn);
+        for (i, (rx, request)) in conn.send(&refs).into_iter().zip(&batch).enumerate() {
+            let mut answer = collect(rx, &conn, request);
             answered |= !answer.lost;
             if answer.lost
                 && !host.restarts_left(&host.state())
@@ -467,21 +469,33 @@ impl Pool {
             .min_by_key(|(h, _)| h.state().sessions.len())
             .expect("a pool has at least one process");
         // Open from the start: dropped before its open is answered, it is closed too.
+        let (outputs_tx, outputs) = mpsc::unbounded_channel();
         let node = SharedNode {
             host: Arc::clone(host),
             scheduler: scheduler.clone(),
             session: Arc::clone(&launch.session),
             describe: format!("python node `{}` ({})", launch.node_id, launch.node_type),
             open: true,
+            outputs_tx,
+            outputs,
+            running: None,
         };
         // An open lost with a dying process is tried again on the restarted one.
-        let open = || Request::bare(Arc::clone(&node.session), Msg::Open);
-        let mut answer = node.submit(open()).await?;
+        let open = || {
+            let request = Request::bare(Arc::clone(&node.session), Msg::Open);
+            submit(
+                scheduler.clone(),
+                Arc::clone(&node.session),
+                node.describe.clone(),
+                request,
+            )
+        };
+        let mut answer = open().await?;
         for _ in 0..host.cfg.max_restarts {
             if !answer.lost {
                 break;
             }
-            answer = node.submit(open()).await?;
+            answer = open().await?;
         }
         if let Some(e) = answer.error {
             return Err(node.error(e));
@@ -489,43 +503,41 @@ impl Pool {
         host.state().sessions.insert(Arc::clone(&node.session));
         Ok(node)
     }
-
-    /// The pids of the live processes.
-    pub fn pids(&self) -> Vec<u32> {
-        self.hosts
-            .iter()
-            .filter_map(|(h, _)| {
-                h.state()
-                    .conn
-                    .as_ref()
-                    .filter(|c| c.ended().is_none())
-                    .map(|c| c.pid)
-            })
-            .collect()
-    }
 }
 
-/// One session's instance of a shared node, as the router sees it.
+/// One session's instance of a shared node, as the router sees it. One request at a time:
+/// `process` hands an input to the scheduler and returns; its outputs leave through
+/// `poll_output` as the worker yields them, and the next input waits until it is done.
 pub struct SharedNode {
     host: Arc<Host>,
     scheduler: Scheduler<Lane>,
     session: Arc<str>,
     describe: String,
     open: bool,
+    outputs_tx: mpsc::UnboundedSender<Output>,
+    outputs: mpsc::UnboundedReceiver<Output>,
+    /// The input being processed.
+    running: Option<tokio::task::JoinHandle<Result<Answer, NodeError>>>,
+}
+
+/// Runs one request through the scheduler.
+async fn submit(
+    scheduler: Scheduler<Lane>,
+    session: Arc<str>,
+    describe: String,
+    request: Request,
+) -> Result<Answer, NodeError> {
+    match scheduler.submit(&session, request).await {
+        Ok(a) => Ok(a),
+        Err(ScheduleError::Model(e)) => Ok(Answer {
+            error: Some(e),
+            ..Answer::default()
+        }),
+        Err(e) => Err(NodeError::from_error(&describe, &e)),
+    }
 }
 
 impl SharedNode {
-    async fn submit(&self, request: Request) -> Result<Answer, NodeError> {
-        match self.scheduler.submit(&self.session, request).await {
-            Ok(a) => Ok(a),
-            Err(ScheduleError::Model(e)) => Ok(Answer {
-                error: Some(e),
-                ..Answer::default()
-            }),
-            Err(e) => Err(NodeError::from_error(&self.describe, &e)),
-        }
-    }
-
     fn error(&self, e: NodeError) -> NodeError {
         NodeError {
             kind: e.kind,
@@ -533,15 +545,53 @@ impl SharedNode {
         }
     }
 
-    async fn call(&self, request: Request, out: &mut Outputs) -> Result<(), NodeError> {
-        let answer = self.submit(request).await?;
-        for o in answer.outputs {
+    /// Moves the outputs received so far into `out`.
+    fn take_outputs(&mut self, out: &mut Outputs) {
+        while let Ok(o) = self.outputs.try_recv() {
             match o.timestamp {
                 Some(ts) => out.push_to_at(o.port, o.data, ts),
                 None => out.push_to(o.port, o.data),
             }
         }
+    }
+
+    /// Its outputs (all of them: they are sent before the answer), then how it ended.
+    fn finished(
+        &mut self,
+        result: Result<Result<Answer, NodeError>, tokio::task::JoinError>,
+        out: &mut Outputs,
+    ) -> Result<(), NodeError> {
+        self.take_outputs(out);
+        let answer = result.map_err(|e| NodeError::fatal(format!("{}: {e}", self.describe)))??;
         answer.error.map_or(Ok(()), |e| Err(self.error(e)))
+    }
+
+    /// Waits for the input being processed, if any.
+    async fn settle(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
+        match self.running.take() {
+            Some(handle) => {
+                let result = handle.await;
+                self.finished(result, out)
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn start(&mut self, request: Request) {
+        let task = submit(
+            self.scheduler.clone(),
+            Arc::clone(&self.session),
+            self.describe.clone(),
+            request,
+        );
+        self.running = Some(self.host.runtime.spawn(task));
+    }
+
+    /// Sends a request after the one running and waits for it.
+    async fn call(&mut self, request: Request, out: &mut Outputs) -> Result<(), NodeError> {
+        self.settle(out).await?;
+        self.start(request);
+        self.settle(out).await
     }
 
     fn request(
@@ -557,6 +607,7 @@ impl SharedNode {
             port,
             timestamp,
             data,
+            outputs: Some(self.outputs_tx.clone()),
         }
     }
 }
@@ -569,20 +620,46 @@ impl Node for SharedNode {
         input: &Packet,
         out: &mut Outputs,
     ) -> Result<(), NodeError> {
+        self.settle(out).await?;
         let port = u16::try_from(port).unwrap_or(u16::MAX);
         let request = self.request(Msg::Data, port, input.timestamp, Some(input.data.clone()));
-        self.call(request, out).await
+        self.start(request);
+        Ok(())
     }
 
     async fn flush(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
-        self.call(self.request(Msg::Flush, 0, Duration::ZERO, None), out)
-            .await
+        let request = self.request(Msg::Flush, 0, Duration::ZERO, None);
+        self.call(request, out).await
     }
 
     async fn control(&mut self, control: &Control, out: &mut Outputs) -> Result<(), NodeError> {
         let data = Some(RuntimeData::Control(control.clone()));
-        self.call(self.request(Msg::Control, 0, Duration::ZERO, data), out)
-            .await
+        let request = self.request(Msg::Control, 0, Duration::ZERO, data);
+        self.call(request, out).await
+    }
+
+    fn emits_unprompted(&self) -> bool {
+        true
+    }
+
+    async fn poll_output(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
+        let Some(handle) = &mut self.running else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            Some(o) = self.outputs.recv() => {
+                match o.timestamp {
+                    Some(ts) => out.push_to_at(o.port, o.data, ts),
+                    None => out.push_to(o.port, o.data),
+                }
+                self.take_outputs(out);
+                Ok(())
+            }
+            result = handle => {
+                self.running = None;
+                self.finished(result, out)
+            }
+        }
     }
 
     async fn close(&mut self) -> Result<(), NodeError> {
@@ -590,12 +667,9 @@ impl Node for SharedNode {
             return Ok(());
         }
         let mut ignored = Outputs::default();
-        let closed = self
-            .call(
-                self.request(Msg::Close, 0, Duration::ZERO, None),
-                &mut ignored,
-            )
-            .await;
+        let _ = self.settle(&mut ignored).await;
+        self.start(self.request(Msg::Close, 0, Duration::ZERO, None));
+        let closed = self.settle(&mut ignored).await;
         self.host.state().sessions.remove(&self.session);
         closed
     }

@@ -148,6 +148,24 @@ async fn a_node_that_blocks_holds_only_its_own_session() {
     assert_eq!(json(&next_ok(&mut blocked).await)["text"], "sleep:3");
 }
 
+/// Outputs of one input reach the session as the node yields them, not when it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_stream_as_the_node_yields_them() {
+    let rt = runtime();
+    let mut s = open(&rt, &one_node(COUNTER, "{}")).await;
+    s.send(RuntimeData::text("stream:3")).await.unwrap();
+    assert_eq!(text(&next_ok(&mut s).await), "part 0");
+    let early = tokio::time::timeout(Duration::from_millis(150), s.recv()).await;
+    assert!(
+        early.is_err(),
+        "the second part came with the first: {early:?}"
+    );
+    assert_eq!(text(&next_ok(&mut s).await), "part 1");
+    assert_eq!(text(&next_ok(&mut s).await), "part 2");
+    assert_eq!(json(&next_ok(&mut s).await)["count"], 1);
+    s.close().await.unwrap();
+}
+
 /// Inputs of several sessions waiting together go to `process_batch` in one call, and each
 /// session gets its own answer; a failed input rejects that input only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,8 @@ LOADS = 0
 
 class Counter(Node):
     """Counts inputs per session; commands: ``sleep:S`` blocks the thread for S seconds
-    (no ``to_thread``), ``kill`` kills the process, ``reject`` fails that input."""
+    (no ``to_thread``), ``kill`` kills the process, ``reject`` fails that input, ``stream:N``
+    yields N texts half a second apart before the count."""
 
     shared = True
     params_schema = {
@@ -39,6 +40,11 @@ class Counter(Node):
             os.kill(os.getpid(), signal.SIGKILL)
         elif cmd == "reject":
             raise NodeError("rejected on request")
+        elif cmd == "stream":
+            for i in range(int(arg)):
+                if i:
+                    time.sleep(0.5)
+                yield Text(f"part {i}")
         self.count += 1
         yield Json({"pid": self.loaded["pid"], "loads": LOADS, "count": self.count, "text": data.text})
 
