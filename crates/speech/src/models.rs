@@ -286,18 +286,27 @@ pub fn shared_scheduler<M: BatchModel>(
     config: &str,
     start: impl Fn() -> Result<Scheduler<M>, ModelError> + Send + Sync + 'static,
 ) -> Result<Scheduler<M>, ModelError> {
+    shared_object(path, "scheduler", config, start).map(|s| (*s).clone())
+}
+
+/// A process-wide `what` (a scheduler, a batcher) for the model at `path`, one per `config`,
+/// built by `start` on first use and shared by every node of every session; kept for the life
+/// of the process.
+pub fn shared_object<T: Send + Sync + 'static>(
+    path: &Path,
+    what: &str,
+    config: &str,
+    start: impl Fn() -> Result<T, ModelError> + Send + Sync + 'static,
+) -> Result<Arc<T>, ModelError> {
     let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let key = ModelKey::new(format!("{}#scheduler", path.display()), config);
+    let key = ModelKey::new(format!("{}#{what}", path.display()), config);
     let handle = ModelPool::global()
         .get_or_load_blocking(key, LoadOptions::shared().pinned(), start)
         .map_err(|e| pool_error(&path, e))?;
-    handle
-        .shared()
-        .map(|s| (**s).clone())
-        .ok_or_else(|| ModelError::Load {
-            path: path.clone(),
-            reason: "the model pool holds this scheduler as a leased model".to_string(),
-        })
+    handle.shared().cloned().ok_or_else(|| ModelError::Load {
+        path: path.clone(),
+        reason: format!("the model pool holds this {what} as a leased model"),
+    })
 }
 
 /// The loader's own error when there is one, so callers see the same [`ModelError`] as
