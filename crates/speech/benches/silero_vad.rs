@@ -6,7 +6,9 @@
 //!   windowing, decisions, events) on a multi-thread runtime, where inference runs in place
 //!   (`block_in_place`);
 //! - `node_frame/current_thread`: the same on a current-thread runtime, where inference is
-//!   handed to the blocking pool (`spawn_blocking`), to show what that hand-off costs.
+//!   handed to the blocking pool (`spawn_blocking`), to show what that hand-off costs;
+//! - `streams_together/16`: wall time per window with 16 streams (threads) scoring windows
+//!   at once on 2 cores, so their windows meet and run in batches.
 //!
 //! One intra-op thread, real speech (the `beckett.wav` recording) so the model sees both speech
 //! and silence. Needs `./scripts/setup-models.sh`.
@@ -51,6 +53,44 @@ fn model_window(c: &mut Criterion) {
     g.finish();
 }
 
+fn streams_together(c: &mut Criterion) {
+    const STREAMS: usize = 16;
+    let audio = recording();
+    let model = SileroVad::default_model(16_000);
+    let mut vads: Vec<SileroVad> = (0..STREAMS)
+        .map(|_| SileroVad::new(&model, 16_000, 1).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let windows: Vec<&[f32]> = audio.chunks_exact(WINDOW).collect();
+    let mut g = c.benchmark_group("silero_vad/streams_together");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function(STREAMS.to_string(), |b| {
+        b.iter_custom(|iters| {
+            let per_stream = (iters as usize).div_ceil(STREAMS);
+            let start = std::time::Instant::now();
+            std::thread::scope(|scope| {
+                for (k, vad) in vads.iter_mut().enumerate() {
+                    let windows = &windows;
+                    scope.spawn(move || {
+                        for i in 0..per_stream {
+                            vad.probability(windows[(i + k * 7) % windows.len()])
+                                .unwrap();
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        })
+    });
+    g.finish();
+    let (batches, rows) = vads[0].batches();
+    if batches > 0 {
+        println!(
+            "batches of several streams: {batches}, {:.1} windows each",
+            rows as f64 / batches as f64
+        );
+    }
+}
+
 fn node_frame(c: &mut Criterion) {
     let frames = frames(&recording());
     let mut g = c.benchmark_group("silero_vad/node_frame");
@@ -93,6 +133,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(8));
-    targets = model_window, node_frame
+    targets = model_window, streams_together, node_frame
 }
 criterion_main!(benches);
