@@ -12,6 +12,9 @@
 //! every third sample to 16 kHz), one at a time, waiting for each text. Figures go to
 //! BENCHMARKS.md.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,35 +60,23 @@ fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
-/// Children of this process and their resident memory (KiB) and time on CPU (ns).
+/// Children of this process (the workers) with their resident memory (KiB) and time on CPU
+/// (ns).
 fn workers() -> Vec<(u32, u64, u64)> {
-    let me = std::process::id();
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.split_whitespace().collect())
-            .unwrap_or_default();
-        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) != Some(me) {
-            continue;
-        }
-        let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-            .unwrap_or(0);
-        out.push((pid, rss, cpu_ns(pid)));
-    }
-    out
+    common::children()
+        .into_iter()
+        .map(|pid| {
+            let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmRSS:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                })
+                .unwrap_or(0);
+            (pid, rss, cpu_ns(pid))
+        })
+        .collect()
 }
 
 async fn run(mode: &str, worker: serde_json::Value, sessions: usize, pieces: &Arc<Vec<Vec<f32>>>) {

@@ -95,6 +95,20 @@ fn service_name(s: &str) -> Result<ServiceName, IpcError> {
     ServiceName::new(s).map_err(ice)
 }
 
+/// A publisher of frames (either side's): slices grown as needed, and a full subscriber makes
+/// the sender wait rather than lose a frame.
+fn frame_publisher(
+    service: &iceoryx2::service::port_factory::publish_subscribe::PortFactory<Svc, [u8], ()>,
+) -> Result<Publisher<Svc, [u8], ()>, IpcError> {
+    service
+        .publisher_builder()
+        .initial_max_slice_len(INITIAL_SLICE)
+        .allocation_strategy(AllocationStrategy::PowerOfTwo)
+        .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
+        .create()
+        .map_err(ice)
+}
+
 impl Link {
     /// Creates the services and the runtime's ports. Must run inside a tokio runtime with IO.
     pub fn create(names: &ServiceNames, max_frame: usize) -> Result<Self, IpcError> {
@@ -132,13 +146,7 @@ impl Link {
         };
         let to_worker = pubsub(&names.to_worker(), TO_WORKER_BUFFER, WORKER_BORROWED)?;
         let from_worker = pubsub(&names.from_worker(), FROM_WORKER_BUFFER, HELD_MAX + 2)?;
-        let publisher = to_worker
-            .publisher_builder()
-            .initial_max_slice_len(INITIAL_SLICE)
-            .allocation_strategy(AllocationStrategy::PowerOfTwo)
-            .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
-            .create()
-            .map_err(ice)?;
+        let publisher = frame_publisher(&to_worker)?;
         let subscriber = from_worker.subscriber_builder().create().map_err(ice)?;
         let notifier = event(&names.to_worker())?
             .notifier_builder()
@@ -313,13 +321,7 @@ impl WorkerEnd {
             .subscriber_builder()
             .create()
             .map_err(ice)?;
-        let publisher = pubsub(&names.from_worker())?
-            .publisher_builder()
-            .initial_max_slice_len(INITIAL_SLICE)
-            .allocation_strategy(AllocationStrategy::PowerOfTwo)
-            .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
-            .create()
-            .map_err(ice)?;
+        let publisher = frame_publisher(&pubsub(&names.from_worker())?)?;
         let listener = event(&names.to_worker())?
             .listener_builder()
             .create()

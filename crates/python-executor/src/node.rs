@@ -44,19 +44,21 @@ pub(crate) fn count_restart() {
 }
 
 /// A number no other worker of this process has had.
-pub(crate) fn next_instance() -> u64 {
+fn next_instance() -> u64 {
     INSTANCE.fetch_add(1, Ordering::Relaxed)
 }
 
 /// A live worker and its link. Field order is drop order: the link's ports go before the
 /// process is killed, so our side of shared memory is released first.
-struct Worker {
-    link: Link,
-    process: Process,
+pub(crate) struct Worker {
+    pub(crate) link: Link,
+    pub(crate) process: Process,
 }
 
 impl Worker {
-    async fn start(launch: &mut Launch, cfg: &WorkerConfig) -> Result<Self, StartError> {
+    /// Creates the shared-memory link (its services named after the launch's session and node)
+    /// and starts the process on it.
+    pub(crate) async fn start(launch: &mut Launch, cfg: &WorkerConfig) -> Result<Self, StartError> {
         let n = next_instance();
         let names = ServiceNames {
             prefix: format!(

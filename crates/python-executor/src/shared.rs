@@ -32,8 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{RestartPolicy, WorkerConfig};
 use crate::frame::{FLAG_MORE, FLAG_REJECTED, Frame, Msg};
-use crate::ipc::{Link, ServiceNames};
-use crate::node::{count_failure, count_restart, next_instance};
+use crate::ipc::Link;
+use crate::node::{Worker, count_failure, count_restart};
 use crate::process::{Launch, Process, StartError};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,20 +117,7 @@ struct Conn {
 
 impl Conn {
     async fn start(launch: &mut Launch, cfg: &WorkerConfig) -> Result<Self, StartError> {
-        let names = ServiceNames {
-            prefix: format!(
-                "remotemedia/shared/{}/{}-{}",
-                launch.node_id,
-                std::process::id(),
-                next_instance()
-            ),
-        };
-        launch.service = names.prefix.clone();
-        let link = Link::create(&names, cfg.max_frame_bytes).map_err(|e| StartError::Spawn {
-            python: "shared memory".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let process = Process::start(launch).await?;
+        let Worker { link, process } = Worker::start(launch, cfg).await?;
         let routes = Arc::new(Routes {
             link,
             waiting: Mutex::new(HashMap::new()),
@@ -170,12 +157,15 @@ impl Conn {
                 frame.flags |= FLAG_MORE;
             }
             let (tx, rx) = mpsc::unbounded_channel();
-            lock(&routes.waiting).insert(seq, tx);
+            lock(&routes.waiting).insert(seq, tx.clone());
             routes.sent.one();
             if let Err(e) = routes.link.send(&frame) {
-                // Its receiver ends at once: the request fails with this reason.
+                // This request fails (an input over `max_frame_bytes`, say); the others go on.
                 lock(&routes.waiting).remove(&seq);
-                tracing::warn!("shared python worker: cannot send: {e}");
+                let mut failed = Frame::bare(Msg::Error, seq, &r.session);
+                failed.flags = FLAG_REJECTED;
+                failed.error = Some(format!("cannot send it to the worker: {e}"));
+                let _ = tx.send(failed);
             }
             receivers.push(rx);
         }
@@ -374,10 +364,7 @@ fn collect(mut rx: mpsc::UnboundedReceiver<Frame>, conn: &Conn, request: &Reques
     }
     let (ended, tail) = conn.routes.ended.get().cloned().unwrap_or_else(|| {
         (
-            format!(
-                "shared worker (pid {}) could not be sent the request",
-                conn.pid
-            ),
+            format!("shared worker (pid {}) was stopped", conn.pid),
             String::new(),
         )
     });
