@@ -13,7 +13,8 @@ A node runs in its own worker process, on that process's asyncio event loop::
         async def process(self, data):
             yield Text(data.text.upper())
 
-``process`` is an async generator: it may yield zero, one or many outputs per input. Heavy
+``process`` is an async generator: it may yield zero, one or many outputs per input (a plain
+generator, ``def process``, works too, for short CPU work that never awaits). Heavy
 synchronous work (a model's forward pass) must not block the loop — the worker's heartbeat
 runs on it, and a loop blocked longer than the heartbeat timeout is treated as hung. Run it
 with ``await asyncio.to_thread(fn, ...)`` (see ``remotemedia.nodes.examples.SlowUpper``).

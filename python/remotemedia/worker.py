@@ -10,8 +10,9 @@ publish-subscribe service plus an event service to wake the reader), read and wr
 ``remotemedia._native.WorkerLink``. Nothing polls: the event loop waits on the listener's
 socket.
 
-The worker exits when told to (a close frame), when the runtime goes away (the control socket
-reaches end of file; the runtime also sets PDEATHSIG), or when its node fails fatally.
+The worker exits when told to (a close frame) or when the runtime goes away (the control socket
+reaches end of file; the runtime also sets PDEATHSIG). A node that fails fatally answers every
+later frame with an error until the runtime closes it.
 
 ``python -m remotemedia.worker --list`` prints the registered node types as JSON.
 """
@@ -48,6 +49,7 @@ class Worker:
         self.session = args.session
         self.control_fd = args.control_fd
         self.out_ports = list(cls.outputs)
+        self.failed: Optional[str] = None  # why the node failed for good
         # Past this many zero-copy views alive, audio input is copied, so receiving never stalls.
         self.link = WorkerLink(args.service, self.session, args.max_frame, MAX_BORROWED - 4)
 
@@ -73,36 +75,47 @@ class Worker:
         ts = data.timestamp if data.timestamp is not None else timestamp
         self._send(fr.DATA, seq, data=data, port=port, timestamp=ts)
 
-    def _fail(self, seq: int, e: BaseException) -> bool:
-        """Reports a failed input. False when the node cannot go on."""
+    def _fail(self, seq: int, e: BaseException) -> None:
+        """Reports a failed input; a fatal error fails the node for good."""
         if isinstance(e, FatalNodeError):
-            self._send(fr.ERROR, seq, error=str(e) or type(e).__name__)
-            return False
+            self.failed = str(e) or type(e).__name__
+            self._send(fr.ERROR, seq, error=self.failed)
+            return
         if not isinstance(e, NodeError):
             traceback.print_exception(e, file=sys.stderr)
         text = str(e) if isinstance(e, NodeError) else f"{type(e).__name__}: {e}"
         self._send(fr.ERROR, seq, error=text, flags=fr.FLAG_REJECTED)
-        return True
 
-    async def _drive(self, seq: int, gen, timestamp: Optional[float]) -> bool:
-        """Runs one generator to its end, sending each output. False when the node failed
-        fatally."""
+    async def _drive(self, seq: int, gen, timestamp: Optional[float]) -> None:
+        """Runs one generator (async, or plain for a synchronous ``process``) to its end,
+        sending each output, then the input's end or its failure."""
         try:
-            async for item in gen:
-                self._emit(seq, item, timestamp)
+            if hasattr(gen, "__aiter__"):
+                async for item in gen:
+                    self._emit(seq, item, timestamp)
+            else:
+                for item in gen or ():
+                    self._emit(seq, item, timestamp)
         except Exception as e:  # one input failed; the node may go on
-            return self._fail(seq, e)
+            self._fail(seq, e)
+            return
         self._send(fr.DONE, seq)
-        return True
 
     async def _handle(self, f: fr.Frame) -> bool:
-        """Processes one frame; False when the worker should stop."""
-        if f.msg == fr.DATA:
-            return await self._drive(f.seq, self.node.process(f.data), f.timestamp)
-        if f.msg == fr.FLUSH:
-            return await self._drive(f.seq, self.node.flush(), f.timestamp)
-        if f.msg == fr.CONTROL:
-            return await self._drive(f.seq, self.node.control(f.data), f.timestamp)
+        """Processes one frame; False when the worker should stop (told to close)."""
+        if self.failed is not None and f.msg != fr.CLOSE:
+            # A node that failed for good answers nothing more; the worker waits to be closed
+            # (exiting now could take its last frames with it before the runtime reads them).
+            self._send(fr.ERROR, f.seq, error=f"the node failed earlier: {self.failed}")
+            return True
+        calls = {
+            fr.DATA: lambda: self.node.process(f.data),
+            fr.FLUSH: self.node.flush,
+            fr.CONTROL: lambda: self.node.control(f.data),
+        }
+        if f.msg in calls:
+            await self._drive(f.seq, calls[f.msg](), f.timestamp)
+            return True
         if f.msg == fr.CLOSE:
             result = self.node.close()
             if inspect.isawaitable(result):

@@ -175,3 +175,56 @@ async fn an_idle_worker_uses_almost_no_cpu() {
     assert!(used <= 10, "idle worker used {used} ticks in 2 s");
     s.close().await.unwrap();
 }
+
+/// A node whose `process` is a plain generator: inputs keep their order, a rejected input costs
+/// only itself, flush still runs at the end, and a fatal error ends the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_generator_process_keeps_order_errors_and_flush() {
+    let rt = runtime();
+    let s = open(&rt, &one_node("probe:SyncProbe", "{}")).await;
+    let (tx, mut rx) = s.split();
+    let input = |i: usize| match i % 50 {
+        7 => "reject".to_string(),
+        13 => "many:3".to_string(),
+        _ => format!("t{i}"),
+    };
+    let feed = async move {
+        for i in 0..200 {
+            tx.send(RuntimeData::text(input(i))).await.unwrap();
+        }
+    };
+    let collect = async {
+        let (mut got, mut rejected) = (Vec::new(), 0);
+        while let Some(p) = rx.recv().await {
+            match p {
+                Ok(p) => got.push(text(&p).to_string()),
+                Err(f) => {
+                    assert!(!f.fatal && f.message.contains("rejected now"), "{f}");
+                    rejected += 1;
+                }
+            }
+        }
+        (got, rejected)
+    };
+    let ((), (got, rejected)) = tokio::join!(feed, collect);
+    rx.finish().await.unwrap();
+    let mut expected: Vec<String> = Vec::new();
+    for i in 0..200 {
+        match i % 50 {
+            7 => {}
+            13 => expected.extend(["0", "1", "2"].map(String::from)),
+            _ => expected.push(input(i)),
+        }
+    }
+    expected.push("flushed".into());
+    assert_eq!(got, expected);
+    assert_eq!(rejected, 4);
+
+    // A fatal error as a fresh worker's first answer: the worker stays until it is closed, so
+    // the error frame is read (it used to exit at once and, about one time in three, take the
+    // frame with it: the session was told of a crash and a restart instead).
+    let mut s = open(&rt, &one_node("probe:SyncProbe", "{}")).await;
+    s.send(RuntimeData::text("fatal")).await.unwrap();
+    let f = next(&mut s).await.unwrap_err();
+    assert!(f.fatal && f.message.contains("fatal now"), "{f}");
+}

@@ -102,3 +102,25 @@ class Buffered(Node):
     async def flush(self):
         total = sum(float(x.sum()) for x in self.kept)
         yield Json({"frames": len(self.kept), "sum": total})
+
+
+class SyncProbe(Node):
+    """A plain-generator ``process``: echoes text; ``reject`` fails that input, ``fatal`` ends
+    the node, ``many:N`` yields N texts."""
+
+    outputs = {"out": ["text"]}
+
+    def process(self, data):
+        cmd, _, arg = data.text.partition(":")
+        if cmd == "reject":
+            raise NodeError("rejected now")
+        if cmd == "fatal":
+            raise FatalNodeError("fatal now")
+        if cmd == "many":
+            for i in range(int(arg)):
+                yield Text(f"{i}")
+            return
+        yield data
+
+    async def flush(self):
+        yield Text("flushed")
