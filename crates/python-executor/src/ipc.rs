@@ -350,11 +350,6 @@ impl WorkerEnd {
         self.listener.try_wait(|_| {}).map_err(ice).map(|_| ())
     }
 
-    /// Blocks until the runtime notifies (for a worker that cannot wait on [`Self::fd`]).
-    pub fn wait(&self) -> Result<(), IpcError> {
-        self.listener.blocking_wait(|_| {}).map_err(ice).map(|_| ())
-    }
-
     /// The next frame, if one is waiting.
     pub fn receive(&self) -> Result<Option<WorkerSample>, IpcError> {
         self.subscriber.receive().map_err(ice)

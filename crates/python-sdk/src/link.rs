@@ -123,11 +123,6 @@ impl WorkerLink {
         self.end.clear_events().map_err(ipc_err)
     }
 
-    /// Blocks (without the GIL) until the runtime sends.
-    fn wait(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.end.wait()).map_err(ipc_err)
-    }
-
     /// The next frame as `(msg, flags, port, seq, timestamp, session, data)`, or None.
     #[allow(clippy::type_complexity)]
     fn receive<'py>(
@@ -362,11 +357,5 @@ impl WorkerLink {
     /// Wakes the runtime to read what was sent.
     fn notify(&self) -> PyResult<()> {
         self.end.notify().map_err(ipc_err)
-    }
-
-    /// Samples numpy views now.
-    #[getter]
-    fn borrowed(&self) -> usize {
-        self.borrowed.load(Relaxed)
     }
 }
