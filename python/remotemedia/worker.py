@@ -108,13 +108,14 @@ class Worker:
             # (exiting now could take its last frames with it before the runtime reads them).
             self._send(fr.ERROR, f.seq, error=f"the node failed earlier: {self.failed}")
             return True
-        calls = {
-            fr.DATA: lambda: self.node.process(f.data),
-            fr.FLUSH: self.node.flush,
-            fr.CONTROL: lambda: self.node.control(f.data),
-        }
-        if f.msg in calls:
-            await self._drive(f.seq, calls[f.msg](), f.timestamp)
+        if f.msg == fr.DATA:
+            await self._drive(f.seq, self.node.process(f.data), f.timestamp)
+            return True
+        if f.msg == fr.FLUSH:
+            await self._drive(f.seq, self.node.flush(), f.timestamp)
+            return True
+        if f.msg == fr.CONTROL:
+            await self._drive(f.seq, self.node.control(f.data), f.timestamp)
             return True
         if f.msg == fr.CLOSE:
             result = self.node.close()

@@ -139,6 +139,11 @@ impl Outputs {
         });
     }
 
+    /// Emits an output made elsewhere (a worker's), as it is.
+    pub fn push_output(&mut self, output: Output) {
+        self.items.push(output);
+    }
+
     pub fn len(&self) -> usize {
         self.items.len()
     }

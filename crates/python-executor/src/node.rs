@@ -380,10 +380,7 @@ impl PythonNode {
     /// outputs before it reports the error).
     fn deliver(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
         for o in self.ready.drain(..) {
-            match o.timestamp {
-                Some(ts) => out.push_to_at(o.port, o.data, ts),
-                None => out.push_to(o.port, o.data),
-            }
+            out.push_output(o);
         }
         self.error.take().map_or(Ok(()), Err)
     }

@@ -33,12 +33,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{RestartPolicy, WorkerConfig};
 use crate::frame::{FLAG_MORE, FLAG_REJECTED, Frame, Msg};
 use crate::ipc::Link;
+use crate::lock;
 use crate::node::{Worker, count_failure, count_restart};
 use crate::process::{Launch, Process, StartError};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// What one session asks of the shared worker.
 pub struct Request {
@@ -221,25 +218,31 @@ async fn read(
 
 /// One process of a pool and the sessions pinned to it.
 pub struct Host {
-    launch: Mutex<Launch>,
     cfg: WorkerConfig,
     runtime: tokio::runtime::Handle,
+    /// Held through a restart (which takes seconds when a model loads): lanes only.
     state: Mutex<HostState>,
+    /// Apart from `state`, so sessions open and close on runtime threads without waiting for
+    /// a restart.
+    sessions: Mutex<HashSet<Arc<str>>>,
 }
 
-#[derive(Default)]
 struct HostState {
+    launch: Launch,
     conn: Option<Arc<Conn>>,
     /// Restarts since a restarted process last answered a request.
     restarts: u32,
     /// Why no process will be started again.
     gave_up: Option<String>,
-    sessions: HashSet<Arc<str>>,
 }
 
 impl Host {
     fn state(&self) -> MutexGuard<'_, HostState> {
         lock(&self.state)
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashSet<Arc<str>>> {
+        lock(&self.sessions)
     }
 
     /// Whether a failed process will be replaced.
@@ -276,10 +279,9 @@ impl Host {
             return Err(NodeError::fatal(why));
         }
         let backoff = self.cfg.backoff(st.restarts);
-        tracing::warn!(node = %lock(&self.launch).node_type, "python {ended}; restarting in {backoff:?}");
+        tracing::warn!(node = %st.launch.node_type, "python {ended}; restarting in {backoff:?}");
         std::thread::sleep(backoff);
-        let sessions: Vec<Arc<str>> = st.sessions.iter().cloned().collect();
-        let mut launch = lock(&self.launch).clone();
+        let mut launch = st.launch.clone();
         let cfg = self.cfg.clone();
         // Spawned from a runtime thread, which lives as long as the runtime (PDEATHSIG).
         let started = self.runtime.block_on(async move {
@@ -296,9 +298,10 @@ impl Host {
         count_restart();
         let (conn, launch) = started
             .map_err(|e| NodeError::fatal(format!("restart failed ({e}) after: {ended}")))?;
-        *lock(&self.launch) = launch;
+        st.launch = launch;
         let conn = Arc::new(conn);
         // The sessions pinned here start afresh in the new process.
+        let sessions: Vec<Arc<str>> = self.sessions().iter().cloned().collect();
         let opens: Vec<Request> = sessions
             .into_iter()
             .map(|s| Request::bare(s, Msg::Open))
@@ -308,7 +311,7 @@ impl Host {
             let answer = collect(rx, &conn, r);
             if let Some(e) = answer.error {
                 tracing::warn!(session = %r.session, "reopening after a restart failed: {}", e.message);
-                st.sessions.remove(&r.session);
+                self.sessions().remove(&r.session);
             }
         }
         st.conn = Some(Arc::clone(&conn));
@@ -429,13 +432,15 @@ impl Pool {
             tracing::info!(node_type = %launch.node_type, pid = conn.pid, "shared python worker ready");
             let name = format!("python:{}", launch.node_type);
             let host = Arc::new(Host {
-                launch: Mutex::new(launch),
                 cfg: cfg.clone(),
                 runtime: tokio::runtime::Handle::current(),
                 state: Mutex::new(HostState {
+                    launch,
                     conn: Some(Arc::new(conn)),
-                    ..HostState::default()
+                    restarts: 0,
+                    gave_up: None,
                 }),
+                sessions: Mutex::default(),
             });
             let lanes = (0..cfg.lanes).map(|_| Lane(Arc::clone(&host))).collect();
             let config = SchedulerConfig {
@@ -453,7 +458,7 @@ impl Pool {
         let (host, scheduler) = self
             .hosts
             .iter()
-            .min_by_key(|(h, _)| h.state().sessions.len())
+            .min_by_key(|(h, _)| h.sessions().len())
             .expect("a pool has at least one process");
         // Open from the start: dropped before its open is answered, it is closed too.
         let (outputs_tx, outputs) = mpsc::unbounded_channel();
@@ -487,7 +492,7 @@ impl Pool {
         if let Some(e) = answer.error {
             return Err(node.error(e));
         }
-        host.state().sessions.insert(Arc::clone(&node.session));
+        host.sessions().insert(Arc::clone(&node.session));
         Ok(node)
     }
 }
@@ -535,10 +540,7 @@ impl SharedNode {
     /// Moves the outputs received so far into `out`.
     fn take_outputs(&mut self, out: &mut Outputs) {
         while let Ok(o) = self.outputs.try_recv() {
-            match o.timestamp {
-                Some(ts) => out.push_to_at(o.port, o.data, ts),
-                None => out.push_to(o.port, o.data),
-            }
+            out.push_output(o);
         }
     }
 
@@ -635,10 +637,7 @@ impl Node for SharedNode {
         };
         tokio::select! {
             Some(o) = self.outputs.recv() => {
-                match o.timestamp {
-                    Some(ts) => out.push_to_at(o.port, o.data, ts),
-                    None => out.push_to(o.port, o.data),
-                }
+                out.push_output(o);
                 self.take_outputs(out);
                 Ok(())
             }
@@ -657,7 +656,7 @@ impl Node for SharedNode {
         let _ = self.settle(&mut ignored).await;
         self.start(self.request(Msg::Close, 0, Duration::ZERO, None));
         let closed = self.settle(&mut ignored).await;
-        self.host.state().sessions.remove(&self.session);
+        self.host.sessions().remove(&self.session);
         closed
     }
 }
@@ -666,7 +665,7 @@ impl Drop for SharedNode {
     fn drop(&mut self) {
         // Not closed (the session was dropped mid-call): close its instance in the process.
         if std::mem::take(&mut self.open) {
-            self.host.state().sessions.remove(&self.session);
+            self.host.sessions().remove(&self.session);
             let scheduler = self.scheduler.clone();
             let close = self.request(Msg::Close, 0, Duration::ZERO, None);
             let session = Arc::clone(&self.session);

@@ -262,15 +262,22 @@ impl WorkerLink {
                 head.kind = 1;
                 let rate: u32 = d.getattr("sample_rate")?.extract()?;
                 let channels: u16 = d.getattr("channels")?.extract()?;
-                let kw = PyDict::new(py);
-                kw.set_item("dtype", "<f4")?;
-                keep = c
-                    .contiguous
-                    .bind(py)
-                    .call((d.getattr("samples")?,), Some(&kw))?;
+                let samples = d.getattr("samples")?;
+                // Usually already a contiguous float32 array (an input's view, a model's output);
+                // numpy converts anything else.
+                let ready = samples
+                    .cast::<numpy::PyArrayDyn<f32>>()
+                    .is_ok_and(|a| a.is_c_contiguous());
+                keep = if ready {
+                    samples
+                } else {
+                    let kw = PyDict::new(py);
+                    kw.set_item("dtype", "<f4")?;
+                    c.contiguous.bind(py).call((samples,), Some(&kw))?
+                };
                 let array = keep.cast::<numpy::PyArrayDyn<f32>>()?;
-                // SAFETY: C-contiguous f32 array (ascontiguousarray above), not written while
-                // the frame is (the GIL is held).
+                // SAFETY: a C-contiguous f32 array, not written while the frame is (the GIL is
+                // held).
                 let samples = unsafe { std::slice::from_raw_parts(array.data(), array.len()) };
                 let bytes = unsafe {
                     std::slice::from_raw_parts(samples.as_ptr().cast::<u8>(), samples.len() * 4)
