@@ -645,9 +645,12 @@ mod tests {
                     .collect()
             })
             .collect();
-        let before = SileroVad::new(&model(), 16_000, 1).unwrap().batches();
-        // Every stream sends its next window at the same moment.
+        let probe = SileroVad::new(&model(), 16_000, 1).unwrap();
+        let before = probe.batches();
+        // Every stream sends its next window at the same moment; the first round also waits
+        // behind a busy model (its lock held here), so at least one batch surely forms.
         let barrier = Arc::new(std::sync::Barrier::new(STREAMS));
+        let busy = probe.combiner.single.session.lock();
         let together: Vec<Vec<f32>> = std::thread::scope(|scope| {
             let handles: Vec<_> = audio
                 .iter()
@@ -664,10 +667,12 @@ mod tests {
                     })
                 })
                 .collect();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(busy);
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert_eq!(together, alone);
-        let after = SileroVad::new(&model(), 16_000, 1).unwrap().batches();
+        let after = probe.batches();
         let (batches, windows) = (after.0 - before.0, after.1 - before.1);
         assert!(
             batches > 0 && windows >= 2 * batches,
