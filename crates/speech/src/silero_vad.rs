@@ -71,17 +71,16 @@ impl SileroVad {
                 reason: format!("Silero VAD runs at 16000 or 8000 Hz, not {sample_rate} Hz"),
             });
         };
-        let single = Runner::open(model, threads, device, sample_rate)?;
-        if !single.takes_rate && sample_rate != 16_000 {
-            return Err(ModelError::Load {
-                path: model.to_path_buf(),
-                reason: format!("this model runs at 16000 Hz only, not {sample_rate} Hz"),
-            });
-        }
         let config = format!("threads={threads},rate={sample_rate},device={device:?}");
         let model_path = model.to_path_buf();
         let combiner = models::shared_object(model, "silero-batches", &config, move || {
             let single = Runner::open(&model_path, threads, device, sample_rate)?;
+            if !single.takes_rate && sample_rate != 16_000 {
+                return Err(ModelError::Load {
+                    path: model_path.clone(),
+                    reason: format!("this model runs at 16000 Hz only, not {sample_rate} Hz"),
+                });
+            }
             // Batches run on a model with a batch dimension: this one, or the general model
             // beside the fixed-shape 16 kHz export (they score identically, tested).
             let batched = if single.batchable {
@@ -647,17 +646,21 @@ mod tests {
             .collect();
         let probe = SileroVad::new(&model(), 16_000, 1).unwrap();
         let before = probe.batches();
-        // Every stream sends its next window at the same moment; the first round also waits
-        // behind a busy model (its lock held here), so at least one batch surely forms.
+        let vads: Vec<SileroVad> = (0..STREAMS)
+            .map(|_| SileroVad::new(&model(), 16_000, 1).unwrap())
+            .collect();
+        // Every stream sends its next window at the same moment. The first round also waits
+        // behind a busy model (its lock held here) until every other stream's window is
+        // queued, so at least one batch surely forms.
         let barrier = Arc::new(std::sync::Barrier::new(STREAMS));
         let busy = probe.combiner.single.session.lock();
         let together: Vec<Vec<f32>> = std::thread::scope(|scope| {
             let handles: Vec<_> = audio
                 .iter()
-                .map(|a| {
+                .zip(vads)
+                .map(|(a, mut v)| {
                     let barrier = Arc::clone(&barrier);
                     scope.spawn(move || {
-                        let mut v = SileroVad::new(&model(), 16_000, 1).unwrap();
                         a.chunks_exact(512)
                             .map(|w| {
                                 barrier.wait();
@@ -667,7 +670,14 @@ mod tests {
                     })
                 })
                 .collect();
-            std::thread::sleep(std::time::Duration::from_millis(200));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while probe.combiner.lock().jobs.len() < STREAMS - 1 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the windows never queued"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             drop(busy);
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
@@ -677,6 +687,15 @@ mod tests {
         assert!(
             batches > 0 && windows >= 2 * batches,
             "{batches} batches of {windows} windows"
+        );
+    }
+
+    #[test]
+    fn the_16k_export_refuses_another_rate_by_name() {
+        let err = SileroVad::new(&model(), 8_000, 1).err().unwrap();
+        assert!(
+            err.to_string().contains("16000 Hz only, not 8000 Hz"),
+            "{err}"
         );
     }
 
