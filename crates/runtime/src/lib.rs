@@ -32,7 +32,7 @@ pub fn default_rules() -> Vec<ExecutorRule> {
     vec![ExecutorRule::new("^Whisper", ExecutorKind::Python, 10)]
 }
 
-/// Every node family (core built-ins, audio, speech), the Python executor and the default
+/// Every node family (core built-ins, audio, speech, the LLM), the Python executor and the default
 /// rules, with default options.
 pub fn builder() -> RuntimeBuilder {
     builder_with(Options::default())
@@ -49,9 +49,12 @@ pub fn builder_with(options: Options) -> RuntimeBuilder {
     for dir in options.python_path {
         python = python.with_python_path(dir);
     }
-    RuntimeBuilder::new()
+    let builder = RuntimeBuilder::new()
         .nodes(remotemedia_audio::register)
-        .nodes(remotemedia_speech::register)
+        .nodes(remotemedia_speech::register);
+    #[cfg(feature = "llm")]
+    let builder = builder.nodes(remotemedia_llm::register);
+    builder
         .executor(Arc::new(python))
         .rules(default_rules())
         .rules(options.rules)
