@@ -36,6 +36,7 @@ PINS=(
     "protobuf==7.36.2"
     "setuptools==84.2.1"
     "pytest==9.2.0"
+    "openai==3.63.0"
 )
 WANT="$(printf '%s\n' "${PINS[@]}"; sha256sum "$ROOT/python/pyproject.toml" | cut -d' ' -f1)"
 STAMP="$VENV/.remotemedia-installed"

@@ -27,6 +27,7 @@ fn messages(user: &str) -> Vec<Message> {
 }
 
 struct Run {
+    text: String,
     first: Duration,
     total: Duration,
     tokens: u32,
@@ -34,7 +35,14 @@ struct Run {
 
 async fn run(engine: &Engine, user: &str, max_tokens: u32) -> Run {
     let session = engine.session();
-    let tokens = engine.tokenize(&engine.prompt(&messages(user)).unwrap());
+    let run = turn(engine, session, &messages(user), max_tokens).await;
+    engine.close(session);
+    run
+}
+
+/// One turn of `session` on `messages`.
+async fn turn(engine: &Engine, session: u64, messages: &[Message], max_tokens: u32) -> Run {
+    let tokens = engine.tokenize(&engine.prompt(messages).unwrap());
     let sampling = Sampling {
         temperature: 0.0,
         top_p: 1.0,
@@ -46,14 +54,16 @@ async fn run(engine: &Engine, user: &str, max_tokens: u32) -> Run {
     let started = Instant::now();
     engine.turn(session, tokens, sampling, tx).unwrap();
     let mut first = None;
+    let mut text = String::new();
     loop {
         match rx.recv().await.unwrap() {
-            Event::Text(_) => {
+            Event::Text(piece) => {
                 first.get_or_insert_with(|| started.elapsed());
+                text.push_str(&piece);
             }
             Event::End(end) => {
-                engine.close(session);
                 return Run {
+                    text,
                     first: first.unwrap_or_default(),
                     total: started.elapsed(),
                     tokens: end.completion_tokens,
@@ -98,9 +108,24 @@ async fn main() {
         v
     };
     println!(
-        "{{\"what\":\"ttft_ms\",\"prompt_tokens\":{prompt_tokens},\"p50\":{:.1},\"min\":{:.1}}}",
+        "{{\"what\":\"ttft_ms\",\"turn\":\"first\",\"prompt_tokens\":{prompt_tokens},\"p50\":{:.1},\"min\":{:.1}}}",
         median(firsts.clone()),
         firsts.iter().copied().fold(f64::MAX, f64::min)
+    );
+    // A later turn of a conversation: only the new text and the last answer are decoded.
+    let mut warm = Vec::new();
+    for _ in 0..10 {
+        let session = engine.session();
+        let mut chat = messages(&question);
+        let answer = turn(&engine, session, &chat, 32).await.text;
+        chat.push(Message::new("assistant", answer));
+        chat.push(Message::new("user", "And what should we eat there?"));
+        warm.push(turn(&engine, session, &chat, 1).await.first.as_secs_f64() * 1e3);
+        engine.close(session);
+    }
+    println!(
+        "{{\"what\":\"ttft_ms\",\"turn\":\"second, same conversation\",\"p50\":{:.1}}}",
+        median(warm)
     );
     let mut rates = Vec::new();
     let mut generated = 0;

@@ -6,7 +6,7 @@ pub mod node;
 use remotemedia_core::NodeRegistry;
 
 pub use engine::{End, Engine, EngineConfig, Event, Finish, LlmError, Message, Sampling};
-pub use node::LlmNode;
+pub use node::{LlmNode, LlmParams};
 
 /// Registers the LLM node types.
 pub fn register(registry: &mut NodeRegistry) {

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use crate::engine::{Engine, EngineConfig, Event, Finish, Message, Sampling};
 
 /// Settings of [`LlmNode`].
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LlmParams {
     /// A GGUF chat model; default: SmolLM2-135M-Instruct from the models directory.
@@ -103,8 +103,9 @@ pub struct LlmNode {
     waiting: VecDeque<(String, Option<(Duration, Duration)>)>,
 }
 
-/// The engine for these settings, loaded once and shared by every session that uses them.
-fn shared_engine(p: &LlmParams) -> Result<Arc<Engine>, ModelError> {
+/// The engine for these settings (model, sessions, context_tokens, threads), loaded once and
+/// shared by every session and caller that uses them.
+pub fn shared_engine(p: &LlmParams) -> Result<Arc<Engine>, ModelError> {
     let config = EngineConfig {
         model: p
             .model
@@ -176,7 +177,7 @@ impl LlmNode {
             let sampling = Sampling {
                 temperature: self.params.temperature,
                 top_p: self.params.top_p,
-                seed: self.params.seed.unwrap_or_else(rand_seed),
+                seed: self.params.seed.unwrap_or_else(random_seed),
                 max_tokens: self.params.max_tokens,
                 stop: self.params.stop.clone(),
             };
@@ -254,7 +255,8 @@ impl LlmNode {
     }
 }
 
-fn rand_seed() -> u32 {
+/// A seed for unseeded sampling.
+pub fn random_seed() -> u32 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::Instant::now()) as u32
 }

@@ -20,6 +20,7 @@ pub struct ServerConfig {
     pub client_manifests: ClientManifests,
     pub webrtc: WebRtcConfig,
     pub capacity: CapacityConfig,
+    pub openai: OpenAiConfig,
     /// Where node types prefer to run, beside the runtime's defaults: read by the program
     /// that assembles the runtime (`remotemedia serve`).
     pub executor_rules: Vec<remotemedia_core::ExecutorRule>,
@@ -68,6 +69,38 @@ pub struct AuthConfig {
     pub tokens: Vec<String>,
     /// Listen on a non-loopback address without tokens (refused unless this is true).
     pub allow_unauthenticated: bool,
+}
+
+/// The OpenAI-compatible API on the HTTP listener (docs/serving.md#openai-compatible-api).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiConfig {
+    pub enabled: bool,
+    /// The chat model: the params of an `LLM` node (model, sessions, context_tokens, threads,
+    /// and the defaults of temperature, top_p, max_tokens, stop).
+    pub chat: remotemedia_llm::LlmParams,
+    /// The model name in responses when a request names none.
+    pub model_name: String,
+    /// The most tokens a request may ask for.
+    pub max_tokens: u32,
+    /// Largest request body, in bytes (413 beyond).
+    pub max_body_bytes: usize,
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            chat: remotemedia_llm::LlmParams {
+                system_prompt: String::new(),
+                sessions: 4,
+                ..Default::default()
+            },
+            model_name: "smollm2-135m-instruct".into(),
+            max_tokens: 1024,
+            max_body_bytes: 1 << 20,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]

@@ -1,5 +1,6 @@
 //! The HTTP side: Prometheus `/metrics`, `/healthz`, `/readyz`, the node and pipeline listings
-//! as JSON, the browser page (`web/`, at `/`) and WebRTC signalling (`/v1/webrtc/...`).
+//! as JSON, the browser page (`web/`, at `/`), WebRTC signalling (`/v1/webrtc/...`) and the
+//! OpenAI-compatible API (`/v1/chat/completions`).
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -36,6 +37,11 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
             "/app.js",
             page(include_str!("../../../web/app.js"), "text/javascript"),
         );
+    let openai = shared
+        .config
+        .openai
+        .enabled
+        .then(|| crate::openai::router(Arc::clone(&shared)));
     #[cfg(feature = "webrtc")]
     let app = app
         .with_state(Arc::clone(&shared))
@@ -52,7 +58,10 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
             }),
         )
         .with_state(shared);
-    app
+    match openai {
+        Some(openai) => app.merge(openai),
+        None => app,
+    }
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

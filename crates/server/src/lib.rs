@@ -22,6 +22,7 @@ mod calls;
 pub mod config;
 mod convert;
 pub mod http;
+mod openai;
 mod service;
 mod shared;
 mod stream;

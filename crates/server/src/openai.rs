@@ -1,0 +1,381 @@
+//! The OpenAI-compatible API on the HTTP listener: `POST /v1/chat/completions` (streaming as
+//! server-sent events, and not), answered by the engine of the `LLM` node, shared with the
+//! pipelines' LLM nodes of the same settings. Errors have OpenAI's shape
+//! (`{"error": {"message", "type", "param", "code"}}`), so OpenAI clients report them as such.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use remotemedia_llm::{Engine, Event, Finish, LlmParams, Message, Sampling};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::auth::Auth;
+use crate::shared::Shared;
+
+#[derive(Clone)]
+struct Api {
+    shared: Arc<Shared>,
+    auth: Auth,
+}
+
+pub fn router(shared: Arc<Shared>) -> axum::Router {
+    let auth = Auth::new(&shared.config.auth.tokens);
+    axum::Router::new()
+        .route("/v1/chat/completions", post(chat))
+        // The body is read (and its size checked) by the handler, for an OpenAI-shaped 413.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(Api { shared, auth })
+}
+
+/// An OpenAI-shaped error.
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: Option<&'static str>,
+    message: String,
+}
+
+impl ApiError {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: Option<&'static str>,
+        message: String,
+    ) -> Self {
+        Self {
+            status,
+            kind,
+            code,
+            message,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "message": self.message, "type": self.kind, "param": null, "code": self.code,
+        }});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        None,
+        message.into(),
+    )
+}
+
+/// The request as OpenAI clients send it; fields this server does not use are ignored.
+#[derive(Deserialize)]
+struct ChatRequest {
+    #[serde(default)]
+    model: Option<String>,
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    stream: bool,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    seed: Option<i64>,
+    #[serde(default)]
+    stop: Option<Stop>,
+}
+
+#[derive(Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: Content,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    /// `[{"type": "text", "text": ...}, ...]`: the text parts, joined.
+    Parts(Vec<Value>),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Api {
+    fn authorised(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let ok = !self.auth.enabled()
+            || headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .is_some_and(|t| self.auth.accepts(t));
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                Some("invalid_api_key"),
+                "missing or invalid API key (`Authorization: Bearer <token>`)".into(),
+            ))
+        }
+    }
+
+    fn engine(&self) -> Result<Arc<Engine>, ApiError> {
+        remotemedia_llm::node::shared_engine(&self.shared.config.openai.chat).map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                None,
+                e.to_string(),
+            )
+        })
+    }
+}
+
+/// The request's settings, checked, with the configured ones as defaults.
+fn sampling(req: &ChatRequest, p: &LlmParams, cap: u32) -> Result<Sampling, ApiError> {
+    let temperature = req.temperature.unwrap_or(p.temperature);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(invalid(format!(
+            "temperature must be between 0 and 2, not {temperature}"
+        )));
+    }
+    let top_p = req.top_p.unwrap_or(p.top_p);
+    if !(0.0..=1.0).contains(&top_p) {
+        return Err(invalid(format!(
+            "top_p must be between 0 and 1, not {top_p}"
+        )));
+    }
+    let max_tokens = req
+        .max_completion_tokens
+        .or(req.max_tokens)
+        .unwrap_or(p.max_tokens);
+    if max_tokens == 0 || max_tokens > cap {
+        return Err(invalid(format!(
+            "max_tokens must be between 1 and {cap}, not {max_tokens}"
+        )));
+    }
+    let stop = match &req.stop {
+        None => p.stop.clone(),
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) => v.clone(),
+    };
+    Ok(Sampling {
+        temperature,
+        top_p,
+        // OpenAI's seed is any integer; the engine's is 32 bits.
+        seed: req
+            .seed
+            .map_or_else(remotemedia_llm::node::random_seed, |s| s as u32),
+        max_tokens,
+        stop,
+    })
+}
+
+fn messages(req: &ChatRequest) -> Result<Vec<Message>, ApiError> {
+    if req.messages.is_empty() {
+        return Err(invalid("messages must hold at least one message"));
+    }
+    req.messages
+        .iter()
+        .map(|m| {
+            if !["system", "developer", "user", "assistant"].contains(&m.role.as_str()) {
+                return Err(invalid(format!(
+                    "unknown message role {:?} (system, developer, user, assistant)",
+                    m.role
+                )));
+            }
+            let role = if m.role == "developer" {
+                "system"
+            } else {
+                &m.role
+            };
+            let text = match &m.content {
+                Content::Text(t) => t.clone(),
+                Content::Parts(parts) => parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            };
+            Ok(Message::new(role, text))
+        })
+        .collect()
+}
+
+async fn chat(State(api): State<Api>, request: Request) -> Result<Response, ApiError> {
+    api.authorised(request.headers())?;
+    let config = &api.shared.config.openai;
+    let body: Bytes = axum::body::to_bytes(request.into_body(), config.max_body_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                Some("request_too_large"),
+                format!(
+                    "the request body is larger than {} bytes",
+                    config.max_body_bytes
+                ),
+            )
+        })?;
+    let req: ChatRequest = serde_json::from_slice(&body)
+        .map_err(|e| invalid(format!("the request is not a valid chat request: {e}")))?;
+    let messages = messages(&req)?;
+    let sampling = sampling(&req, &config.chat, config.max_tokens)?;
+    let engine = api.engine()?;
+    let model = req.model.unwrap_or_else(|| config.model_name.clone());
+    let prompt = engine
+        .prompt(&messages)
+        .map_err(|e| invalid(e.to_string()))?;
+    let tokens = engine.tokenize(&prompt);
+    let session = engine.session();
+    let (tx, rx) = mpsc::unbounded_channel();
+    if let Err(e) = engine.turn(session, tokens, sampling, tx) {
+        engine.close(session);
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some("context_length_exceeded"),
+            e.to_string(),
+        ));
+    }
+    let reply = Reply {
+        engine,
+        session,
+        events: rx,
+        id: format!("chatcmpl-{session:x}{:x}", now()),
+        model,
+    };
+    Ok(if req.stream {
+        stream(reply).into_response()
+    } else {
+        whole(reply).await.into_response()
+    })
+}
+
+/// A turn's events, and the session it runs in (closed when this is dropped: a client that
+/// goes away cancels its reply).
+struct Reply {
+    engine: Arc<Engine>,
+    session: u64,
+    events: mpsc::UnboundedReceiver<Event>,
+    id: String,
+    model: String,
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        self.engine.close(self.session);
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn finish_reason(f: &Finish) -> &'static str {
+    match f {
+        Finish::Length => "length",
+        _ => "stop",
+    }
+}
+
+async fn whole(mut reply: Reply) -> Result<Response, ApiError> {
+    let mut text = String::new();
+    let stopped = |message: String| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            None,
+            message,
+        )
+    };
+    while let Some(event) = reply.events.recv().await {
+        let end = match event {
+            Event::Text(piece) => {
+                text.push_str(&piece);
+                continue;
+            }
+            Event::End(end) => end,
+        };
+        if let Finish::Error(e) = &end.finish {
+            return Err(stopped(e.clone()));
+        }
+        let completion = end.completion_tokens as usize;
+        return Ok(axum::Json(json!({
+            "id": reply.id,
+            "object": "chat.completion",
+            "created": now(),
+            "model": reply.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_reason(&end.finish),
+            }],
+            "usage": {
+                "prompt_tokens": end.prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": end.prompt_tokens + completion,
+            },
+        }))
+        .into_response());
+    }
+    Err(stopped("the LLM engine stopped".into()))
+}
+
+/// Server-sent events: a first chunk with the role, one per piece of text, one with the finish
+/// reason, then `[DONE]`. A client that goes away drops the stream, which cancels the reply.
+fn stream(mut reply: Reply) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let chunk = |reply: &Reply, delta: Value, finish: Option<&str>| {
+            let v = json!({
+                "id": reply.id,
+                "object": "chat.completion.chunk",
+                "created": now(),
+                "model": reply.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            });
+            Ok(SseEvent::default().data(v.to_string()))
+        };
+        let first = chunk(&reply, json!({"role": "assistant", "content": ""}), None);
+        if tx.send(first).await.is_err() {
+            return;
+        }
+        while let Some(event) = reply.events.recv().await {
+            let (data, end) = match event {
+                Event::Text(piece) => (chunk(&reply, json!({"content": piece}), None), false),
+                Event::End(end) => {
+                    let reason = finish_reason(&end.finish);
+                    (chunk(&reply, json!({}), Some(reason)), true)
+                }
+            };
+            if tx.send(data).await.is_err() {
+                return;
+            }
+            if end {
+                let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
+                return;
+            }
+        }
+    });
+    Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

@@ -1,0 +1,73 @@
+"""The official `openai` package against `remotemedia serve`'s /v1/chat/completions.
+
+argv: base URL (http://host:port/v1). The API key comes from REMOTEMEDIA_TOKEN.
+"""
+import os
+import sys
+
+import openai
+
+base = sys.argv[1]
+client = openai.OpenAI(base_url=base, api_key=os.environ["REMOTEMEDIA_TOKEN"], max_retries=0)
+messages = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Name three colours of the rainbow."},
+]
+
+# A whole answer, then the same one streamed: greedy decoding gives the same text.
+whole = client.chat.completions.create(model="smollm2", messages=messages, temperature=0,
+                                       max_tokens=40, seed=3)
+text = whole.choices[0].message.content
+assert text and text.strip(), whole
+assert whole.choices[0].finish_reason in ("stop", "length"), whole
+assert whole.object == "chat.completion" and whole.model == "smollm2", whole
+assert whole.usage.prompt_tokens > 10 and 0 < whole.usage.completion_tokens <= 40, whole.usage
+assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+
+pieces, finish = [], None
+for chunk in client.chat.completions.create(model="smollm2", messages=messages, temperature=0,
+                                            max_tokens=40, seed=3, stream=True):
+    delta = chunk.choices[0].delta
+    if delta.content:
+        pieces.append(delta.content)
+    finish = chunk.choices[0].finish_reason or finish
+assert len(pieces) > 3, pieces
+assert "".join(pieces) == text, ("".join(pieces), text)
+assert finish == whole.choices[0].finish_reason, finish
+
+# The token budget ends a reply with "length".
+short = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=2)
+assert short.choices[0].finish_reason == "length", short
+assert short.usage.completion_tokens == 2, short.usage
+
+# Refusals, as OpenAI-shaped errors the package raises as its own exceptions.
+try:
+    openai.OpenAI(base_url=base, api_key="wrong-key", max_retries=0).chat.completions.create(
+        model="smollm2", messages=messages)
+    raise SystemExit("a wrong key was accepted")
+except openai.AuthenticationError as e:
+    assert e.status_code == 401 and "API key" in str(e), e
+try:
+    client.chat.completions.create(model="smollm2", messages=messages, temperature=5)
+    raise SystemExit("temperature 5 was accepted")
+except openai.BadRequestError as e:
+    assert e.status_code == 400 and "temperature" in str(e), e
+try:
+    client.chat.completions.create(model="smollm2", messages=[])
+    raise SystemExit("no messages was accepted")
+except openai.BadRequestError as e:
+    assert "at least one message" in str(e), e
+try:
+    client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "x" * (2 << 20)}])
+    raise SystemExit("a 2 MiB request was accepted")
+except openai.APIStatusError as e:
+    assert e.status_code == 413 and "larger than" in str(e), e
+long_text = "word " * 3000
+try:
+    client.chat.completions.create(model="smollm2",
+                                   messages=[{"role": "user", "content": long_text}])
+    raise SystemExit("a prompt over the context was accepted")
+except openai.BadRequestError as e:
+    assert e.code == "context_length_exceeded", e
+print("ok")
