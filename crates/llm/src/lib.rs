@@ -2,6 +2,7 @@
 
 pub mod engine;
 pub mod node;
+mod sentences;
 
 use remotemedia_core::NodeRegistry;
 

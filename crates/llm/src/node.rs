@@ -22,12 +22,12 @@ use remotemedia_core::{
     Control, MediaType, Node, NodeContext, NodeError, Outputs, Packet, RuntimeData, TextFrame,
 };
 use remotemedia_speech::models::{self, ModelError};
-use remotemedia_speech::tts::split_sentences;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::engine::{Engine, EngineConfig, Event, Finish, Message, Sampling};
+use crate::sentences::Sentences;
 
 /// Settings of [`LlmNode`].
 #[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
@@ -88,8 +88,7 @@ struct Reply {
     events: mpsc::UnboundedReceiver<Event>,
     cancel: Arc<AtomicBool>,
     text: String,
-    /// Text not yet sent on `out` (an incomplete sentence).
-    unsent: String,
+    sentences: Sentences,
     span: Option<(Duration, Duration)>,
 }
 
@@ -190,7 +189,7 @@ impl LlmNode {
                 events,
                 cancel,
                 text: String::new(),
-                unsent: String::new(),
+                sentences: Sentences::default(),
                 span,
             });
         }
@@ -215,16 +214,8 @@ impl LlmNode {
                     out.push_to(1, frame(piece.clone(), false));
                 }
                 reply.text.push_str(&piece);
-                reply.unsent.push_str(&piece);
-                let mut sentences = split_sentences(&reply.unsent);
-                if sentences.len() > 1 {
-                    let rest = sentences.pop().unwrap_or_default();
-                    for s in sentences {
-                        out.push_to(0, frame(s, true));
-                    }
-                    // The incomplete sentence stays, from where its text begins.
-                    let at = reply.unsent.rfind(rest.as_str()).unwrap_or(0);
-                    reply.unsent.drain(..at);
+                for s in reply.sentences.push(&piece) {
+                    out.push_to(0, frame(s, true));
                 }
                 Ok(())
             }
@@ -233,8 +224,8 @@ impl LlmNode {
                     Some(Event::End(end)) => end.finish,
                     _ => Finish::Error("the LLM engine stopped".into()),
                 };
-                let reply = self.reply.take().expect("a reply runs");
-                for s in split_sentences(&reply.unsent) {
+                let mut reply = self.reply.take().expect("a reply runs");
+                for s in reply.sentences.finish() {
                     out.push_to(
                         0,
                         RuntimeData::Text(TextFrame {
