@@ -1,6 +1,6 @@
 //! The OpenAI-compatible API on the HTTP listener: `POST /v1/chat/completions` (streaming as
 //! server-sent events, and not), answered by the engine of the `LLM` node, shared with the
-//! pipelines' LLM nodes of the same settings. Errors have OpenAI's shape
+//! pipelines' LLM nodes of the same settings; `POST /v1/audio/speech` by the Piper voice. Errors have OpenAI's shape
 //! (`{"error": {"message", "type", "param", "code"}}`), so OpenAI clients report them as such.
 
 use std::convert::Infallible;
@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use remotemedia_core::RuntimeData;
 use remotemedia_llm::{Engine, Event, Finish, LlmParams, Message, Sampling};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -31,6 +32,7 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
     let auth = Auth::new(&shared.config.auth.tokens);
     axum::Router::new()
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/audio/speech", post(speech))
         // The body is read (and its size checked) by the handler, for an OpenAI-shaped 413.
         .layer(DefaultBodyLimit::disable())
         .with_state(Api { shared, auth })
@@ -135,6 +137,22 @@ impl Api {
         }
     }
 
+    /// The body of an authorised request, within the size limit.
+    async fn body(&self, request: Request) -> Result<Bytes, ApiError> {
+        self.authorised(request.headers())?;
+        let limit = self.shared.config.openai.max_body_bytes;
+        axum::body::to_bytes(request.into_body(), limit)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request_error",
+                    Some("request_too_large"),
+                    format!("the request body is larger than {limit} bytes"),
+                )
+            })
+    }
+
     fn engine(&self) -> Result<Arc<Engine>, ApiError> {
         remotemedia_llm::node::shared_engine(&self.shared.config.openai.chat).map_err(|e| {
             ApiError::new(
@@ -219,21 +237,8 @@ fn messages(req: &ChatRequest) -> Result<Vec<Message>, ApiError> {
 }
 
 async fn chat(State(api): State<Api>, request: Request) -> Result<Response, ApiError> {
-    api.authorised(request.headers())?;
+    let body = api.body(request).await?;
     let config = &api.shared.config.openai;
-    let body: Bytes = axum::body::to_bytes(request.into_body(), config.max_body_bytes)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                Some("request_too_large"),
-                format!(
-                    "the request body is larger than {} bytes",
-                    config.max_body_bytes
-                ),
-            )
-        })?;
     let req: ChatRequest = serde_json::from_slice(&body)
         .map_err(|e| invalid(format!("the request is not a valid chat request: {e}")))?;
     let messages = messages(&req)?;
@@ -378,4 +383,98 @@ fn stream(mut reply: Reply) -> Sse<impl tokio_stream::Stream<Item = Result<SseEv
         }
     });
     Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// OpenAI's limit on the text of one speech request.
+const MAX_SPEECH_CHARS: usize = 4096;
+
+/// `POST /v1/audio/speech`, as OpenAI clients send it.
+#[derive(Deserialize)]
+struct SpeechRequest {
+    input: String,
+    response_format: Option<String>,
+    speed: Option<f32>,
+}
+
+/// Text to speech with the Piper voice: WAV (22.05 kHz, 16-bit mono, the default) or `pcm`
+/// (raw 16-bit little-endian mono at 24 kHz, as OpenAI's `pcm`). `model` and `voice` are
+/// accepted and ignored: there is one voice.
+async fn speech(State(api): State<Api>, request: Request) -> Result<Response, ApiError> {
+    let body = api.body(request).await?;
+    let req: SpeechRequest = serde_json::from_slice(&body)
+        .map_err(|e| invalid(format!("the request is not a valid speech request: {e}")))?;
+    if req.input.trim().is_empty() {
+        return Err(invalid("input must hold some text"));
+    }
+    if req.input.chars().count() > MAX_SPEECH_CHARS {
+        return Err(invalid(format!(
+            "input is longer than {MAX_SPEECH_CHARS} characters"
+        )));
+    }
+    let speed = req.speed.unwrap_or(1.0);
+    if !(0.25..=4.0).contains(&speed) {
+        return Err(invalid(format!(
+            "speed must be between 0.25 and 4, not {speed}"
+        )));
+    }
+    let format = req.response_format.as_deref().unwrap_or("wav");
+    let (resample, content_type) = match format {
+        "wav" => ("", "audio/wav"),
+        "pcm" => (
+            "  - {id: rate, type: AudioResample, params: {target_rate: 24000}}\n",
+            "audio/pcm",
+        ),
+        other => {
+            return Err(invalid(format!(
+                "response_format {other:?} is not supported: wav or pcm"
+            )));
+        }
+    };
+    let manifest = format!(
+        "version: v1\nnodes:\n  - {{id: sentences, type: SentenceSplitter}}\n  \
+         - {{id: tts, type: PiperTTS, params: {{speed: {speed}}}}}\n{resample}connections:\n  \
+         - {{from: sentences, to: tts}}\n{}",
+        if resample.is_empty() {
+            ""
+        } else {
+            "  - {from: tts, to: rate}\n"
+        }
+    );
+    let failed =
+        |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, e);
+    let runtime = &api.shared.runtime;
+    let pipeline = runtime
+        .load(&manifest, "openai-speech")
+        .map_err(|e| failed(e.to_string()))?;
+    let session = runtime
+        .open(&pipeline)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    session
+        .send(RuntimeData::text(req.input))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let (packets, _) = session.close().await.map_err(|e| failed(e.to_string()))?;
+    let frames: Vec<_> = packets.iter().filter_map(|p| p.data.as_audio()).collect();
+    if frames.is_empty() {
+        return Err(invalid(
+            "the input gave no speech (nothing the voice can read)",
+        ));
+    }
+    let bytes = if format == "wav" {
+        let mut out = std::io::Cursor::new(Vec::new());
+        let mut wav = remotemedia_audio::wav::WavSink::new(&mut out, "speech");
+        for f in &frames {
+            wav.write(f).map_err(|e| failed(e.to_string()))?;
+        }
+        wav.finish().map_err(|e| failed(e.to_string()))?;
+        out.into_inner()
+    } else {
+        frames
+            .iter()
+            .flat_map(|f| f.samples().iter())
+            .flat_map(|&s| ((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes())
+            .collect()
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
 }

@@ -14,7 +14,7 @@ fn root() -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_openai_package_chats_streams_and_meets_every_refusal() {
+async fn the_openai_package_chats_streams_speaks_and_meets_every_refusal() {
     let mut config = ServerConfig::default();
     config.grpc.listen = ([127, 0, 0, 1], 0).into();
     config.http.listen = ([127, 0, 0, 1], 0).into();
@@ -27,7 +27,7 @@ async fn the_openai_package_chats_streams_and_meets_every_refusal() {
     let base = format!("http://{}/v1", server.http_addr().expect("HTTP is on"));
     let python = root().join(".venv/bin/python");
     assert!(python.exists(), "run ./scripts/setup-python.sh");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/openai_chat.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/openai_client.py");
     let out = tokio::time::timeout(
         Duration::from_secs(180),
         tokio::process::Command::new(python)

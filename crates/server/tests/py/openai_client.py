@@ -1,9 +1,12 @@
-"""The official `openai` package against `remotemedia serve`'s /v1/chat/completions.
+"""The official `openai` package against `remotemedia serve`'s OpenAI-compatible API:
+/v1/chat/completions and /v1/audio/speech.
 
 argv: base URL (http://host:port/v1). The API key comes from REMOTEMEDIA_TOKEN.
 """
+import io
 import os
 import sys
+import wave
 
 import openai
 
@@ -70,4 +73,30 @@ try:
     raise SystemExit("a prompt over the context was accepted")
 except openai.BadRequestError as e:
     assert e.code == "context_length_exceeded", e
+# Speech: WAV by default, raw 24 kHz 16-bit PCM on request, the same speech in both.
+text = "Hello there. The weather is fine today."
+spoken = client.audio.speech.create(model="tts-1", voice="alloy", input=text,
+                                    response_format="wav").content
+with wave.open(io.BytesIO(spoken)) as w:
+    assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (22050, 1, 2), w.getparams()
+    wav_seconds = w.getnframes() / w.getframerate()
+    samples = w.readframes(w.getnframes())
+assert 1.0 < wav_seconds < 10.0, wav_seconds
+assert max(abs(int.from_bytes(samples[i:i + 2], "little", signed=True))
+           for i in range(0, len(samples), 2)) > 3000, "the speech is not silence"
+pcm = client.audio.speech.create(model="tts-1", voice="alloy", input=text,
+                                 response_format="pcm").content
+assert len(pcm) % 2 == 0
+pcm_seconds = len(pcm) / 2 / 24000
+assert abs(pcm_seconds - wav_seconds) < 0.05 * wav_seconds, (pcm_seconds, wav_seconds)
+try:
+    client.audio.speech.create(model="tts-1", voice="alloy", input=text, response_format="mp3")
+    raise SystemExit("mp3 was accepted")
+except openai.BadRequestError as e:
+    assert "wav or pcm" in str(e), e
+try:
+    client.audio.speech.create(model="tts-1", voice="alloy", input="   ")
+    raise SystemExit("blank input was accepted")
+except openai.BadRequestError as e:
+    assert "some text" in str(e), e
 print("ok")
