@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::ValueEnum;
 use remotemedia_audio::wav::WavSink;
+use remotemedia_core::subtitles::SubtitleFormat;
 use remotemedia_core::{Packet, RuntimeData};
 use serde_json::json;
 
@@ -51,7 +52,7 @@ impl Printer {
         };
         let mut text = text;
         if format == Format::Vtt {
-            writeln!(text, "WEBVTT\n")?;
+            write!(text, "{}", SubtitleFormat::Vtt.header())?;
         }
         Ok(Self {
             format,
@@ -105,21 +106,11 @@ impl Printer {
             return None;
         }
         self.cues += 1;
-        Some(match self.format {
-            Format::Srt => format!(
-                "{}\n{} --> {}\n{}\n\n",
-                self.cues,
-                cue_time(start, ','),
-                cue_time(end, ','),
-                t.text.trim()
-            ),
-            _ => format!(
-                "{} --> {}\n{}\n\n",
-                cue_time(start, '.'),
-                cue_time(end, '.'),
-                t.text.trim()
-            ),
-        })
+        let format = match self.format {
+            Format::Srt => SubtitleFormat::Srt,
+            _ => SubtitleFormat::Vtt,
+        };
+        Some(format.cue(self.cues, start, end, &t.text))
     }
 
     pub fn finish(mut self) -> anyhow::Result<()> {
@@ -135,18 +126,6 @@ impl Printer {
         }
         Ok(())
     }
-}
-
-/// `hh:mm:ss,mmm` (SRT) or `hh:mm:ss.mmm` (WebVTT).
-fn cue_time(d: Duration, separator: char) -> String {
-    let ms = d.as_millis();
-    format!(
-        "{:02}:{:02}:{:02}{separator}{:03}",
-        ms / 3_600_000,
-        (ms / 60_000) % 60,
-        (ms / 1000) % 60,
-        ms % 1000
-    )
 }
 
 /// `mm:ss.cc`.
@@ -277,15 +256,6 @@ mod tests {
                 .as_deref(),
             Some("01:02:03.045 --> 01:02:04.000\nNo matter.\n\n")
         );
-    }
-
-    #[test]
-    fn subtitle_times_have_hours_and_milliseconds() {
-        assert_eq!(
-            cue_time(Duration::from_millis(3_723_045), ','),
-            "01:02:03,045"
-        );
-        assert_eq!(cue_time(Duration::from_millis(1_060), '.'), "00:00:01.060");
     }
 
     #[test]

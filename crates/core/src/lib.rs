@@ -28,6 +28,7 @@ pub mod rt;
 pub mod runtime;
 pub mod scheduler;
 pub mod session;
+pub mod subtitles;
 pub mod testing;
 
 pub use data::{

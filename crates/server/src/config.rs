@@ -77,7 +77,8 @@ pub struct AuthConfig {
 pub struct OpenAiConfig {
     pub enabled: bool,
     /// The chat model: the params of an `LLM` node (model, sessions, context_tokens, threads,
-    /// and the defaults of temperature, top_p, max_tokens, stop).
+    /// and the defaults of temperature, top_p, max_tokens, stop; the system prompt is the
+    /// request's own).
     pub chat: remotemedia_llm::LlmParams,
     /// The model name in responses when a request names none.
     pub model_name: String,
@@ -85,6 +86,10 @@ pub struct OpenAiConfig {
     pub max_tokens: u32,
     /// Largest request body, in bytes (413 beyond).
     pub max_body_bytes: usize,
+    /// Largest upload to /v1/audio/transcriptions, in bytes (OpenAI's limit: 25 MB).
+    pub max_upload_bytes: usize,
+    /// The configured pipeline that transcribes uploads (audio in, final timed text out).
+    pub transcription_pipeline: String,
 }
 
 impl Default for OpenAiConfig {
@@ -92,13 +97,14 @@ impl Default for OpenAiConfig {
         Self {
             enabled: true,
             chat: remotemedia_llm::LlmParams {
-                system_prompt: String::new(),
                 sessions: 4,
                 ..Default::default()
             },
             model_name: "smollm2-135m-instruct".into(),
             max_tokens: 1024,
             max_body_bytes: 1 << 20,
+            max_upload_bytes: 25 << 20,
+            transcription_pipeline: "transcribe".into(),
         }
     }
 }
@@ -289,6 +295,7 @@ mod tests {
         assert_eq!(c.webrtc, d.webrtc);
         assert_eq!(c.executor_rules, d.executor_rules);
         assert_eq!(c.capacity, d.capacity);
+        assert_eq!(c.openai, d.openai);
         let transcribe = &c.pipelines["transcribe"];
         assert!(transcribe.ends_with("examples/transcribe.yaml") && transcribe.exists());
         c.check().unwrap();

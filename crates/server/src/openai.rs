@@ -1,19 +1,22 @@
 //! The OpenAI-compatible API on the HTTP listener: `POST /v1/chat/completions` (streaming as
 //! server-sent events, and not), answered by the engine of the `LLM` node, shared with the
-//! pipelines' LLM nodes of the same settings; `POST /v1/audio/speech` by the Piper voice. Errors have OpenAI's shape
+//! pipelines' LLM nodes of the same settings; `POST /v1/audio/speech` by the Piper voice;
+//! `POST /v1/audio/transcriptions` by a configured speech pipeline. Errors have OpenAI's shape
 //! (`{"error": {"message", "type", "param", "code"}}`), so OpenAI clients report them as such.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::multipart::MultipartError;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use remotemedia_core::RuntimeData;
+use remotemedia_core::subtitles::SubtitleFormat;
 use remotemedia_llm::{Engine, Event, Finish, LlmParams, Message, Sampling};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -30,10 +33,15 @@ struct Api {
 
 pub fn router(shared: Arc<Shared>) -> axum::Router {
     let auth = Auth::new(&shared.config.auth.tokens);
+    let upload_limit = shared.config.openai.max_upload_bytes;
     axum::Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/audio/speech", post(speech))
-        // The body is read (and its size checked) by the handler, for an OpenAI-shaped 413.
+        .route(
+            "/v1/audio/transcriptions",
+            post(transcriptions).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        // Bodies are read (and their size checked) by the handlers, for an OpenAI-shaped 413.
         .layer(DefaultBodyLimit::disable())
         .with_state(Api { shared, auth })
 }
@@ -478,3 +486,158 @@ async fn speech(State(api): State<Api>, request: Request) -> Result<Response, Ap
     };
     Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
 }
+
+/// `POST /v1/audio/transcriptions`: an uploaded recording (any format the decoder reads)
+/// through the speech pipeline named by `[openai] transcription_pipeline`, answered as `json`
+/// (the default), `text`, `srt`, `vtt` or `verbose_json` (segments with times). `model`,
+/// `language`, `prompt` and `temperature` are accepted and ignored.
+async fn transcriptions(State(api): State<Api>, request: Request) -> Result<Response, ApiError> {
+    api.authorised(request.headers())?;
+    let config = &api.shared.config.openai;
+    let limit = config.max_upload_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            Some("request_too_large"),
+            format!("the upload is larger than {limit} bytes"),
+        )
+    };
+    let mut form = Multipart::from_request(request, &()).await.map_err(|e| {
+        invalid(format!(
+            "a transcription request is multipart/form-data: {e}"
+        ))
+    })?;
+    let (mut file, mut format) = (None, "json".to_string());
+    let form_error = |e: MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            invalid(format!("reading the form: {e}"))
+        }
+    };
+    while let Some(field) = form.next_field().await.map_err(form_error)? {
+        match field.name() {
+            Some("file") => {
+                let name = field.file_name().unwrap_or("upload").to_string();
+                let bytes = field.bytes().await.map_err(form_error)?;
+                file = Some((name, bytes));
+            }
+            Some("response_format") => {
+                format = field.text().await.map_err(form_error)?;
+            }
+            _ => {}
+        }
+    }
+    let (name, bytes) = file.ok_or_else(|| invalid("the form has no `file`"))?;
+    if !["json", "text", "srt", "vtt", "verbose_json"].contains(&format.as_str()) {
+        return Err(invalid(format!(
+            "response_format {format:?} is not one of json, text, srt, vtt, verbose_json"
+        )));
+    }
+    let pipeline = api
+        .shared
+        .admission
+        .pipelines
+        .get(&config.transcription_pipeline)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                None,
+                format!(
+                    "this server has no pipeline named {:?} for transcriptions",
+                    config.transcription_pipeline
+                ),
+            )
+        })?;
+    // The decoder reads files (and sniffs their format): the upload goes through one.
+    let decoded = tokio::task::spawn_blocking(move || {
+        let path = std::env::temp_dir().join(format!(
+            "remotemedia-upload-{}-{}",
+            std::process::id(),
+            UPLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&path, &bytes).map_err(|e| e.to_string())?;
+        let decoded = remotemedia_audio::decode::read_all(&path)
+            .map_err(|e| e.to_string().replace(&path.display().to_string(), &name));
+        let _ = std::fs::remove_file(&path);
+        decoded
+    })
+    .await
+    .map_err(|e| invalid(e.to_string()))?
+    .map_err(|e| invalid(format!("the file is not audio this server reads: {e}")))?;
+    let failed =
+        |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, e);
+    let session = api
+        .shared
+        .runtime
+        .open(&pipeline)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    // Fed and read at once: the session's edges are bounded.
+    let (input, mut output) = session.split();
+    let frames = decoded.frames(20);
+    let feed = async move {
+        for (at, frame) in frames {
+            input.send_at(RuntimeData::Audio(frame), at).await?;
+        }
+        Ok::<_, remotemedia_core::SessionError>(())
+    };
+    let collect = async {
+        let mut packets = Vec::new();
+        while let Some(item) = output.recv().await {
+            if let Ok(p) = item {
+                packets.push(p);
+            }
+        }
+        packets
+    };
+    let (fed, packets) = tokio::join!(feed, collect);
+    fed.map_err(|e| failed(e.to_string()))?;
+    let segments: Vec<(Duration, Duration, String)> = packets
+        .iter()
+        .filter_map(|p| p.data.as_text())
+        .filter(|t| t.is_final && !t.text.trim().is_empty())
+        .map(|t| {
+            let (start, end) = t.span.unwrap_or_default();
+            (start, end, t.text.trim().to_string())
+        })
+        .collect();
+    let text = segments
+        .iter()
+        .map(|(_, _, t)| t.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let plain = |body: String| {
+        ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+    };
+    let subtitles = |f: SubtitleFormat| {
+        let cues: String = segments
+            .iter()
+            .enumerate()
+            .map(|(i, (s, e, t))| f.cue(i + 1, *s, *e, t))
+            .collect();
+        format!("{}{cues}", f.header())
+    };
+    Ok(match format.as_str() {
+        "text" => plain(format!("{text}\n")),
+        "srt" => plain(subtitles(SubtitleFormat::Srt)),
+        "vtt" => plain(subtitles(SubtitleFormat::Vtt)),
+        "verbose_json" => axum::Json(json!({
+            "task": "transcribe",
+            "language": "english",
+            "duration": decoded.duration().as_secs_f64(),
+            "text": text,
+            "segments": segments.iter().enumerate().map(|(i, (s, e, t))| json!({
+                "id": i, "start": s.as_secs_f64(), "end": e.as_secs_f64(), "text": t,
+            })).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        _ => axum::Json(json!({"text": text})).into_response(),
+    })
+}
+
+/// Uploads written to temporary files so far, for unique names.
+static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

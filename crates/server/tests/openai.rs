@@ -14,13 +14,17 @@ fn root() -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_openai_package_chats_streams_speaks_and_meets_every_refusal() {
+async fn the_openai_package_chats_speaks_transcribes_and_meets_every_refusal() {
     let mut config = ServerConfig::default();
     config.grpc.listen = ([127, 0, 0, 1], 0).into();
     config.http.listen = ([127, 0, 0, 1], 0).into();
     config.auth.tokens = vec![TOKEN.into()];
     config.openai.chat.threads = Some(1);
     config.openai.chat.context_tokens = 1024;
+    config.openai.max_upload_bytes = 4 << 20;
+    config
+        .pipelines
+        .insert("transcribe".into(), root().join("examples/transcribe.yaml"));
     let server = remotemedia_server::start(config, Arc::new(remotemedia_runtime::runtime()))
         .await
         .expect("server starts");
@@ -33,6 +37,7 @@ async fn the_openai_package_chats_streams_speaks_and_meets_every_refusal() {
         tokio::process::Command::new(python)
             .arg(script)
             .arg(&base)
+            .arg(remotemedia_runtime::models_dir().join("samples/beckett.wav"))
             .env("REMOTEMEDIA_TOKEN", TOKEN)
             .kill_on_drop(true)
             .output(),

@@ -1,7 +1,8 @@
 """The official `openai` package against `remotemedia serve`'s OpenAI-compatible API:
-/v1/chat/completions and /v1/audio/speech.
+/v1/chat/completions, /v1/audio/speech and /v1/audio/transcriptions.
 
-argv: base URL (http://host:port/v1). The API key comes from REMOTEMEDIA_TOKEN.
+argv: base URL (http://host:port/v1), a recording of Beckett's "Ever tried. Ever failed."
+The API key comes from REMOTEMEDIA_TOKEN.
 """
 import io
 import os
@@ -99,4 +100,34 @@ try:
     raise SystemExit("blank input was accepted")
 except openai.BadRequestError as e:
     assert "some text" in str(e), e
+# Transcriptions: the recording, as JSON, plain text, subtitles and segments.
+recording = sys.argv[2]
+with open(recording, "rb") as f:
+    heard = client.audio.transcriptions.create(model="whisper-1", file=f)
+assert "ever tried" in heard.text.lower(), heard
+with open(recording, "rb") as f:
+    srt = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="srt")
+assert srt.startswith("1\n00:00:0") and " --> " in srt, srt
+with open(recording, "rb") as f:
+    vtt = client.audio.transcriptions.create(model="whisper-1", file=f, response_format="vtt")
+assert vtt.startswith("WEBVTT\n\n00:00:0"), vtt
+with open(recording, "rb") as f:
+    verbose = client.audio.transcriptions.create(model="whisper-1", file=f,
+                                                 response_format="verbose_json")
+assert verbose.duration > 1 and len(verbose.segments) >= 2, verbose
+assert all(s.start < s.end for s in verbose.segments), verbose.segments
+assert " ".join(s.text for s in verbose.segments) == verbose.text
+# The speech this server made is heard again.
+heard = client.audio.transcriptions.create(model="whisper-1", file=("hello.wav", spoken))
+assert "weather" in heard.text.lower(), heard
+try:
+    client.audio.transcriptions.create(model="whisper-1", file=("notes.txt", b"not audio at all"))
+    raise SystemExit("text was accepted as audio")
+except openai.BadRequestError as e:
+    assert "not audio" in str(e) and "notes.txt" in str(e), e
+try:
+    client.audio.transcriptions.create(model="whisper-1", file=("big.wav", b"\0" * (5 << 20)))
+    raise SystemExit("an upload over the limit was accepted")
+except openai.APIStatusError as e:
+    assert e.status_code == 413, e
 print("ok")
