@@ -52,8 +52,9 @@ pub struct LlmParams {
     /// Tokens a session's conversation may hold (prompt and reply); older turns are dropped.
     #[schemars(range(min = 256, max = 32768))]
     pub context_tokens: u32,
-    /// Conversations kept in the model's cache at once; more sessions share these slots (an
-    /// evicted conversation is read again at its next turn).
+    /// Conversations kept in the model's cache at once (each holds `context_tokens` of cache,
+    /// ~45 MB for 2048 with SmolLM2); more sessions share these slots (an evicted conversation
+    /// is read again at its next turn).
     #[schemars(range(min = 1, max = 64))]
     pub sessions: u32,
     /// Decode threads (default: the machine's cores).
@@ -76,7 +77,7 @@ impl Default for LlmParams {
             max_tokens: 128,
             stop: Vec::new(),
             context_tokens: 2048,
-            sessions: 8,
+            sessions: 4,
             threads: None,
             stream_tokens: false,
         }

@@ -96,10 +96,7 @@ impl Default for OpenAiConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            chat: remotemedia_llm::LlmParams {
-                sessions: 4,
-                ..Default::default()
-            },
+            chat: remotemedia_llm::LlmParams::default(),
             model_name: "smollm2-135m-instruct".into(),
             max_tokens: 1024,
             max_body_bytes: 1 << 20,
