@@ -55,3 +55,142 @@ async fn the_openai_package_chats_speaks_transcribes_and_meets_every_refusal() {
     );
     server.shutdown().await;
 }
+
+fn texts(out: &[remotemedia_core::node::Output], port: usize) -> Vec<String> {
+    out.iter()
+        .filter(|o| o.port == port)
+        .filter_map(|o| o.data.as_text())
+        .map(|t| t.text.to_string())
+        .collect()
+}
+
+/// The `OpenAIChat` node against this server's own API (real HTTP on loopback): the reply
+/// streams as sentences and pieces, turns follow each other, and a missing key is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_chat_node_talks_to_an_openai_compatible_server() {
+    // SAFETY: set before anything in this test binary reads the environment concurrently.
+    unsafe { std::env::set_var("REMOTEMEDIA_TEST_OPENAI_KEY", TOKEN) };
+    let mut config = ServerConfig::default();
+    config.grpc.listen = ([127, 0, 0, 1], 0).into();
+    config.http.listen = ([127, 0, 0, 1], 0).into();
+    config.auth.tokens = vec![TOKEN.into()];
+    config.openai.chat.threads = Some(1);
+    let server = remotemedia_server::start(config, Arc::new(remotemedia_runtime::runtime()))
+        .await
+        .expect("server starts");
+    let base = format!("http://{}/v1", server.http_addr().expect("HTTP is on"));
+    let mut h = remotemedia_core::testing::NodeHarness::new::<remotemedia_llm::OpenAiChatNode>(
+        serde_json::json!({
+            "base_url": base, "model": "smollm2", "api_key_env": "REMOTEMEDIA_TEST_OPENAI_KEY",
+            "temperature": 0.0, "max_tokens": 40, "stream_tokens": true
+        }),
+    )
+    .unwrap();
+    for q in ["Name three colours of the rainbow.", "And one more?"] {
+        h.push(remotemedia_core::RuntimeData::text(q))
+            .await
+            .unwrap();
+        let out = h.flush_outputs().await.unwrap();
+        let (sentences, pieces) = (texts(&out, 0), texts(&out, 1));
+        assert!(
+            !sentences.is_empty() && !pieces.is_empty(),
+            "no reply to {q:?}"
+        );
+        assert_eq!(
+            pieces.concat().split_whitespace().collect::<Vec<_>>(),
+            sentences.join(" ").split_whitespace().collect::<Vec<_>>()
+        );
+    }
+    let mut unkeyed =
+        remotemedia_core::testing::NodeHarness::new::<remotemedia_llm::OpenAiChatNode>(
+            serde_json::json!({
+                "base_url": base, "model": "smollm2",
+                "api_key_env": "REMOTEMEDIA_TEST_UNSET_KEY"
+            }),
+        )
+        .unwrap();
+    unkeyed
+        .push(remotemedia_core::RuntimeData::text("Hello?"))
+        .await
+        .unwrap();
+    let err = unkeyed.flush().await.unwrap_err();
+    assert!(
+        err.message.contains("answered 401")
+            && err
+                .message
+                .contains("$REMOTEMEDIA_TEST_UNSET_KEY, which is unset"),
+        "{}",
+        err.message
+    );
+    server.shutdown().await;
+}
+
+/// A server that is overloaded for a while: 503 twice (with `Retry-After: 0`), then a reply.
+/// The node retries by its policy and the reply arrives; with fewer retries the 503 is the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_chat_node_retries_an_overloaded_server_by_its_policy() {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || {
+            let n = counter.fetch_add(1, SeqCst);
+            async move {
+                use axum::response::IntoResponse;
+                if n % 3 < 2 {
+                    return (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        [("retry-after", "0")],
+                        r#"{"error": {"message": "overloaded, try again"}}"#,
+                    )
+                        .into_response();
+                }
+                let chunk = |text: &str| {
+                    format!(
+                        "data: {}\n\n",
+                        serde_json::json!({"choices": [{"index": 0, "delta": {"content": text}}]})
+                    )
+                };
+                let body = format!(
+                    "{}{}data: [DONE]\n\n",
+                    chunk("Hello there. "),
+                    chunk("How are you?")
+                );
+                ([("content-type", "text/event-stream")], body).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let node = |retries: u32| {
+        remotemedia_core::testing::NodeHarness::new::<remotemedia_llm::OpenAiChatNode>(
+            serde_json::json!({
+                "base_url": base, "model": "any",
+                "retry": {"max_retries": retries, "initial_backoff_ms": 10}
+            }),
+        )
+        .unwrap()
+    };
+    let mut patient = node(3);
+    patient
+        .push(remotemedia_core::RuntimeData::text("Hi"))
+        .await
+        .unwrap();
+    let out = patient.flush_outputs().await.unwrap();
+    assert_eq!(texts(&out, 0), ["Hello there.", "How are you?"]);
+    assert_eq!(calls.load(SeqCst), 3);
+    let mut hasty = node(1);
+    hasty
+        .push(remotemedia_core::RuntimeData::text("Hi"))
+        .await
+        .unwrap();
+    let err = hasty.flush().await.unwrap_err();
+    assert!(
+        err.message.contains("answered 503: overloaded, try again"),
+        "{}",
+        err.message
+    );
+    assert_eq!(calls.load(SeqCst), 5);
+}

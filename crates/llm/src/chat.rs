@@ -1,0 +1,209 @@
+//! What the chat nodes share: a conversation, answered one text at a time by a backend (the
+//! local engine, or an OpenAI-compatible server), its reply streamed as sentences and pieces.
+//!
+//! Each final text is a user turn; a text that arrives while a reply is being generated is
+//! answered after it. A `Cancel` control ends the reply in progress and drops the waiting texts;
+//! the conversation keeps what was generated until then.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use remotemedia_core::node::Ports;
+use remotemedia_core::{
+    Control, MediaType, Node, NodeError, Outputs, Packet, RuntimeData, TextFrame,
+};
+use tokio::sync::mpsc;
+
+use crate::engine::{Event, Finish, Message};
+use crate::sentences::Sentences;
+
+/// A reply as it is produced: its events, and the flag that cancels it.
+pub struct Started {
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Where replies come from.
+pub trait Backend: Send + 'static {
+    /// The node's name, for errors.
+    const NAME: &'static str;
+
+    /// Starts the reply to `text` after `history` (which it may shorten, oldest turns first,
+    /// to fit what the model takes).
+    fn start(&mut self, history: &mut Vec<Message>, text: &str) -> Result<Started, NodeError>;
+
+    /// The session ended.
+    fn close(&mut self) {}
+}
+
+/// The messages of a turn: the system prompt (if any), the history and the new text.
+pub fn messages(system_prompt: &str, history: &[Message], text: &str) -> Vec<Message> {
+    let system = (!system_prompt.is_empty()).then(|| Message::new("system", system_prompt));
+    system
+        .into_iter()
+        .chain(history.iter().cloned())
+        .chain([Message::new("user", text)])
+        .collect()
+}
+
+/// The ports of a chat node.
+pub fn ports() -> Ports {
+    Ports::new()
+        .input("in", &[MediaType::Text])
+        .output("out", &[MediaType::Text])
+        .output("tokens", &[MediaType::Text])
+}
+
+type Span = Option<(Duration, Duration)>;
+
+/// A turn being answered.
+struct Reply {
+    started: Started,
+    text: String,
+    sentences: Sentences,
+    span: Span,
+}
+
+/// A chat node over a backend; see the module documentation.
+pub struct ChatNode<B: Backend> {
+    backend: B,
+    stream_tokens: bool,
+    history: Vec<Message>,
+    reply: Option<Reply>,
+    waiting: VecDeque<(String, Span)>,
+}
+
+impl<B: Backend> ChatNode<B> {
+    pub fn new(backend: B, stream_tokens: bool) -> Self {
+        Self {
+            backend,
+            stream_tokens,
+            history: Vec::new(),
+            reply: None,
+            waiting: VecDeque::new(),
+        }
+    }
+
+    /// Starts the next waiting turn, if none is running.
+    fn start_next(&mut self) -> Result<(), NodeError> {
+        if self.reply.is_some() {
+            return Ok(());
+        }
+        let Some((text, span)) = self.waiting.pop_front() else {
+            return Ok(());
+        };
+        let started = self.backend.start(&mut self.history, &text)?;
+        self.history.push(Message::new("user", text));
+        self.reply = Some(Reply {
+            started,
+            text: String::new(),
+            sentences: Sentences::default(),
+            span,
+        });
+        Ok(())
+    }
+
+    /// Handles one event of the running turn.
+    fn on_event(&mut self, event: Option<Event>, out: &mut Outputs) -> Result<(), NodeError> {
+        let Some(reply) = self.reply.as_mut() else {
+            return Ok(());
+        };
+        let span = reply.span;
+        let frame = |text: String, is_final| {
+            RuntimeData::Text(TextFrame {
+                text: text.into(),
+                is_final,
+                span,
+            })
+        };
+        let finish = match event {
+            Some(Event::Text(piece)) => {
+                if self.stream_tokens {
+                    out.push_to(1, frame(piece.clone(), false));
+                }
+                reply.text.push_str(&piece);
+                for s in reply.sentences.push(&piece) {
+                    out.push_to(0, frame(s, true));
+                }
+                return Ok(());
+            }
+            Some(Event::End(end)) => end.finish,
+            None => Finish::Error("the reply stopped without an end".into()),
+        };
+        for s in reply.sentences.finish() {
+            out.push_to(0, frame(s, true));
+        }
+        self.end_reply();
+        if let Finish::Error(e) = finish {
+            return Err(NodeError::retryable(format!("{}: {e}", B::NAME)));
+        }
+        self.start_next()
+    }
+
+    /// The running reply ends; the conversation keeps what it said.
+    fn end_reply(&mut self) {
+        if let Some(reply) = self.reply.take() {
+            reply.started.cancel.store(true, Relaxed);
+            self.history
+                .push(Message::new("assistant", reply.text.trim().to_string()));
+        }
+    }
+}
+
+#[async_trait]
+impl<B: Backend> Node for ChatNode<B> {
+    async fn process(
+        &mut self,
+        _: usize,
+        input: &Packet,
+        _out: &mut Outputs,
+    ) -> Result<(), NodeError> {
+        let Some(text) = input.data.as_text() else {
+            return Err(NodeError::unsupported(B::NAME, &input.data));
+        };
+        // Interim text (a caption still changing) is not a question yet.
+        if !text.is_final || text.text.trim().is_empty() {
+            return Ok(());
+        }
+        self.waiting
+            .push_back((text.text.trim().to_string(), text.span));
+        self.start_next()
+    }
+
+    async fn flush(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
+        while let Some(reply) = self.reply.as_mut() {
+            let event = reply.started.events.recv().await;
+            self.on_event(event, out)?;
+        }
+        Ok(())
+    }
+
+    async fn control(&mut self, control: &Control, _out: &mut Outputs) -> Result<(), NodeError> {
+        if let Control::Cancel { .. } = control {
+            self.waiting.clear();
+            self.end_reply();
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<(), NodeError> {
+        self.end_reply();
+        self.backend.close();
+        Ok(())
+    }
+
+    fn emits_unprompted(&self) -> bool {
+        true
+    }
+
+    async fn poll_output(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
+        let Some(reply) = self.reply.as_mut() else {
+            return std::future::pending().await;
+        };
+        let event = reply.started.events.recv().await;
+        self.on_event(event, out)
+    }
+}
