@@ -37,6 +37,16 @@ impl Auth {
 
     /// The interceptor: UNAUTHENTICATED without `authorization: Bearer <token>` or with a
     /// token that is not accepted.
+    /// Whether an HTTP request may go ahead: auth is off, or it carries an accepted
+    /// `Authorization: Bearer <token>` header.
+    pub fn allows(&self, headers: &axum::http::HeaderMap) -> bool {
+        !self.enabled()
+            || headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .is_some_and(|t| self.accepts(t))
+    }
+
     pub fn check<T>(&self, req: Request<T>) -> Result<Request<T>, Status> {
         if !self.enabled() {
             return Ok(req);

@@ -128,12 +128,7 @@ enum Stop {
 
 impl Api {
     fn authorised(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let ok = !self.auth.enabled()
-            || headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-                .is_some_and(|t| self.auth.accepts(t));
-        if ok {
+        if self.auth.allows(headers) {
             Ok(())
         } else {
             Err(ApiError::new(

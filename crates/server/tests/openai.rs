@@ -13,22 +13,34 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_openai_package_chats_speaks_transcribes_and_meets_every_refusal() {
+/// A server on loopback with tokens and a one-thread chat model, changed by `edit`; and the
+/// base URL of its OpenAI-compatible API.
+async fn serve(
+    edit: impl FnOnce(&mut ServerConfig),
+) -> (remotemedia_server::RunningServer, String) {
     let mut config = ServerConfig::default();
     config.grpc.listen = ([127, 0, 0, 1], 0).into();
     config.http.listen = ([127, 0, 0, 1], 0).into();
     config.auth.tokens = vec![TOKEN.into()];
     config.openai.chat.threads = Some(1);
-    config.openai.chat.context_tokens = 1024;
-    config.openai.max_upload_bytes = 4 << 20;
-    config
-        .pipelines
-        .insert("transcribe".into(), root().join("examples/transcribe.yaml"));
+    edit(&mut config);
     let server = remotemedia_server::start(config, Arc::new(remotemedia_runtime::runtime()))
         .await
         .expect("server starts");
     let base = format!("http://{}/v1", server.http_addr().expect("HTTP is on"));
+    (server, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_package_chats_speaks_transcribes_and_meets_every_refusal() {
+    let (server, base) = serve(|config| {
+        config.openai.chat.context_tokens = 1024;
+        config.openai.max_upload_bytes = 4 << 20;
+        config
+            .pipelines
+            .insert("transcribe".into(), root().join("examples/transcribe.yaml"));
+    })
+    .await;
     let python = root().join(".venv/bin/python");
     assert!(python.exists(), "run ./scripts/setup-python.sh");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/openai_client.py");
@@ -70,15 +82,7 @@ fn texts(out: &[remotemedia_core::node::Output], port: usize) -> Vec<String> {
 async fn the_openai_chat_node_talks_to_an_openai_compatible_server() {
     // SAFETY: set before anything in this test binary reads the environment concurrently.
     unsafe { std::env::set_var("REMOTEMEDIA_TEST_OPENAI_KEY", TOKEN) };
-    let mut config = ServerConfig::default();
-    config.grpc.listen = ([127, 0, 0, 1], 0).into();
-    config.http.listen = ([127, 0, 0, 1], 0).into();
-    config.auth.tokens = vec![TOKEN.into()];
-    config.openai.chat.threads = Some(1);
-    let server = remotemedia_server::start(config, Arc::new(remotemedia_runtime::runtime()))
-        .await
-        .expect("server starts");
-    let base = format!("http://{}/v1", server.http_addr().expect("HTTP is on"));
+    let (server, base) = serve(|_| {}).await;
     let mut h = remotemedia_core::testing::NodeHarness::new::<remotemedia_llm::OpenAiChatNode>(
         serde_json::json!({
             "base_url": base, "model": "smollm2", "api_key_env": "REMOTEMEDIA_TEST_OPENAI_KEY",

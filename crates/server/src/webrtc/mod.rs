@@ -72,12 +72,7 @@ fn refuse_for(shared: &Shared, r: Refusal) -> Response {
 impl Endpoint {
     /// A 401 refusal, unless auth is off or the request carries an accepted bearer token.
     fn refuse_unauthorised(&self, headers: &HeaderMap) -> Option<Response> {
-        let ok = !self.auth.enabled()
-            || headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-                .is_some_and(|t| self.auth.accepts(t));
-        (!ok).then(|| {
+        (!self.auth.allows(headers)).then(|| {
             refuse(
                 &self.shared,
                 StatusCode::UNAUTHORIZED,
