@@ -19,6 +19,7 @@ const state = (window.remotemedia = {
   session: null,
   captions: [], // {text, final, start, end, at, latencyMs}
   replies: [], // {text, at}
+  interruptions: [], // the agent's `interrupted` events (barge-in): {heard_ms, dropped_ms, spoken, at}
   latency: { captionMs: [], replyMs: [] },
   micLevelMax: 0,
   replyLevelMax: 0,
@@ -305,6 +306,10 @@ function onMessage(msg) {
     const when = stamp(msg.start, msg.end);
     const line = addLine($("captions"), msg.text, when, msg.final ? "" : "interim");
     if (!msg.final) interim = line;
+  } else if (msg.type === "json" && msg.value.event === "interrupted") {
+    // The user spoke over the reply: the server stopped it and says what was heard.
+    state.interruptions.push({ ...msg.value, at: now });
+    addLine($("replies"), `(interrupted after “${msg.value.spoken}”)`, "", "interim");
   } else if (msg.type === "error") {
     showError(`The pipeline reported: ${msg.message}`);
     if (msg.fatal) stop();

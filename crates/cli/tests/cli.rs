@@ -636,7 +636,7 @@ fn the_voice_agent_answers_a_spoken_question() {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let (asked, answered) = (said("question"), said("answer"));
+    let (asked, answered) = (said("question"), said("reply"));
     assert!(asked.contains("moon"), "recognised {asked:?}");
     assert!(
         answered.contains("moon"),

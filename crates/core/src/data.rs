@@ -222,7 +222,8 @@ pub struct ImageFrame {
 pub enum Control {
     /// Emit whatever is buffered now (the router calls [`crate::Node::flush`]), then pass on.
     Flush,
-    /// Abandon work in progress (barge-in): nodes drop buffered state, then pass it on.
+    /// Abandon work in progress (barge-in): it overtakes the data queued between nodes, which
+    /// is dropped; nodes drop buffered state, then pass it on (see [`crate::Node::control`]).
     Cancel { reason: Arc<str> },
     /// The client ended its input; surfaced on transports that cannot close a stream half-way.
     EndOfStream,

@@ -4,6 +4,13 @@
 //! queues share one wake-up signal (its [`Inbox`]), so fan-in needs no extra task. `Block` edges
 //! give backpressure; `DropOldest` edges make room by dropping the oldest packet and count it.
 //! A queue closes when its sender is dropped, which is how end of stream travels.
+//!
+//! A [`Control::Cancel`] overtakes the data queued before it on an edge between nodes: that
+//! data belongs to the work being abandoned, so it is dropped (at the session's boundary, its
+//! input and its output, nothing is dropped: that data is the client's).
+//! A feedback edge (into a port declared with [`crate::node::Ports::feedback`]) runs against
+//! the flow: it never blocks, does not keep its receiver's stream open and carries no control,
+//! so it can neither deadlock nor loop.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -11,12 +18,29 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use crate::data::Packet;
+use crate::data::{Control, Packet, RuntimeData};
 use crate::manifest::DropPolicy;
 use crate::metrics::{EdgeMetrics, ProcessMetrics};
 
+/// Where an edge runs, which decides how cancels and end of stream treat it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EdgeKind {
+    /// From the session's input or to its output: a cancel passes, the data before it is kept.
+    Boundary,
+    /// Between nodes: a cancel drops the data queued before it.
+    Internal,
+    /// Back to a feedback port upstream.
+    Feedback,
+}
+
+fn is_cancel(p: &Packet) -> bool {
+    matches!(p.data, RuntimeData::Control(Control::Cancel { .. }))
+}
+
 struct State {
     queue: VecDeque<Packet>,
+    /// Cancels in `queue`.
+    cancels: usize,
     /// The sender is gone: end of stream once the queue is drained.
     closed: bool,
     /// The receiver is gone: sends fail.
@@ -27,6 +51,7 @@ struct Edge {
     state: Mutex<State>,
     capacity: usize,
     policy: DropPolicy,
+    kind: EdgeKind,
     /// Signalled when a full queue gets room.
     space: Notify,
     /// The receiving inbox's signal.
@@ -57,19 +82,30 @@ impl EdgeSender {
     /// receiver has gone.
     pub async fn send(&self, packet: Packet) -> Result<(), Packet> {
         let edge = &*self.edge;
+        let feedback = edge.kind == EdgeKind::Feedback;
+        if feedback && matches!(packet.data, RuntimeData::Control(_)) {
+            return Ok(());
+        }
+        let cancel = is_cancel(&packet);
         let mut waited = false;
         loop {
             {
                 let mut st = edge.lock();
                 if st.rx_gone {
-                    return Err(packet);
+                    // Feedback to a node that has ended is not a failure of the sender.
+                    return if feedback { Ok(()) } else { Err(packet) };
+                }
+                if cancel && edge.kind == EdgeKind::Internal {
+                    st.queue
+                        .retain(|p| matches!(p.data, RuntimeData::Control(_)));
                 }
                 let len = st.queue.len();
                 if len < edge.capacity || edge.policy == DropPolicy::DropOldest {
                     let dropped = len >= edge.capacity;
-                    if dropped {
-                        st.queue.pop_front();
+                    if dropped && st.queue.pop_front().as_ref().is_some_and(is_cancel) {
+                        st.cancels -= 1;
                     }
+                    st.cancels += usize::from(cancel);
                     st.queue.push_back(packet);
                     let room_left = st.queue.len() < edge.capacity;
                     drop(st);
@@ -136,18 +172,25 @@ impl Inbox {
         &mut self,
         capacity: usize,
         policy: DropPolicy,
+        kind: EdgeKind,
         metrics: Arc<EdgeMetrics>,
         process: Arc<ProcessMetrics>,
     ) -> EdgeSender {
         process.edges_alive.fetch_add(1, Relaxed);
+        let policy = match kind {
+            EdgeKind::Feedback => DropPolicy::DropOldest,
+            _ => policy,
+        };
         let edge = Arc::new(Edge {
             state: Mutex::new(State {
                 queue: VecDeque::with_capacity(capacity.min(1024)),
+                cancels: 0,
                 closed: false,
                 rx_gone: false,
             }),
             capacity: capacity.max(1),
             policy,
+            kind,
             space: Notify::new(),
             wake: Arc::clone(&self.wake),
             metrics,
@@ -179,6 +222,7 @@ impl Inbox {
             let edge = &self.edges[i];
             let mut st = edge.lock();
             if let Some(p) = st.queue.pop_front() {
+                st.cancels -= usize::from(is_cancel(&p));
                 let was_full = st.queue.len() + 1 >= edge.capacity;
                 drop(st);
                 if was_full {
@@ -187,13 +231,18 @@ impl Inbox {
                 self.next = (i + 1) % n;
                 return TryRecv::Item(i, p);
             }
-            all_closed &= st.closed;
+            all_closed &= st.closed || edge.kind == EdgeKind::Feedback;
         }
         if all_closed {
             TryRecv::Closed
         } else {
             TryRecv::Empty
         }
+    }
+
+    /// Whether a cancel waits in this inbox: work finished now has been abandoned.
+    pub fn cancel_pending(&self) -> bool {
+        self.edges.iter().any(|e| e.lock().cancels > 0)
     }
 
     /// Waits until a sender signals (a packet, a closed edge or a cancel).
@@ -259,6 +308,7 @@ mod tests {
         let tx = inbox.connect(
             2,
             DropPolicy::DropOldest,
+            EdgeKind::Internal,
             Arc::clone(&m),
             Arc::clone(&process),
         );
@@ -281,7 +331,13 @@ mod tests {
         let process = Arc::new(ProcessMetrics::default());
         let mut inbox = Inbox::new();
         let m = edge_metrics();
-        let tx = inbox.connect(1, DropPolicy::Block, Arc::clone(&m), process);
+        let tx = inbox.connect(
+            1,
+            DropPolicy::Block,
+            EdgeKind::Internal,
+            Arc::clone(&m),
+            process,
+        );
         let producer = tokio::spawn(async move {
             for i in 0..100 {
                 tx.send(packet(i)).await.unwrap();
@@ -300,11 +356,83 @@ mod tests {
     async fn send_fails_once_the_receiver_is_gone() {
         let process = Arc::new(ProcessMetrics::default());
         let mut inbox = Inbox::new();
-        let tx = inbox.connect(1, DropPolicy::Block, edge_metrics(), process);
+        let tx = inbox.connect(
+            1,
+            DropPolicy::Block,
+            EdgeKind::Internal,
+            edge_metrics(),
+            process,
+        );
         tx.send(packet(0)).await.unwrap();
         let blocked = tokio::spawn(async move { tx.send(packet(1)).await.is_err() });
         tokio::task::yield_now().await;
         drop(inbox);
         assert!(blocked.await.unwrap());
+    }
+    fn cancel() -> Packet {
+        let mut p = packet(99);
+        p.data = RuntimeData::Control(Control::Cancel {
+            reason: "barge-in".into(),
+        });
+        p
+    }
+
+    #[tokio::test]
+    async fn a_cancel_overtakes_data_between_nodes_but_not_the_sessions_input() {
+        for (kind, kept) in [
+            (EdgeKind::Internal, vec![99]),
+            (EdgeKind::Boundary, vec![0, 1, 2, 99]),
+        ] {
+            let process = Arc::new(ProcessMetrics::default());
+            let mut inbox = Inbox::new();
+            let tx = inbox.connect(8, DropPolicy::Block, kind, edge_metrics(), process);
+            for i in 0..3 {
+                tx.send(packet(i)).await.unwrap();
+            }
+            assert!(!inbox.cancel_pending());
+            tx.send(cancel()).await.unwrap();
+            assert!(inbox.cancel_pending());
+            tx.send(packet(4)).await.unwrap();
+            drop(tx);
+            let mut got = Vec::new();
+            while let Some((_, p)) = inbox.recv().await {
+                got.push(p.seq);
+            }
+            assert!(!inbox.cancel_pending());
+            assert_eq!(got, [kept, vec![4]].concat(), "{kind:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_feedback_edge_never_blocks_carries_no_control_and_does_not_hold_the_stream() {
+        let process = Arc::new(ProcessMetrics::default());
+        let mut inbox = Inbox::new();
+        let forward = inbox.connect(
+            4,
+            DropPolicy::Block,
+            EdgeKind::Internal,
+            edge_metrics(),
+            Arc::clone(&process),
+        );
+        let feedback = inbox.connect(
+            1,
+            DropPolicy::Block,
+            EdgeKind::Feedback,
+            edge_metrics(),
+            process,
+        );
+        feedback.send(cancel()).await.unwrap();
+        // Full: the oldest goes, the sender does not wait.
+        feedback.send(packet(1)).await.unwrap();
+        feedback.send(packet(2)).await.unwrap();
+        drop(forward);
+        let mut got = Vec::new();
+        while let Some((_, p)) = inbox.recv().await {
+            got.push(p.seq);
+        }
+        // The stream ended with the forward edge although the feedback sender lives.
+        assert_eq!(got, [2]);
+        drop(inbox);
+        assert!(feedback.send(packet(3)).await.is_ok());
     }
 }

@@ -194,7 +194,16 @@ pub trait Node: Send + 'static {
         Ok(())
     }
 
-    /// Reacts to other in-band control (barge-in). The router passes the control on afterwards.
+    /// Reacts to other in-band control. The router passes the control on afterwards, along
+    /// every output (never along a feedback edge).
+    ///
+    /// [`Control::Cancel`] (barge-in, or a client's cancel) abandons the work in progress: drop
+    /// buffered state that belongs to it (a reply being generated, audio not yet played) and
+    /// stop background work. The router has already done the rest: on an edge between nodes a
+    /// cancel overtakes the data queued before it (dropped), and the outputs of a `process`
+    /// call that was running when a cancel arrived are dropped. Data at the session's
+    /// boundary (its input, and the outputs waiting for the client) is never dropped. What `control` emits for a cancel (a report of what was abandoned)
+    /// leaves after the cancel, so it is not dropped with the stale data.
     async fn control(&mut self, _control: &Control, _out: &mut Outputs) -> Result<(), NodeError> {
         Ok(())
     }
@@ -224,6 +233,19 @@ pub trait Node: Send + 'static {
 pub struct PortSpec {
     pub name: String,
     pub media: Vec<MediaType>,
+    /// An input fed from downstream (see [`Ports::feedback`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub feedback: bool,
+}
+
+impl PortSpec {
+    pub fn new(name: &str, media: &[MediaType]) -> Self {
+        Self {
+            name: name.to_string(),
+            media: media.to_vec(),
+            feedback: false,
+        }
+    }
 }
 
 /// A node type's input and output ports.
@@ -240,18 +262,24 @@ impl Ports {
     }
 
     pub fn input(mut self, name: &str, media: &[MediaType]) -> Self {
+        self.inputs.push(PortSpec::new(name, media));
+        self
+    }
+
+    /// An input fed by a node downstream of this one (what a later stage reports back, e.g.
+    /// how much of a reply was heard). A connection into it closes no cycle: it never blocks
+    /// its sender (the oldest report is dropped when full), does not keep this node's input
+    /// open at end of stream, and carries no control. It is never a session input.
+    pub fn feedback(mut self, name: &str, media: &[MediaType]) -> Self {
         self.inputs.push(PortSpec {
-            name: name.to_string(),
-            media: media.to_vec(),
+            feedback: true,
+            ..PortSpec::new(name, media)
         });
         self
     }
 
     pub fn output(mut self, name: &str, media: &[MediaType]) -> Self {
-        self.outputs.push(PortSpec {
-            name: name.to_string(),
-            media: media.to_vec(),
-        });
+        self.outputs.push(PortSpec::new(name, media));
         self
     }
 

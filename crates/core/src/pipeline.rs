@@ -70,6 +70,8 @@ pub struct PipelineEdge {
     pub to_port: usize,
     pub capacity: usize,
     pub drop_policy: DropPolicy,
+    /// Into a feedback port: against the flow (see [`crate::node::Ports::feedback`]).
+    pub feedback: bool,
 }
 
 /// A validated pipeline, ready to open sessions from.
@@ -156,7 +158,7 @@ impl Pipeline {
         self.order
             .iter()
             .flat_map(|&n| (0..self.nodes[n].input_names.len()).map(move |p| (n, p)))
-            .filter(|np| !fed.contains(np))
+            .filter(|&(n, p)| !fed.contains(&(n, p)) && !self.nodes[n].info.inputs[p].feedback)
             .collect()
     }
 
@@ -377,10 +379,15 @@ impl<'a> Checker<'a> {
                 );
                 continue;
             }
+            let mut feedback = false;
             if let (Some(a), Some(b)) = (&resolved[from], &resolved[to]) {
                 let gives = &a.info.outputs[from_port];
                 let takes = &b.info.inputs[to_port];
-                if !gives.media.iter().any(|m| takes.media.contains(m)) {
+                feedback = takes.feedback;
+                // Control reaches every node, whatever its ports take.
+                let compatible =
+                    |m: &MediaType| *m == MediaType::Control || takes.media.contains(m);
+                if !gives.media.iter().any(compatible) {
                     self.report(
                         &format!("/connections/{j}"),
                         format!(
@@ -403,6 +410,7 @@ impl<'a> Checker<'a> {
                 to_port,
                 capacity: c.capacity.unwrap_or(manifest.config.edges.capacity).max(1),
                 drop_policy: c.drop_policy.unwrap_or(manifest.config.edges.drop_policy),
+                feedback,
             });
         }
 
@@ -516,6 +524,10 @@ impl<'a> Checker<'a> {
                 }
             },
             None if ports.len() == 1 => Some((idx, 0)),
+            // A feedback port is always named: the one other input is meant.
+            None if is_input && ports.iter().filter(|p| !p.feedback).count() == 1 => {
+                ports.iter().position(|p| !p.feedback).map(|pi| (idx, pi))
+            }
             None if ports.is_empty() => {
                 self.report(
                     &pointer,
@@ -545,7 +557,7 @@ impl<'a> Checker<'a> {
         let n = manifest.nodes.len();
         let mut indegree = vec![0usize; n];
         let mut next: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for e in edges {
+        for e in edges.iter().filter(|e| !e.feedback) {
             indegree[e.to] += 1;
             next[e.from].push(e.to);
         }
@@ -566,7 +578,7 @@ impl<'a> Checker<'a> {
         // Walk backwards through unfinished nodes until one repeats: that walk is a cycle.
         let stuck: Vec<usize> = (0..n).filter(|&i| indegree[i] > 0).collect();
         let mut prev: Vec<Option<usize>> = vec![None; n];
-        for e in edges {
+        for e in edges.iter().filter(|e| !e.feedback) {
             if indegree[e.from] > 0 && indegree[e.to] > 0 {
                 prev[e.to] = Some(e.from);
             }

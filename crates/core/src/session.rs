@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::data::{Control, MediaType, Packet, RuntimeData};
-use crate::edge::{EdgeSender, Inbox, TryRecv};
+use crate::edge::{EdgeKind, EdgeSender, Inbox, TryRecv};
 use crate::manifest::DropPolicy;
 use crate::metrics::{EdgeMetrics, NodeMetrics, ProcessMetrics, SessionMetrics, SessionSnapshot};
 use crate::node::{ErrorKind, Node, NodeError, Outputs};
@@ -122,15 +122,31 @@ impl Wiring {
                 port_label(e.to, e.to_port, true)
             );
             let metrics = w.edge(label);
-            let tx =
-                w.inboxes[e.to].connect(e.capacity, e.drop_policy, metrics, Arc::clone(process));
+            let kind = if e.feedback {
+                EdgeKind::Feedback
+            } else {
+                EdgeKind::Internal
+            };
+            let tx = w.inboxes[e.to].connect(
+                e.capacity,
+                e.drop_policy,
+                kind,
+                metrics,
+                Arc::clone(process),
+            );
             w.edge_ports[e.to].push(e.to_port);
             w.outs[e.from][e.from_port].push(tx);
         }
         for (n, p) in pipeline.entry_ports() {
             let metrics = w.edge(format!("input->{}", port_label(n, p, true)));
             let (capacity, policy) = (config.edges.capacity, config.edges.drop_policy);
-            let tx = w.inboxes[n].connect(capacity, policy, metrics, Arc::clone(process));
+            let tx = w.inboxes[n].connect(
+                capacity,
+                policy,
+                EdgeKind::Boundary,
+                metrics,
+                Arc::clone(process),
+            );
             w.edge_ports[n].push(p);
             let node = &pipeline.nodes[n];
             w.entries.push(Entry {
@@ -143,9 +159,13 @@ impl Wiring {
         for (n, p) in pipeline.exit_ports() {
             let metrics = w.edge(format!("{}->output", port_label(n, p, false)));
             let capacity = config.edges.capacity;
-            let tx = w
-                .output
-                .connect(capacity, DropPolicy::Block, metrics, Arc::clone(process));
+            let tx = w.output.connect(
+                capacity,
+                DropPolicy::Block,
+                EdgeKind::Boundary,
+                metrics,
+                Arc::clone(process),
+            );
             w.outs[n][p].push(tx);
         }
         w
@@ -496,18 +516,28 @@ impl NodeTask {
                     Control::Flush => self.node.node.flush(&mut out).await,
                     other => self.node.node.control(other, &mut out).await,
                 };
+                // What a flush emits goes before the flush; what a node says about a cancel
+                // (what was heard, say) after it, or the cancel would drop it as stale.
+                let cancel = matches!(c, Control::Cancel { .. });
+                if cancel && self.pass_control(&packet).await.is_err() {
+                    return Stop::Halted;
+                }
                 if let Stop::Halted = self.forward(&mut out).await {
                     return Stop::Halted;
                 }
                 if let Err(e) = self.settle(r) {
                     return Stop::Failed(e);
                 }
-                if self.pass_control(&packet).await.is_err() {
+                if !cancel && self.pass_control(&packet).await.is_err() {
                     return Stop::Halted;
                 }
                 continue;
             }
             let r = self.process(port, &packet, &mut out).await;
+            if self.inbox.cancel_pending() {
+                // A cancel came while this input was processed: what it gave is abandoned.
+                out.clear();
+            }
             if let Stop::Halted = self.forward(&mut out).await {
                 return Stop::Halted;
             }

@@ -7,7 +7,8 @@
 //!   node is made by its registry factory, as a session makes it;
 //! - a [`Control`] is handled as the session router handles it: [`Control::Flush`] calls
 //!   [`Node::flush`], any other control [`Node::control`] (never [`Node::process`]); the
-//!   node's outputs come first, then the control itself on every output port; an error keeps
+//!   node's outputs come first, then the control itself on every output port (for a cancel,
+//!   the control first, so it does not drop what the node said about it); an error keeps
 //!   its kind (the router ends the session on a fatal one and reports any other);
 //! - end-of-stream flush output inherits the last input's timestamp, and output on a port the
 //!   node type does not declare (which the router would drop) is an error.
@@ -137,7 +138,7 @@ impl NodeHarness {
 
     /// Pushes a control into input port 0 and returns what the router would emit: the node's
     /// outputs (from [`Node::flush`] for [`Control::Flush`], else from [`Node::control`]), then
-    /// the control passed on from every output port.
+    /// the control passed on from every output port (a cancel: before the outputs).
     pub async fn push_control(&mut self, control: Control) -> Result<Vec<RuntimeData>, NodeError> {
         self.push(RuntimeData::Control(control)).await
     }
@@ -180,14 +181,18 @@ impl NodeHarness {
             other => self.node.control(other, &mut self.out).await,
         };
         reacted?;
-        let mut out = self.take(packet.timestamp)?;
+        let reaction = self.take(packet.timestamp)?;
         let outputs = self.ports.as_ref().map_or(1, |p| p.outputs.len());
-        out.extend((0..outputs).map(|port| Output {
+        let passed = (0..outputs).map(|port| Output {
             port,
             data: packet.data.clone(),
             timestamp: Some(packet.timestamp),
-        }));
-        Ok(out)
+        });
+        // A cancel leaves before what the node says about it; anything else after.
+        Ok(match control {
+            Control::Cancel { .. } => passed.chain(reaction).collect(),
+            _ => reaction.into_iter().chain(passed).collect(),
+        })
     }
 
     /// Ends the stream and returns what the node flushed.
@@ -203,6 +208,21 @@ impl NodeHarness {
         self.out.clear();
         self.node.flush(&mut self.out).await?;
         self.take(self.last)
+    }
+
+    /// What the node emits unprompted ([`Node::poll_output`], as the router waits on it
+    /// between inputs) during `span` of tokio time (paused time in tests runs it at once).
+    pub async fn poll_for(&mut self, span: Duration) -> Result<Vec<RuntimeData>, NodeError> {
+        let deadline = tokio::time::Instant::now() + span;
+        self.out.clear();
+        loop {
+            tokio::select! {
+                r = self.node.poll_output(&mut self.out) => r?,
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let out = self.take(self.last)?;
+        Ok(out.into_iter().map(|o| o.data).collect())
     }
 
     pub async fn close(mut self) -> Result<(), NodeError> {
@@ -493,16 +513,16 @@ mod tests {
         let routed = through_router::<Hold>(&inputs).await.unwrap();
         let harnessed = through_harness::<Hold>(&inputs).await.unwrap();
         assert_eq!(harnessed, routed);
-        // What that is: the held text at the flush's time, the flush passed on, the cancel's
-        // own output and the cancel passed on, then the end-of-stream flush at the last time.
+        // What that is: the held text at the flush's time, the flush passed on, the cancel
+        // passed on and then its own output, then the end-of-stream flush at the last time.
         assert_eq!(
             routed,
             [
                 (RuntimeData::text("a"), ms(20)),
                 (RuntimeData::text("b"), ms(20)),
                 (RuntimeData::Control(Control::Flush), ms(20)),
-                (RuntimeData::text("cancelled"), ms(40)),
                 (RuntimeData::Control(cancel), ms(40)),
+                (RuntimeData::text("cancelled"), ms(40)),
                 (RuntimeData::text("d"), ms(50)),
             ]
         );

@@ -21,14 +21,8 @@ fn info(name: &str) -> NodeTypeInfo {
         name: name.into(),
         description: String::new(),
         params_schema: serde_json::json!({"type": "object"}),
-        inputs: vec![PortSpec {
-            name: "in".into(),
-            media: vec![MediaType::Audio],
-        }],
-        outputs: vec![PortSpec {
-            name: "out".into(),
-            media: vec![MediaType::Text],
-        }],
+        inputs: vec![PortSpec::new("in", &[MediaType::Audio])],
+        outputs: vec![PortSpec::new("out", &[MediaType::Text])],
     }
 }
 

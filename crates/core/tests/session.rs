@@ -695,3 +695,115 @@ connections:
     let m = rt.metrics().snapshot();
     assert_eq!((m.nodes_alive, m.edges_alive, m.sessions_active), (0, 0, 0));
 }
+
+#[tokio::test]
+async fn a_cancel_overtakes_queued_work_and_drops_what_the_busy_node_was_making() {
+    let rt = runtime();
+    let p = rt
+        .load(
+            "version: v1
+nodes:
+  - {id: src, type: PassThrough}
+  - {id: slow, type: Script, params: {sleep_ms: 300}}
+connections:
+  - {from: src, to: slow}
+",
+            "cancel-queue.yaml",
+        )
+        .unwrap();
+    let s = rt.open(&p).await.unwrap();
+    for t in ["a", "b", "c"] {
+        s.send(RuntimeData::text(t)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let cancel = remotemedia_core::Control::Cancel {
+        reason: "barge-in".into(),
+    };
+    s.send(RuntimeData::Control(cancel.clone())).await.unwrap();
+    s.send(RuntimeData::text("d")).await.unwrap();
+    let (out, _) = s.close().await.unwrap();
+    // `a` was being made when the cancel came, `b` and `c` were queued: all abandoned.
+    assert_eq!(texts(&out), ["d"]);
+    assert_eq!(out[0].data, RuntimeData::Control(cancel));
+}
+
+/// Passes text on (`out`) and logs what comes back on its feedback port (`log`).
+struct Tally;
+
+#[async_trait]
+impl Node for Tally {
+    async fn process(
+        &mut self,
+        port: usize,
+        input: &Packet,
+        out: &mut Outputs,
+    ) -> Result<(), NodeError> {
+        let text = input.data.as_text().map(|t| t.text.to_string());
+        match port {
+            0 => out.push(input.data.clone()),
+            _ => out.push_to(
+                1,
+                RuntimeData::text(format!("heard {}", text.unwrap_or_default())),
+            ),
+        }
+        Ok(())
+    }
+}
+
+impl NodeType for Tally {
+    type Params = ScriptParams;
+    const NAME: &'static str = "Tally";
+    const DESCRIPTION: &'static str = "test node with a feedback port";
+    fn ports() -> Ports {
+        Ports::new()
+            .input("in", &[MediaType::Text])
+            .feedback("heard", &[MediaType::Text])
+            .output("out", &[MediaType::Text])
+            .output("log", &[MediaType::Text])
+    }
+    fn new(_: ScriptParams, _: &NodeContext) -> Result<Self, NodeError> {
+        Ok(Self)
+    }
+}
+
+#[tokio::test]
+async fn a_feedback_port_closes_no_cycle_and_the_session_still_ends() {
+    let rt = common::builder()
+        .node::<Script>()
+        .node::<Tally>()
+        .build()
+        .unwrap();
+    let manifest = |to: &str| {
+        format!(
+            "version: v1
+nodes:
+  - {{id: tally, type: Tally}}
+  - {{id: back, type: PassThrough}}
+connections:
+  - {{from: tally.out, to: back}}
+  - {{from: back, to: {to}}}
+"
+        )
+    };
+    let err = rt.load(&manifest("tally.in"), "cycle.yaml").unwrap_err();
+    assert!(err.to_string().contains("cycle"), "{err}");
+    let p = rt.load(&manifest("tally.heard"), "feedback.yaml").unwrap();
+    // Only `tally.in` is a session input; the text goes round once and is logged.
+    let mut s = rt.open(&p).await.unwrap();
+    s.send(RuntimeData::text("a")).await.unwrap();
+    let mut seen = Vec::new();
+    while !seen.contains(&"heard a".to_string()) {
+        let p = tokio::time::timeout(Duration::from_secs(5), s.recv())
+            .await
+            .expect("the text came back")
+            .unwrap()
+            .unwrap();
+        seen.extend(texts(&[p]));
+    }
+    tokio::time::timeout(Duration::from_secs(5), s.close())
+        .await
+        .expect("end of stream does not wait for the feedback edge")
+        .unwrap();
+    let m = rt.metrics().snapshot();
+    assert_eq!((m.nodes_alive, m.tasks_alive, m.edges_alive), (0, 0, 0));
+}

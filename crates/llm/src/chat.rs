@@ -3,7 +3,9 @@
 //!
 //! Each final text is a user turn; a text that arrives while a reply is being generated is
 //! answered after it. A `Cancel` control ends the reply in progress and drops the waiting texts;
-//! the conversation keeps what was generated until then.
+//! the conversation keeps what was generated until then. Text on the `spoken` feedback port (a
+//! `Playout` downstream that was interrupted) is what the listener heard of the last reply: the
+//! conversation keeps that instead of what was generated.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -53,6 +55,7 @@ pub fn messages(system_prompt: &str, history: &[Message], text: &str) -> Vec<Mes
 pub fn ports() -> Ports {
     Ports::new()
         .input("in", &[MediaType::Text])
+        .feedback("spoken", &[MediaType::Text])
         .output("out", &[MediaType::Text])
         .output("tokens", &[MediaType::Text])
 }
@@ -143,6 +146,17 @@ impl<B: Backend> ChatNode<B> {
         self.start_next()
     }
 
+    /// The listener heard only `text` of the last reply (it was interrupted).
+    fn heard(&mut self, text: &str) {
+        self.end_reply();
+        if self.history.last().is_some_and(|m| m.role == "assistant") {
+            match text.trim() {
+                "" => drop(self.history.pop()),
+                heard => self.history.last_mut().expect("checked").content = heard.into(),
+            }
+        }
+    }
+
     /// The running reply ends; the conversation keeps what it said.
     fn end_reply(&mut self) {
         if let Some(reply) = self.reply.take() {
@@ -157,13 +171,17 @@ impl<B: Backend> ChatNode<B> {
 impl<B: Backend> Node for ChatNode<B> {
     async fn process(
         &mut self,
-        _: usize,
+        port: usize,
         input: &Packet,
         _out: &mut Outputs,
     ) -> Result<(), NodeError> {
         let Some(text) = input.data.as_text() else {
             return Err(NodeError::unsupported(B::NAME, &input.data));
         };
+        if port == 1 {
+            self.heard(&text.text);
+            return Ok(());
+        }
         // Interim text (a caption still changing) is not a question yet.
         if !text.is_final || text.text.trim().is_empty() {
             return Ok(());
@@ -205,5 +223,82 @@ impl<B: Backend> Node for ChatNode<B> {
         };
         let event = reply.started.events.recv().await;
         self.on_event(event, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use remotemedia_core::testing::NodeHarness;
+
+    use super::*;
+    use crate::engine::End;
+
+    /// Answers every text with the same two sentences, and records the history it was given.
+    struct Scripted(Arc<Mutex<Vec<Vec<Message>>>>);
+
+    impl Backend for Scripted {
+        const NAME: &'static str = "Scripted";
+
+        fn start(&mut self, history: &mut Vec<Message>, _: &str) -> Result<Started, NodeError> {
+            self.0.lock().unwrap().push(history.clone());
+            let (tx, events) = mpsc::unbounded_channel();
+            let reply = "The moon is bright tonight. It circles the earth every month.";
+            tx.send(Event::Text(reply.into())).unwrap();
+            tx.send(Event::End(End {
+                finish: Finish::Stop,
+                prompt_tokens: 0,
+                cached_tokens: 0,
+                completion_tokens: 12,
+            }))
+            .unwrap();
+            Ok(Started {
+                events,
+                cancel: Arc::default(),
+            })
+        }
+    }
+
+    fn roles(history: &[Message]) -> Vec<(&str, &str)> {
+        history
+            .iter()
+            .map(|m| (m.role.as_str(), m.content.as_str()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_conversation_keeps_what_the_listener_heard() {
+        let seen = Arc::default();
+        let node = ChatNode::new(Scripted(Arc::clone(&seen)), false);
+        let mut h = NodeHarness::from_node(node).with_ports(ports());
+        h.push(RuntimeData::text("Tell me about the moon."))
+            .await
+            .unwrap();
+        assert_eq!(h.flush().await.unwrap().len(), 2, "two sentences");
+        // Interrupted during the first sentence; then nothing heard of the second reply.
+        h.push_to(1, RuntimeData::text("The moon is"))
+            .await
+            .unwrap();
+        h.push(RuntimeData::text("And the sun?")).await.unwrap();
+        h.flush().await.unwrap();
+        h.push_to(1, RuntimeData::text("")).await.unwrap();
+        h.push(RuntimeData::text("Hello?")).await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            roles(&seen[1]),
+            [
+                ("user", "Tell me about the moon."),
+                ("assistant", "The moon is")
+            ]
+        );
+        assert_eq!(
+            roles(&seen[2]),
+            [
+                ("user", "Tell me about the moon."),
+                ("assistant", "The moon is"),
+                ("user", "And the sun?")
+            ]
+        );
     }
 }

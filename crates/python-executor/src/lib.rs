@@ -189,10 +189,7 @@ impl PythonExecutor {
             }),
             Err(e) => {
                 tracing::warn!("Python node type `{node_type}` does not import: {e}");
-                let port = |name: &str| PortSpec {
-                    name: name.into(),
-                    media: MediaType::ALL.to_vec(),
-                };
+                let port = |name: &str| PortSpec::new(name, MediaType::ALL);
                 NodeTypeInfo {
                     name: node_type.to_string(),
                     description: format!("(does not import: {e})"),
@@ -326,10 +323,7 @@ impl TypeDecl {
     fn into_info(self) -> NodeTypeInfo {
         let ports = |p: Vec<PortDecl>| {
             p.into_iter()
-                .map(|p| PortSpec {
-                    name: p.name,
-                    media: p.media,
-                })
+                .map(|p| PortSpec::new(&p.name, &p.media))
                 .collect()
         };
         NodeTypeInfo {

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{RestartPolicy, WorkerConfig};
 use crate::frame::{FLAG_MORE, FLAG_REJECTED, Frame, Msg};
-use crate::ipc::Link;
+use crate::ipc::{IpcError, Link};
 use crate::lock;
 use crate::node::{Worker, count_failure, count_restart};
 use crate::process::{Launch, Process, StartError};
@@ -156,13 +156,21 @@ impl Conn {
             let (tx, rx) = mpsc::unbounded_channel();
             lock(&routes.waiting).insert(seq, tx.clone());
             routes.sent.one();
-            if let Err(e) = routes.link.send(&frame) {
+            match routes.link.send(&frame) {
+                Ok(()) => {}
+                // The process is gone, not yet reaped: the request is lost with it (its
+                // receiver closes), and tried again as any request lost in a death is.
+                Err(IpcError::NotConnected) => {
+                    lock(&routes.waiting).remove(&seq);
+                }
                 // This request fails (an input over `max_frame_bytes`, say); the others go on.
-                lock(&routes.waiting).remove(&seq);
-                let mut failed = Frame::bare(Msg::Error, seq, &r.session);
-                failed.flags = FLAG_REJECTED;
-                failed.error = Some(format!("cannot send it to the worker: {e}"));
-                let _ = tx.send(failed);
+                Err(e) => {
+                    lock(&routes.waiting).remove(&seq);
+                    let mut failed = Frame::bare(Msg::Error, seq, &r.session);
+                    failed.flags = FLAG_REJECTED;
+                    failed.error = Some(format!("cannot send it to the worker: {e}"));
+                    let _ = tx.send(failed);
+                }
             }
             receivers.push(rx);
         }
@@ -365,9 +373,18 @@ fn collect(mut rx: mpsc::UnboundedReceiver<Frame>, conn: &Conn, request: &Reques
             }
         }
     }
+    // Closed before the reader saw the process end only when the request never reached it
+    // (the process is gone): wait for the reader, so the next request restarts the process
+    // and the error says how it ended.
+    for _ in 0..1000 {
+        if conn.ended().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let (ended, tail) = conn.routes.ended.get().cloned().unwrap_or_else(|| {
         (
-            format!("shared worker (pid {}) was stopped", conn.pid),
+            format!("shared worker (pid {}) is not connected", conn.pid),
             String::new(),
         )
     });

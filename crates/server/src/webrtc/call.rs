@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opus_decoder::OpusDecoder;
-use remotemedia_core::{AudioFrame, Packet, RuntimeData, Session, SessionInput};
+use remotemedia_core::{AudioFrame, Control, Packet, RuntimeData, Session, SessionInput};
 use str0m::channel::ChannelId;
 use str0m::format::Codec;
 use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
@@ -292,6 +292,11 @@ impl Call {
                 );
                 self.next_frame
                     .get_or_insert_with(tokio::time::Instant::now);
+            }
+            // Barge-in: the reply audio not yet sent is dropped at once.
+            RuntimeData::Control(Control::Cancel { .. }) => {
+                self.reply.clear();
+                self.next_frame = None;
             }
             RuntimeData::Audio(a) => self.send_json(&serde_json::json!({
                 "type": "error", "node": &*p.source, "fatal": false,

@@ -62,6 +62,9 @@ pub struct PiperTtsParams {
     /// Silence after each sentence but the last of an input.
     #[schemars(range(max = 5_000))]
     pub sentence_silence_ms: u32,
+    /// Sends each input text on `out` just before its audio, so a `Playout` downstream knows
+    /// which words it is playing (and can tell a chat node what was heard when interrupted).
+    pub with_text: bool,
 }
 
 impl Default for PiperTtsParams {
@@ -73,6 +76,7 @@ impl Default for PiperTtsParams {
             noise_w: None,
             threads: 2,
             sentence_silence_ms: 200,
+            with_text: false,
         }
     }
 }
@@ -96,6 +100,7 @@ pub struct PiperTTSNode {
     engine: Arc<Engine>,
     /// Samples of silence after each sentence but the last.
     silence: usize,
+    with_text: bool,
 }
 
 struct Engine {
@@ -128,6 +133,12 @@ impl Node for PiperTTSNode {
         input: &Packet,
         out: &mut Outputs,
     ) -> Result<(), NodeError> {
+        if self.with_text
+            && let Some(t) = input.data.as_text()
+            && !tts::is_blank(&t.text)
+        {
+            out.push_at(input.data.clone(), input.timestamp);
+        }
         let engine = Arc::clone(&self.engine);
         tts::speak_input(Self::NAME, input, out, self.silence, move |text| {
             engine.speak(text)
@@ -143,7 +154,7 @@ impl NodeType for PiperTTSNode {
         "Speaks text with a Piper neural voice (22.05 kHz mono), one audio output per sentence";
 
     fn ports() -> Ports {
-        Ports::one_to_one(&[MediaType::Text], &[MediaType::Audio])
+        Ports::one_to_one(&[MediaType::Text], &[MediaType::Audio, MediaType::Text])
     }
 
     fn new(p: PiperTtsParams, _: &NodeContext) -> Result<Self, NodeError> {
@@ -159,6 +170,7 @@ impl NodeType for PiperTTSNode {
         Ok(Self {
             engine: Arc::new(Engine { voice, scales }),
             silence: (u64::from(rate) * u64::from(p.sentence_silence_ms) / 1000) as usize,
+            with_text: p.with_text,
         })
     }
 }
