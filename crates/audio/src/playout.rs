@@ -8,6 +8,11 @@
 //! sentences, then the played share of the sentence cut off), which a chat node's `spoken`
 //! feedback port turns into its history. It learns the sentences from a TTS that sends each
 //! sentence's text before its audio (`PiperTTS` with `with_text: true`).
+//!
+//! The cancel may reach this node before the TTS has seen it, and the TTS may then finish one
+//! more sentence of the interrupted reply: sentences stamped with the interrupted reply's span
+//! (chat nodes stamp their sentences with the user turn they answer) are dropped with their
+//! audio.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -62,7 +67,7 @@ struct Period {
     /// The reply's sentences and where each one's audio starts on the timeline.
     sentences: Vec<(String, Duration)>,
     /// The span of the user's turn the reply answers (set by chat nodes on their sentences).
-    reply: Option<(Duration, Duration)>,
+    reply: Span,
 }
 
 impl Period {
@@ -72,12 +77,19 @@ impl Period {
     }
 }
 
+type Span = Option<(Duration, Duration)>;
+
 /// See the module documentation.
 pub struct Playout {
     lead: Duration,
     frame: Duration,
     queue: VecDeque<Queued>,
     period: Option<Period>,
+    /// The reply last interrupted: its sentences still on their way (the TTS was speaking one
+    /// when the cancel reached this node first) are dropped with their audio.
+    interrupted: Span,
+    /// The sentence arriving belongs to the interrupted reply.
+    dropping: bool,
 }
 
 impl Playout {
@@ -135,6 +147,7 @@ impl Playout {
         let Some(p) = self.period.take() else {
             return;
         };
+        self.interrupted = p.reply;
         let heard = now.saturating_duration_since(p.start).min(p.released);
         if heard >= p.total {
             return; // it had finished playing
@@ -185,6 +198,10 @@ impl Node for Playout {
     ) -> Result<(), NodeError> {
         let now = Instant::now();
         match &input.data {
+            RuntimeData::Audio(_) if self.dropping => {}
+            RuntimeData::Text(t) if t.span.is_some() && t.span == self.interrupted => {
+                self.dropping = true;
+            }
             RuntimeData::Audio(a) => {
                 let p = self.period(now);
                 p.total += a.duration();
@@ -194,6 +211,7 @@ impl Node for Playout {
                 });
             }
             RuntimeData::Text(t) => {
+                self.dropping = false;
                 let resumed = self.period.as_ref().is_none_or(|p| p.played_out(now));
                 let p = self.period(now);
                 // Another turn's reply, or (for text without a span) speech after a pause.
@@ -259,6 +277,8 @@ impl NodeType for Playout {
             frame: Duration::from_millis(u64::from(p.frame_ms)),
             queue: VecDeque::new(),
             period: None,
+            interrupted: None,
+            dropping: false,
         })
     }
 }
@@ -348,22 +368,24 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_pause_in_the_audio_keeps_the_reply_and_a_played_reply_reports_nothing() {
         let mut h = NodeHarness::new::<Playout>(serde_json::json!({})).unwrap();
-        let frame = |text: &str| {
+        // Sentences of the reply to the user's turn number `turn`.
+        let frame = |text: &str, turn: u64| {
+            let at = Duration::from_secs(turn);
             RuntimeData::Text(TextFrame {
-                span: Some((Duration::ZERO, Duration::from_secs(1))),
+                span: Some((at, at + Duration::from_millis(500))),
                 ..TextFrame::new(text)
             })
         };
-        h.push(frame("The first sentence.")).await.unwrap();
+        h.push(frame("The first sentence.", 0)).await.unwrap();
         let mut out = h.push(audio(0.5)).await.unwrap();
         out.extend(h.poll_for(Duration::from_secs(1)).await.unwrap());
         assert_eq!(played(&out), Duration::from_millis(500));
         assert!(emitted(h.push_control(cancel()).await.unwrap()).is_empty());
         // The TTS was slow: the second sentence comes after the first has played.
-        h.push(frame("The first sentence.")).await.unwrap();
+        h.push(frame("The first sentence.", 1)).await.unwrap();
         h.push(audio(0.5)).await.unwrap();
         h.poll_for(Duration::from_secs(1)).await.unwrap();
-        h.push(frame("And the second one.")).await.unwrap();
+        h.push(frame("And the second one.", 1)).await.unwrap();
         h.push(audio(1.0)).await.unwrap();
         h.poll_for(Duration::from_millis(500)).await.unwrap();
         let out = emitted(h.push_control(cancel()).await.unwrap());
@@ -371,5 +393,16 @@ mod tests {
             out[1].as_text().map(|t| &*t.text),
             Some("The first sentence. And the")
         );
+        // The TTS finishes a sentence of the interrupted reply: it is not played.
+        h.push(frame("A sentence too late.", 1)).await.unwrap();
+        let mut out = h.push(audio(1.0)).await.unwrap();
+        out.extend(h.poll_for(Duration::from_secs(2)).await.unwrap());
+        assert_eq!(played(&out), Duration::ZERO);
+        assert!(emitted(h.push_control(cancel()).await.unwrap()).is_empty());
+        // The next reply plays.
+        h.push(frame("Next.", 2)).await.unwrap();
+        let mut out = h.push(audio(0.5)).await.unwrap();
+        out.extend(h.poll_for(Duration::from_secs(1)).await.unwrap());
+        assert_eq!(played(&out), Duration::from_millis(500));
     }
 }

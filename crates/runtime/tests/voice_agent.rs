@@ -5,7 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use remotemedia_core::{Packet, Runtime, RuntimeData, SessionInput};
+use remotemedia_core::{Packet, RuntimeData, SessionInput};
+
+#[path = "../../server/tests/common/speak.rs"]
+mod speak;
+use speak::{silence, speak};
 
 const RATE: u32 = 16_000;
 
@@ -18,26 +22,6 @@ fn agent_manifest() -> String {
     let m = std::fs::read_to_string(repo("examples/voice_agent.yaml")).unwrap();
     assert!(m.contains("temperature: 0.3"));
     m.replace("temperature: 0.3", "temperature: 0.0\n      seed: 1")
-}
-
-/// `text` spoken by the Piper voice, at 16 kHz.
-async fn speak(rt: &Runtime, text: &str) -> Vec<f32> {
-    let p = rt
-        .load(
-            "version: v1
-nodes:
-  - {id: tts, type: PiperTTS}
-  - {id: rate, type: AudioResample, params: {target_rate: 16000}}
-connections:
-  - {from: tts, to: rate}
-",
-            "speak.yaml",
-        )
-        .unwrap();
-    let out = rt.execute(&p, vec![RuntimeData::text(text)]).await.unwrap();
-    out.iter()
-        .flat_map(|p| p.data.as_audio().unwrap().samples().to_vec())
-        .collect()
 }
 
 /// What left the session, and when.
@@ -89,8 +73,8 @@ impl Heard {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speaking_over_the_answer_stops_it_and_the_next_question_is_answered() {
     let rt = remotemedia_runtime::runtime();
-    let first = speak(&rt, "Tell me about the moon.").await;
-    let second = speak(&rt, "What is the sun made of?").await;
+    let first = speak("Tell me about the moon.").await;
+    let second = speak("What is the sun made of?").await;
     let p = rt.load(&agent_manifest(), "voice_agent.yaml").unwrap();
     let (input, mut output) = rt.open(&p).await.unwrap().split();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -104,8 +88,8 @@ async fn speaking_over_the_answer_stops_it_and_the_next_question_is_answered() {
         packets: Vec::new(),
     };
     let mut at = 0usize;
-    let silence = vec![0.0; RATE as usize];
-    for part in [&silence[..8_000], &first[..], &silence[..]] {
+    let quiet = silence(1.0);
+    for part in [&quiet[..8_000], &first[..], &quiet[..]] {
         feed(&input, &mut at, part).await;
     }
     // Wait for the answer to be heard, then let it play for a while.
@@ -121,7 +105,7 @@ async fn speaking_over_the_answer_stops_it_and_the_next_question_is_answered() {
             .push(next.expect("no answer audio in 60 s").unwrap());
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
-    for part in [&second[..], &silence[..], &silence[..]] {
+    for part in [&second[..], &quiet[..], &quiet[..]] {
         feed(&input, &mut at, part).await;
     }
     // Until the second question has been answered aloud.

@@ -1,7 +1,8 @@
 //! The WebRTC endpoint with real peers. Headless Chromium (Debian's, driven over WebDriver by
 //! chromedriver) loads the page from the server and speaks a real recording into its fake
 //! microphone: it must show that recording's words as captions and play the spoken reply; two
-//! browsers at once each get only their own captions. Bad offers get clear HTTP errors, and a
+//! browsers at once each get only their own captions; talked over, the voice agent stops its
+//! answer and the page shows what was heard. Bad offers get clear HTTP errors, and a
 //! peer that never connects or vanishes mid-call ends cleanly: no call, session or node is left.
 //!
 //! Needs `./scripts/setup-system.sh --test` (chromium, chromium-driver, libopus-dev) and
@@ -15,6 +16,10 @@ use std::time::{Duration, Instant};
 use remotemedia_server::{RunningServer, ServerConfig};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "common/speak.rs"]
+mod speak;
+use speak::{silence, speak};
 
 const TOKEN: &str = "webrtc-test-token-0123456789";
 
@@ -483,6 +488,85 @@ async fn two_browsers_get_their_own_captions_and_spoken_replies() {
     b.quit().await;
     all_released(&server, Duration::from_secs(30)).await;
     a.quit().await;
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Talking over the agent in the browser: the spoken answer stops, and the page shows what was
+/// heard of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talking_over_the_agent_in_the_browser_stops_its_answer() {
+    let _turn = BROWSERS.lock().await;
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("webrtc-b-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A question, a pause in which the answer starts, and another question over it.
+    let mic = dir.join("barge-in.wav");
+    let samples = [
+        silence(1.0),
+        speak("Tell me about the moon.").await,
+        silence(3.5),
+        speak("What is the sun made of?").await,
+        silence(5.0),
+    ]
+    .concat();
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut wav = hound::WavWriter::create(&mic, spec).unwrap();
+    for s in samples {
+        wav.write_sample((s * 32_767.0) as i16).unwrap();
+    }
+    wav.finalize().unwrap();
+
+    let mut config = config(10_000, false);
+    config
+        .pipelines
+        .insert("agent".into(), root().join("examples/voice_agent.yaml"));
+    let server = start(config).await;
+    let page = format!(
+        "http://{}/?pipeline=agent&autostart=1",
+        server.http_addr().unwrap()
+    );
+    let driver = Driver::start().await;
+    let browser = driver
+        .browser(Some(&mic), &page, &dir.join("profile"))
+        .await;
+    // The microphone file plays in a loop: an answer that had not started playing when the
+    // second question came is cancelled without an event; the next round tries again.
+    let t = Instant::now();
+    let state = loop {
+        let s = browser.state().await;
+        if s["interruptions"].as_array().is_some_and(|i| !i.is_empty()) {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no interruption after 120 s: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let event = &state["interruptions"][0];
+    assert_eq!(event["reason"], "barge-in", "{state}");
+    assert!(event["heard_ms"].as_u64().unwrap() > 0, "{state}");
+    assert!(event["dropped_ms"].as_u64().unwrap() > 0, "{state}");
+    assert_eq!(state["errors"], json!([]), "{state}");
+    let replies: Vec<&str> = state["replies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["text"].as_str())
+        .collect();
+    let spoken = event["spoken"].as_str().unwrap();
+    assert!(
+        replies.join(" ").contains(spoken),
+        "heard {spoken:?} of {replies:?}"
+    );
+    browser.quit().await;
+    all_released(&server, Duration::from_secs(30)).await;
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
