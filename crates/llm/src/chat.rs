@@ -140,8 +140,11 @@ impl<B: Backend> ChatNode<B> {
             out.push_to(0, frame(s, true));
         }
         self.end_reply();
-        if let Finish::Error(e) = finish {
-            return Err(NodeError::retryable(format!("{}: {e}", B::NAME)));
+        match finish {
+            Finish::Error(e) => return Err(NodeError::retryable(format!("{}: {e}", B::NAME))),
+            // Bad credentials fail every turn alike: the session ends, saying why.
+            Finish::Refused(e) => return Err(NodeError::fatal(format!("{}: {e}", B::NAME))),
+            _ => {}
         }
         self.start_next()
     }

@@ -110,6 +110,8 @@ pub enum Finish {
     /// The caller cancelled it.
     Cancelled,
     Error(String),
+    /// The server refused the caller (its credentials): no retry can help.
+    Refused(String),
 }
 
 /// A turn in the engine: cancel it by setting `cancel` (or dropping the receiver of events).

@@ -5,8 +5,9 @@
 //! The API key comes from the environment only (the variable `api_key_env` names), never from
 //! the manifest. A refused request is retried with the node's `retry` policy when trying again
 //! can help (429, 5xx, a connection that failed or timed out: `Retry-After` is honoured, within
-//! the policy's longest wait), and reported at once otherwise (401/403 naming the key's
-//! variable, other 4xx with the server's message).
+//! the policy's longest wait), and reported at once otherwise: 401/403 naming the key's
+//! variable end the session (every turn would fail alike), other 4xx (with the server's
+//! message) fail that turn only.
 
 use std::io::{BufRead, BufReader};
 use std::sync::Arc;
@@ -156,6 +157,8 @@ struct Request {
 enum Failure {
     Again(String, Option<Duration>),
     Final(String),
+    /// Bad credentials (401/403).
+    Refused(String),
 }
 
 impl Request {
@@ -179,6 +182,7 @@ impl Request {
                     attempt += 1;
                 }
                 Failure::Again(why, _) | Failure::Final(why) => return Finish::Error(why),
+                Failure::Refused(why) => return Finish::Refused(why),
             }
         }
     }
@@ -212,7 +216,7 @@ impl Request {
                 .unwrap_or(text);
             let why = format!("{} answered {status}: {}", self.url, message.trim());
             return Err(match status {
-                401 | 403 => Failure::Final(format!(
+                401 | 403 => Failure::Refused(format!(
                     "{why} (the API key comes from ${}{})",
                     self.key_env,
                     if self.key.is_none() {

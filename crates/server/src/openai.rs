@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::admission::{Reason, Ticket};
 use crate::auth::Auth;
 use crate::shared::Shared;
 
@@ -156,6 +157,22 @@ impl Api {
             })
     }
 
+    /// A place among the server's sessions (and `pipeline`'s streams), as every stream gets:
+    /// a full server answers 429 (503 while it shuts down), which OpenAI clients retry.
+    fn admit(&self, pipeline: Option<&str>) -> Result<Ticket, ApiError> {
+        self.shared.admission.admit(pipeline).map_err(|r| {
+            let status = match r.reason {
+                Reason::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            let kind = match status {
+                StatusCode::TOO_MANY_REQUESTS => "rate_limit_exceeded",
+                _ => "server_error",
+            };
+            ApiError::new(status, kind, None, r.message)
+        })
+    }
+
     fn engine(&self) -> Result<Arc<Engine>, ApiError> {
         remotemedia_llm::node::shared_engine(&self.shared.config.openai.chat).map_err(|e| {
             ApiError::new(
@@ -246,6 +263,7 @@ async fn chat(State(api): State<Api>, request: Request) -> Result<Response, ApiE
         .map_err(|e| invalid(format!("the request is not a valid chat request: {e}")))?;
     let messages = messages(&req)?;
     let sampling = sampling(&req, &config.chat, config.max_tokens)?;
+    let ticket = api.admit(None)?;
     let engine = api.engine()?;
     let model = req.model.unwrap_or_else(|| config.model_name.clone());
     let prompt = engine
@@ -264,6 +282,7 @@ async fn chat(State(api): State<Api>, request: Request) -> Result<Response, ApiE
         ));
     }
     let reply = Reply {
+        _ticket: ticket,
         engine,
         session,
         events: rx,
@@ -280,6 +299,8 @@ async fn chat(State(api): State<Api>, request: Request) -> Result<Response, ApiE
 /// A turn's events, and the session it runs in (closed when this is dropped: a client that
 /// goes away cancels its reply).
 struct Reply {
+    /// Its place among the server's sessions, held until the reply ends.
+    _ticket: Ticket,
     engine: Arc<Engine>,
     session: u64,
     events: mpsc::UnboundedReceiver<Event>,
@@ -324,7 +345,7 @@ async fn whole(mut reply: Reply) -> Result<Response, ApiError> {
             }
             Event::End(end) => end,
         };
-        if let Finish::Error(e) = &end.finish {
+        if let Finish::Error(e) | Finish::Refused(e) = &end.finish {
             return Err(stopped(e.clone()));
         }
         let completion = end.completion_tokens as usize;
@@ -445,6 +466,7 @@ async fn speech(State(api): State<Api>, request: Request) -> Result<Response, Ap
     );
     let failed =
         |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, e);
+    let _ticket = api.admit(None)?;
     let runtime = &api.shared.runtime;
     let pipeline = runtime
         .load(&manifest, "openai-speech")
@@ -547,6 +569,7 @@ async fn transcriptions(State(api): State<Api>, request: Request) -> Result<Resp
                 ),
             )
         })?;
+    let _ticket = api.admit(Some(&config.transcription_pipeline))?;
     // The decoder reads files (and sniffs their format): the upload goes through one.
     let decoded = tokio::task::spawn_blocking(move || {
         let path = std::env::temp_dir().join(format!(

@@ -118,6 +118,11 @@ async fn the_openai_chat_node_talks_to_an_openai_compatible_server() {
         .await
         .unwrap();
     let err = unkeyed.flush().await.unwrap_err();
+    assert_eq!(
+        err.kind,
+        remotemedia_core::ErrorKind::Fatal,
+        "ends the session"
+    );
     assert!(
         err.message.contains("answered 401")
             && err
@@ -197,4 +202,73 @@ async fn the_openai_chat_node_retries_an_overloaded_server_by_its_policy() {
         err.message
     );
     assert_eq!(calls.load(SeqCst), 5);
+}
+
+/// Sends an HTTP/1.1 POST of `body` to the API; gives the stream, after the response's head.
+async fn post(base: &str, path: &str, body: &str) -> (tokio::net::TcpStream, u16) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://").trim_end_matches("/v1");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /v1{path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let status = String::from_utf8_lossy(&head[9..12]).parse().unwrap();
+    (tcp, status)
+}
+
+/// The API's requests take the server's session slots as streams do: a full server answers 429
+/// in OpenAI's shape (which OpenAI clients retry), and the slot is free again when a reply ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_requests_count_against_the_servers_sessions() {
+    use tokio::io::AsyncReadExt;
+    let (server, base) = serve(|config| config.limits.max_sessions = 1).await;
+    let chat = |stream: bool| {
+        serde_json::json!({
+            "messages": [{"role": "user", "content": "Tell me a long story about the sea."}],
+            "max_tokens": 200, "stream": stream,
+        })
+        .to_string()
+    };
+    // A streamed reply holds the one slot while it is read.
+    let (mut streaming, status) = post(&base, "/chat/completions", &chat(true)).await;
+    assert_eq!(status, 200);
+    let mut first = [0u8; 64];
+    let _ = streaming.read(&mut first).await.unwrap();
+    for (path, body) in [
+        ("/chat/completions", chat(false)),
+        (
+            "/audio/speech",
+            r#"{"model": "tts-1", "input": "Hello.", "voice": "alloy"}"#.into(),
+        ),
+    ] {
+        let (mut refused, status) = post(&base, path, &body).await;
+        assert_eq!(status, 429, "{path}");
+        let mut text = String::new();
+        refused.read_to_string(&mut text).await.unwrap();
+        assert!(
+            text.contains("\"rate_limit_exceeded\"") && text.contains("limit of 1 concurrent"),
+            "{path}: {text}"
+        );
+    }
+    // The client goes away: its reply is cancelled and the slot is free.
+    drop(streaming);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = post(&base, "/chat/completions", &chat(false)).await;
+        if status == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.shutdown().await;
 }

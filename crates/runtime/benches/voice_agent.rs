@@ -1,0 +1,224 @@
+//! The voice agent (`examples/voice_agent.yaml`) against scripted callers speaking in real time:
+//! voice-to-voice (end of the user's speech → first answer audio out of the session) and
+//! barge-in (onset of speech over the answer → the `interrupted` event out of the session,
+//! after which the playout releases nothing more).
+//!
+//!   cargo bench -p remotemedia-runtime --bench voice_agent -- [SESSIONS] [ROUNDS]
+//!
+//! Each caller asks "Tell me about the moon.", lets the answer play for a second, asks "What is
+//! the sun made of?" over it, and lets that answer play out; `ROUNDS` times. Microphone audio
+//! goes in as 20 ms frames at real time (silence between questions), so the VAD, the models and
+//! the playout run as they would for a live caller.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use remotemedia_core::{Packet, RuntimeData, SessionInput};
+use tokio::sync::{mpsc, oneshot};
+
+#[path = "../../server/tests/common/speak.rs"]
+mod speak;
+
+const RATE: u32 = 16_000;
+const FRAME: usize = 320;
+
+/// An utterance to say, and where to report when its speech started and ended.
+struct Say {
+    samples: Vec<f32>,
+    onset: Option<oneshot::Sender<Instant>>,
+    end: oneshot::Sender<Instant>,
+}
+
+/// The caller's microphone: 20 ms frames at real time, silence when there is nothing to say.
+async fn microphone(input: SessionInput, mut say: mpsc::UnboundedReceiver<Say>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut sent = 0usize;
+    let mut current: Option<(Say, usize)> = None;
+    loop {
+        tick.tick().await;
+        if current.is_none() {
+            current = match say.try_recv() {
+                Ok(s) => Some((s, 0)),
+                Err(mpsc::error::TryRecvError::Empty) => None,
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+            };
+        }
+        let frame = match current.take() {
+            Some((mut s, at)) => {
+                let end = (at + FRAME).min(s.samples.len());
+                let chunk = s.samples[at..end].to_vec();
+                let now = Instant::now();
+                if chunk.iter().any(|x| x.abs() > 0.02)
+                    && let Some(onset) = s.onset.take()
+                {
+                    let _ = onset.send(now);
+                }
+                if end < s.samples.len() {
+                    current = Some((s, end));
+                } else {
+                    let _ = s.end.send(now);
+                }
+                chunk
+            }
+            None => vec![0.0; FRAME],
+        };
+        let ts = Duration::from_secs_f64(sent as f64 / f64::from(RATE));
+        sent += frame.len();
+        if input
+            .send_at(RuntimeData::audio(frame, RATE, 1), ts)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// What one caller measured.
+#[derive(Default)]
+struct Measured {
+    voice_to_voice: Vec<Duration>,
+    barge_in: Vec<Duration>,
+}
+
+fn is_answer_audio(p: &Packet) -> bool {
+    &*p.source == "speaker" && p.data.as_audio().is_some()
+}
+
+fn is_interrupted(p: &Packet) -> bool {
+    matches!(&p.data, RuntimeData::Json(v) if v["event"] == "interrupted")
+}
+
+/// The outputs as they leave the session, with when.
+type Outputs = mpsc::UnboundedReceiver<(Instant, Packet)>;
+
+/// The next output after `after` that `wanted` accepts.
+async fn wait_for(out: &mut Outputs, after: Instant, wanted: fn(&Packet) -> bool) -> Instant {
+    loop {
+        let (t, p) = tokio::time::timeout(Duration::from_secs(60), out.recv())
+            .await
+            .expect("the agent answers within 60 s")
+            .expect("the session is open");
+        if t >= after && wanted(&p) {
+            return t;
+        }
+    }
+}
+
+/// Queues `samples` on the microphone; gives when its speech starts and ends.
+fn say(
+    mic: &mpsc::UnboundedSender<Say>,
+    samples: &[f32],
+) -> (oneshot::Receiver<Instant>, oneshot::Receiver<Instant>) {
+    let (onset, onset_rx) = oneshot::channel();
+    let (end, end_rx) = oneshot::channel();
+    mic.send(Say {
+        samples: samples.to_vec(),
+        onset: Some(onset),
+        end,
+    })
+    .unwrap();
+    (onset_rx, end_rx)
+}
+
+async fn caller(
+    rt: &remotemedia_core::Runtime,
+    rounds: usize,
+    moon: &[f32],
+    sun: &[f32],
+) -> Measured {
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/voice_agent.yaml"
+    ))
+    .unwrap();
+    let p = rt.load(&manifest, "voice_agent.yaml").unwrap();
+    let (input, mut output) = rt.open(&p).await.unwrap().split();
+    let (tx, mut out) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(p)) = output.recv().await {
+            let _ = tx.send((Instant::now(), p));
+        }
+    });
+    let (mic, said) = mpsc::unbounded_channel();
+    tokio::spawn(microphone(input, said));
+    let mut m = Measured::default();
+    for _ in 0..rounds {
+        let (_, end) = say(&mic, moon);
+        let end = end.await.unwrap();
+        let first = wait_for(&mut out, end, is_answer_audio).await;
+        m.voice_to_voice.push(first - end);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (onset, end) = say(&mic, sun);
+        let stopped = wait_for(&mut out, Instant::now(), is_interrupted).await;
+        let onset = onset.await.unwrap();
+        m.barge_in.push(stopped.saturating_duration_since(onset));
+        let end = end.await.unwrap();
+        let first = wait_for(&mut out, end, is_answer_audio).await;
+        m.voice_to_voice.push(first - end);
+        // The second answer plays out.
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(1_500), out.recv()).await
+        {
+        }
+    }
+    drop(mic);
+    m
+}
+
+fn report(name: &str, mut v: Vec<Duration>) {
+    v.sort();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_millis();
+    println!(
+        "{name}: n={} p50={} ms p95={} ms max={} ms",
+        v.len(),
+        at(0.5),
+        at(0.95),
+        at(1.0)
+    );
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sessions = args.first().copied().unwrap_or(1);
+    let rounds = args.get(1).copied().unwrap_or(5);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio.block_on(async {
+        let rt = remotemedia_runtime::runtime();
+        let moon = [
+            speak::speak("Tell me about the moon.").await,
+            speak::silence(0.2),
+        ]
+        .concat();
+        let sun = [
+            speak::speak("What is the sun made of?").await,
+            speak::silence(0.2),
+        ]
+        .concat();
+        let (rt, moon, sun) = (Arc::new(rt), Arc::new(moon), Arc::new(sun));
+        let mut callers = tokio::task::JoinSet::new();
+        for i in 0..sessions {
+            let (rt, moon, sun) = (Arc::clone(&rt), Arc::clone(&moon), Arc::clone(&sun));
+            callers.spawn(async move {
+                // Callers start a little apart, as people do.
+                tokio::time::sleep(Duration::from_millis(300 * i as u64)).await;
+                caller(&rt, rounds, &moon, &sun).await
+            });
+        }
+        let all = callers.join_all().await;
+        println!("voice agent, {sessions} session(s) x {rounds} round(s):");
+        report(
+            "  voice-to-voice (end of speech -> first answer audio)",
+            all.iter().flat_map(|m| m.voice_to_voice.clone()).collect(),
+        );
+        report(
+            "  barge-in (speech onset -> answer stopped)",
+            all.iter().flat_map(|m| m.barge_in.clone()).collect(),
+        );
+    });
+}
