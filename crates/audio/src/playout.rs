@@ -6,7 +6,8 @@
 //! back: a [`Control::Cancel`] while the reply plays drops it, and the node reports what the
 //! listener heard — an `interrupted` event on `events`, and on `spoken` the words heard (whole
 //! sentences, then the played share of the sentence cut off), which a chat node's `spoken`
-//! feedback port turns into its history. It learns the sentences from a TTS that sends each
+//! feedback port turns into its history. A cancel between two sentences (all received audio
+//! played, the next sentence not there yet) sends the words heard too, without an event. It learns the sentences from a TTS that sends each
 //! sentence's text before its audio (`PiperTTS` with `with_text: true`).
 //!
 //! The cancel may reach this node before the TTS has seen it, and the TTS may then finish one
@@ -149,21 +150,24 @@ impl Playout {
         };
         self.interrupted = p.reply;
         let heard = now.saturating_duration_since(p.start).min(p.released);
-        if heard >= p.total {
-            return; // it had finished playing
-        }
         let spoken = heard_words(&p.sentences, heard, p.total);
-        out.push_to(
-            1,
-            RuntimeData::json(serde_json::json!({
-                "event": "interrupted",
-                "reason": reason,
-                "heard_ms": heard.as_millis() as u64,
-                "dropped_ms": (p.total - heard).as_millis() as u64,
-                "spoken": spoken,
-            })),
-        );
-        out.push_to(2, RuntimeData::Text(TextFrame::new(spoken)));
+        if heard < p.total {
+            out.push_to(
+                1,
+                RuntimeData::json(serde_json::json!({
+                    "event": "interrupted",
+                    "reason": reason,
+                    "heard_ms": heard.as_millis() as u64,
+                    "dropped_ms": (p.total - heard).as_millis() as u64,
+                    "spoken": spoken,
+                })),
+            );
+        }
+        // Also when all the audio received had played: the reply may have been cut between
+        // two sentences (the next still being written or spoken).
+        if !p.sentences.is_empty() {
+            out.push_to(2, RuntimeData::Text(TextFrame::new(spoken)));
+        }
     }
 }
 
@@ -366,7 +370,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_pause_in_the_audio_keeps_the_reply_and_a_played_reply_reports_nothing() {
+    async fn a_pause_in_the_audio_keeps_the_reply_and_a_played_reply_is_all_heard() {
         let mut h = NodeHarness::new::<Playout>(serde_json::json!({})).unwrap();
         // Sentences of the reply to the user's turn number `turn`.
         let frame = |text: &str, turn: u64| {
@@ -380,7 +384,13 @@ mod tests {
         let mut out = h.push(audio(0.5)).await.unwrap();
         out.extend(h.poll_for(Duration::from_secs(1)).await.unwrap());
         assert_eq!(played(&out), Duration::from_millis(500));
-        assert!(emitted(h.push_control(cancel()).await.unwrap()).is_empty());
+        // All of it was heard: no event, the words heard.
+        let out = emitted(h.push_control(cancel()).await.unwrap());
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].as_text().map(|t| &*t.text),
+            Some("The first sentence.")
+        );
         // The TTS was slow: the second sentence comes after the first has played.
         h.push(frame("The first sentence.", 1)).await.unwrap();
         h.push(audio(0.5)).await.unwrap();

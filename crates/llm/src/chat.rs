@@ -149,14 +149,19 @@ impl<B: Backend> ChatNode<B> {
         self.start_next()
     }
 
-    /// The listener heard only `text` of the last reply (it was interrupted).
+    /// The listener heard only `text` of the last reply (it was interrupted). Kept as it was
+    /// when all of it was heard, so the cached prompt stays valid.
     fn heard(&mut self, text: &str) {
         self.end_reply();
-        if self.history.last().is_some_and(|m| m.role == "assistant") {
-            match text.trim() {
-                "" => drop(self.history.pop()),
-                heard => self.history.last_mut().expect("checked").content = heard.into(),
-            }
+        let Some(last) = self.history.last_mut().filter(|m| m.role == "assistant") else {
+            return;
+        };
+        if last.content.split_whitespace().eq(text.split_whitespace()) {
+            return;
+        }
+        match text.trim() {
+            "" => drop(self.history.pop()),
+            heard => last.content = heard.into(),
         }
     }
 

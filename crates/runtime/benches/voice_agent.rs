@@ -92,15 +92,25 @@ fn is_interrupted(p: &Packet) -> bool {
 /// The outputs as they leave the session, with when.
 type Outputs = mpsc::UnboundedReceiver<(Instant, Packet)>;
 
-/// The next output after `after` that `wanted` accepts.
-async fn wait_for(out: &mut Outputs, after: Instant, wanted: fn(&Packet) -> bool) -> Instant {
+/// The next output, and when it left the session.
+async fn next(out: &mut Outputs) -> (Instant, Packet) {
+    tokio::time::timeout(Duration::from_secs(60), out.recv())
+        .await
+        .expect("the agent answers within 60 s")
+        .expect("the session is open")
+}
+
+/// When the first answer audio after `after` left the session, and when the answer playing
+/// before it was interrupted (if it was still playing).
+async fn answer_after(out: &mut Outputs, after: Instant) -> (Instant, Option<Instant>) {
+    let mut interrupted = None;
     loop {
-        let (t, p) = tokio::time::timeout(Duration::from_secs(60), out.recv())
-            .await
-            .expect("the agent answers within 60 s")
-            .expect("the session is open");
-        if t >= after && wanted(&p) {
-            return t;
+        let (t, p) = next(out).await;
+        if is_interrupted(&p) {
+            interrupted = Some(t);
+        }
+        if t >= after && is_answer_audio(&p) {
+            return (t, interrupted);
         }
     }
 }
@@ -136,8 +146,11 @@ async fn caller(
     let (input, mut output) = rt.open(&p).await.unwrap().split();
     let (tx, mut out) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Some(Ok(p)) = output.recv().await {
-            let _ = tx.send((Instant::now(), p));
+        while let Some(r) = output.recv().await {
+            match r {
+                Ok(p) => drop(tx.send((Instant::now(), p))),
+                Err(f) => eprintln!("{f}"),
+            }
         }
     });
     let (mic, said) = mpsc::unbounded_channel();
@@ -146,16 +159,17 @@ async fn caller(
     for _ in 0..rounds {
         let (_, end) = say(&mic, moon);
         let end = end.await.unwrap();
-        let first = wait_for(&mut out, end, is_answer_audio).await;
+        let (first, _) = answer_after(&mut out, end).await;
         m.voice_to_voice.push(first - end);
         tokio::time::sleep(Duration::from_secs(1)).await;
+        // Over the answer, if it is still playing (a short one may have ended).
         let (onset, end) = say(&mic, sun);
-        let stopped = wait_for(&mut out, Instant::now(), is_interrupted).await;
-        let onset = onset.await.unwrap();
-        m.barge_in.push(stopped.saturating_duration_since(onset));
-        let end = end.await.unwrap();
-        let first = wait_for(&mut out, end, is_answer_audio).await;
+        let (onset, end) = (onset.await.unwrap(), end.await.unwrap());
+        let (first, interrupted) = answer_after(&mut out, end).await;
         m.voice_to_voice.push(first - end);
+        if let Some(stopped) = interrupted {
+            m.barge_in.push(stopped.saturating_duration_since(onset));
+        }
         // The second answer plays out.
         while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(1_500), out.recv()).await
         {
