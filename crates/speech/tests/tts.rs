@@ -132,6 +132,61 @@ async fn two_sentences_become_two_outputs_at_22050_hz() {
     assert!(tail[tail.len() - 4410..].iter().all(|&s| s == 0.0));
 }
 
+/// Streaming: the same audio (the voice without noise is deterministic), in pieces that start
+/// before the sentence is done, stamped one after another; a cancel stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_speech_is_the_same_audio_in_pieces_and_a_cancel_stops_it() {
+    let quiet = json!({"noise_scale": 0.0, "noise_w": 0.0, "sentence_silence_ms": 100});
+    let text = RuntimeData::text("Hello world. This is a test of streaming speech.");
+    let mut whole = piper(quiet.clone()).await;
+    let whole: Vec<f32> = whole
+        .push(text.clone())
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|d| d.as_audio().unwrap().samples().to_vec())
+        .collect();
+    let mut params = quiet;
+    params["stream"] = json!(true);
+    params["with_text"] = json!(true);
+    let mut node = piper(params).await;
+    node.timestamp = Duration::from_secs(10);
+    // The text goes out at once, the audio as it is made.
+    let first = node.push(text.clone()).await.unwrap();
+    assert_eq!(first, [text.clone()]);
+    let mut pieces = node.flush_outputs().await.unwrap();
+    assert!(pieces.len() > 3, "{} pieces", pieces.len());
+    assert!(
+        seconds(&pieces[0]) < 0.25,
+        "first piece {} s",
+        seconds(&pieces[0])
+    );
+    let mut at = Duration::from_secs(10);
+    for p in &pieces {
+        assert!((p.timestamp.unwrap().as_secs_f64() - at.as_secs_f64()).abs() < 1e-4);
+        at += p.data.as_audio().unwrap().duration();
+    }
+    let streamed: Vec<f32> = pieces
+        .drain(..)
+        .flat_map(|p| p.data.as_audio().unwrap().samples().to_vec())
+        .collect();
+    assert_eq!(streamed.len(), whole.len());
+    let diff = streamed
+        .iter()
+        .zip(&whole)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(diff < 1e-3, "streamed audio differs by {diff}");
+    // A cancel drops the input being spoken and those waiting.
+    node.push(text.clone()).await.unwrap();
+    node.push(text).await.unwrap();
+    let cancel = remotemedia_core::Control::Cancel {
+        reason: "barge-in".into(),
+    };
+    node.push_control(cancel).await.unwrap();
+    assert!(node.flush().await.unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn speed_changes_the_duration() {
     let text = "The weather is lovely today, so let us go for a walk.";

@@ -22,15 +22,19 @@ mod phonemes;
 mod split;
 mod voice;
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use remotemedia_audio::frame::fatal;
+use remotemedia_audio::frame::{Clock, fatal};
 use remotemedia_core::node::{NodeType, Ports};
-use remotemedia_core::{MediaType, Node, NodeContext, NodeError, Outputs, Packet};
+use remotemedia_core::{
+    Control, MediaType, Node, NodeContext, NodeError, Outputs, Packet, RuntimeData,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
+use tokio::sync::mpsc;
 
 use crate::tts::{self, Spoken, TtsError};
 
@@ -65,6 +69,10 @@ pub struct PiperTtsParams {
     /// Sends each input text on `out` just before its audio, so a `Playout` downstream knows
     /// which words it is playing (and can tell a chat node what was heard when interrupted).
     pub with_text: bool,
+    /// Sends each sentence's audio in pieces as the vocoder makes them (the first ~0.19 s
+    /// long, each next twice as long), so speech starts before the sentence is synthesised.
+    /// Inputs are spoken one after another; a cancel drops the one speaking and those waiting.
+    pub stream: bool,
 }
 
 impl Default for PiperTtsParams {
@@ -77,6 +85,7 @@ impl Default for PiperTtsParams {
             threads: 2,
             sentence_silence_ms: 200,
             with_text: false,
+            stream: false,
         }
     }
 }
@@ -101,6 +110,17 @@ pub struct PiperTTSNode {
     /// Samples of silence after each sentence but the last.
     silence: usize,
     with_text: bool,
+    stream: bool,
+    /// Streaming: the input being spoken, and those waiting (text, media time).
+    speaking: Option<Speaking>,
+    waiting: VecDeque<Packet>,
+}
+
+/// An input being spoken in the background, its audio arriving in pieces.
+struct Speaking {
+    pieces: mpsc::UnboundedReceiver<Result<Vec<f32>, NodeError>>,
+    clock: Clock,
+    emitted: u64,
 }
 
 struct Engine {
@@ -109,6 +129,43 @@ struct Engine {
 }
 
 impl Engine {
+    /// Speaks `text` into `tx` piece by piece, with `silence` samples between sentences;
+    /// stops when the receiver is gone.
+    fn speak_pieces(
+        &self,
+        text: &str,
+        silence: usize,
+        tx: &mpsc::UnboundedSender<Result<Vec<f32>, NodeError>>,
+    ) {
+        let name = PiperTTSNode::NAME;
+        let prepared = match self.voice.prepare(text) {
+            Ok(p) => p,
+            Err(e) => return drop(tx.send(Err(fatal(name, e)))),
+        };
+        for u in &prepared.unspoken {
+            tracing::warn!(node = name, "not spoken: {u}");
+        }
+        if prepared.sentences.is_empty() && !prepared.unspoken.is_empty() {
+            let _ = tx.send(Err(tts::nothing_to_say(name, text, &prepared.unspoken)));
+        }
+        for (i, s) in prepared.sentences.iter().enumerate() {
+            if tx.is_closed() {
+                return;
+            }
+            if i > 0 && silence > 0 {
+                let _ = tx.send(Ok(vec![0.0; silence]));
+            }
+            let spoken = self
+                .voice
+                .synthesize_streaming(&s.ids, self.scales, |piece| {
+                    let _ = tx.send(Ok(piece));
+                });
+            if let Err(e) = spoken {
+                return drop(tx.send(Err(fatal(name, e))));
+            }
+        }
+    }
+
     /// One model run per sentence.
     fn speak(&self, text: &str) -> Result<Spoken, TtsError> {
         let prepared = self.voice.prepare(text)?;
@@ -125,6 +182,55 @@ impl Engine {
     }
 }
 
+impl PiperTTSNode {
+    /// Streaming: starts speaking the next waiting input, if none is being spoken.
+    fn start_next(&mut self, out: &mut Outputs) {
+        if self.speaking.is_some() {
+            return;
+        }
+        let Some(input) = self.waiting.pop_front() else {
+            return;
+        };
+        let at = input.timestamp;
+        let Some(text) = input.data.as_text().map(|t| Arc::clone(&t.text)) else {
+            return;
+        };
+        if self.with_text {
+            out.push_at(input.data.clone(), at);
+        }
+        let (tx, pieces) = mpsc::unbounded_channel();
+        let (engine, silence) = (Arc::clone(&self.engine), self.silence);
+        tokio::task::spawn_blocking(move || engine.speak_pieces(&text, silence, &tx));
+        self.speaking = Some(Speaking {
+            pieces,
+            clock: Clock::new(at, self.engine.voice.config().sample_rate),
+            emitted: 0,
+        });
+    }
+
+    /// Streaming: waits for the next piece of the input being spoken and emits it (or, when
+    /// that input is done, starts the next).
+    async fn next_piece(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
+        let Some(s) = self.speaking.as_mut() else {
+            return Ok(());
+        };
+        match s.pieces.recv().await {
+            Some(Ok(samples)) => {
+                let at = s.clock.time(s.emitted);
+                s.emitted += samples.len() as u64;
+                let rate = self.engine.voice.config().sample_rate;
+                out.push_at(RuntimeData::audio(samples, rate, 1), at);
+                Ok(())
+            }
+            end => {
+                self.speaking = None;
+                self.start_next(out);
+                end.map_or(Ok(()), |r| r.map(drop))
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Node for PiperTTSNode {
     async fn process(
@@ -133,10 +239,18 @@ impl Node for PiperTTSNode {
         input: &Packet,
         out: &mut Outputs,
     ) -> Result<(), NodeError> {
-        if self.with_text
-            && let Some(t) = input.data.as_text()
-            && !tts::is_blank(&t.text)
-        {
+        let Some(text) = input.data.as_text() else {
+            return Err(NodeError::unsupported(Self::NAME, &input.data));
+        };
+        if tts::is_blank(&text.text) {
+            return Ok(());
+        }
+        if self.stream {
+            self.waiting.push_back(input.clone());
+            self.start_next(out);
+            return Ok(());
+        }
+        if self.with_text {
             out.push_at(input.data.clone(), input.timestamp);
         }
         let engine = Arc::clone(&self.engine);
@@ -144,6 +258,33 @@ impl Node for PiperTTSNode {
             engine.speak(text)
         })
         .await
+    }
+
+    async fn flush(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
+        while self.speaking.is_some() {
+            self.next_piece(out).await?;
+        }
+        Ok(())
+    }
+
+    async fn control(&mut self, control: &Control, _: &mut Outputs) -> Result<(), NodeError> {
+        if let Control::Cancel { .. } = control {
+            // The synthesis stops at its next sentence once nobody listens.
+            self.waiting.clear();
+            self.speaking = None;
+        }
+        Ok(())
+    }
+
+    fn emits_unprompted(&self) -> bool {
+        self.stream
+    }
+
+    async fn poll_output(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
+        if self.speaking.is_none() {
+            return std::future::pending().await;
+        }
+        self.next_piece(out).await
     }
 }
 
@@ -171,6 +312,9 @@ impl NodeType for PiperTTSNode {
             engine: Arc::new(Engine { voice, scales }),
             silence: (u64::from(rate) * u64::from(p.sentence_silence_ms) / 1000) as usize,
             with_text: p.with_text,
+            stream: p.stream,
+            speaking: None,
+            waiting: VecDeque::new(),
         })
     }
 }
