@@ -100,10 +100,13 @@ async fn main() {
         .tokenize(&engine.prompt(&messages(&question)).unwrap())
         .len();
     run(&engine, &question, 4).await; // warm-up
+    // Each a new conversation that shares no more than the short system prompt with the
+    // others (the run number goes first), so the whole prompt is read.
     let firsts: Vec<f64> = {
         let mut v = Vec::new();
-        for _ in 0..10 {
-            v.push(run(&engine, &question, 1).await.first.as_secs_f64() * 1e3);
+        for i in 0..10 {
+            let fresh = format!("{i}. {question}");
+            v.push(run(&engine, &fresh, 1).await.first.as_secs_f64() * 1e3);
         }
         v
     };
@@ -112,11 +115,25 @@ async fn main() {
         median(firsts.clone()),
         firsts.iter().copied().fold(f64::MAX, f64::min)
     );
+    // A new conversation whose long start another one has read (a long system prompt, say):
+    // the start is copied from that conversation's cache, only the rest is read.
+    let shared: Vec<f64> = {
+        let mut v = Vec::new();
+        for i in 0..10 {
+            let ending = format!("{question} Answer number {i}.");
+            v.push(run(&engine, &ending, 1).await.first.as_secs_f64() * 1e3);
+        }
+        v
+    };
+    println!(
+        "{{\"what\":\"ttft_ms\",\"turn\":\"first, start shared with another conversation\",\"p50\":{:.1}}}",
+        median(shared)
+    );
     // A later turn of a conversation: only the new text and the last answer are decoded.
     let mut warm = Vec::new();
-    for _ in 0..10 {
+    for i in 0..10 {
         let session = engine.session();
-        let mut chat = messages(&question);
+        let mut chat = messages(&format!("{i}. {question}"));
         let answer = turn(&engine, session, &chat, 32).await.text;
         chat.push(Message::new("assistant", answer));
         chat.push(Message::new("user", "And what should we eat there?"));
