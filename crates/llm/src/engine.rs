@@ -391,7 +391,11 @@ fn run(
             }
             room -= take;
         }
-        if let Err(e) = ctx.decode(&mut batch) {
+        let computing = COMPUTING.read().unwrap_or_else(|e| e.into_inner());
+        let decoded = ctx.decode(&mut batch);
+        drop(computing);
+        hook_exit();
+        if let Err(e) = decoded {
             let message = format!("decode failed: {e}");
             for mut r in running.drain(..) {
                 finish(&mut r, &mut slots, Finish::Error(message.clone()));
@@ -459,6 +463,26 @@ fn take_slot(slots: &mut [Slot], session: u64) -> Option<usize> {
 fn free(ctx: &mut LlamaContext<'_>, slots: &mut [Slot], i: usize) {
     let _ = ctx.clear_kv_cache_seq(Some(i as u32), None, None);
     slots[i] = Slot::default();
+}
+
+/// Read-held by engine threads while llama.cpp computes, write-taken (and kept) when the
+/// process exits: llama.cpp's static objects are destroyed at exit while an engine thread may
+/// still be in a step (a turn nobody waits for any more), which crashed the process. With this
+/// the exit waits for the step in flight and no step starts after it.
+static COMPUTING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+extern "C" fn stop_computing() {
+    std::mem::forget(COMPUTING.write());
+}
+
+/// Registers the exit hook once, after a first step has made llama.cpp's static objects (exit
+/// handlers run in the reverse order of their registration, so it runs before they go).
+fn hook_exit() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        // SAFETY: registers a plain function with no arguments, as atexit(3) requires.
+        unsafe { libc::atexit(stop_computing) };
+    });
 }
 
 /// Shortest prefix worth copying a whole slot's cache for (a copy costs a few ms; reading a
