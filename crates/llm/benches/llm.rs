@@ -115,20 +115,6 @@ async fn main() {
         median(firsts.clone()),
         firsts.iter().copied().fold(f64::MAX, f64::min)
     );
-    // A new conversation whose long start another one has read (a long system prompt, say):
-    // the start is copied from that conversation's cache, only the rest is read.
-    let shared: Vec<f64> = {
-        let mut v = Vec::new();
-        for i in 0..10 {
-            let ending = format!("{question} Answer number {i}.");
-            v.push(run(&engine, &ending, 1).await.first.as_secs_f64() * 1e3);
-        }
-        v
-    };
-    println!(
-        "{{\"what\":\"ttft_ms\",\"turn\":\"first, start shared with another conversation\",\"p50\":{:.1}}}",
-        median(shared)
-    );
     // A later turn of a conversation: only the new text and the last answer are decoded.
     let mut warm = Vec::new();
     for i in 0..10 {

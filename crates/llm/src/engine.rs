@@ -197,8 +197,7 @@ impl Engine {
         self.next_session.fetch_add(1, Relaxed)
     }
 
-    /// The session ended: its slot is free for another conversation. What it holds stays in
-    /// the cache until then, as a start a later conversation may share (a system prompt).
+    /// The session ended: its conversation leaves the cache.
     pub fn close(&self, session: u64) {
         let _ = self.tx.send(Msg::Close(session));
     }
@@ -327,7 +326,7 @@ fn run(
                     if let Some(i) = slots.iter().position(|s| s.owner == Some(session))
                         && !slots[i].busy
                     {
-                        slots[i].owner = None;
+                        free(&mut ctx, &mut slots, i);
                     }
                     waiting.retain(|t| t.session != session);
                 }
@@ -355,7 +354,6 @@ fn run(
                 }));
             } else if let Some(slot) = take_slot(&mut slots, waiting[i].session) {
                 let turn = waiting.remove(i).expect("index in range");
-                share_prefix(&mut ctx, &mut slots, slot, &turn.tokens);
                 running.push(begin(&mut ctx, &mut slots[slot], slot, turn));
             } else {
                 i += 1;
@@ -483,41 +481,6 @@ fn hook_exit() {
         // SAFETY: registers a plain function with no arguments, as atexit(3) requires.
         unsafe { libc::atexit(stop_computing) };
     });
-}
-
-/// Shortest prefix worth copying a whole slot's cache for (a copy costs a few ms; reading a
-/// token ~5 ms on two cores).
-const SHARED_PREFIX_MIN: usize = 16;
-
-/// Copies into slot `i` the cache of another slot that holds a longer prefix of `tokens` than
-/// `i` does: a new conversation then starts after the system prompt another one already read.
-/// (A sequence is its own stream of the cache, and llama.cpp copies streams whole; `begin`
-/// then cuts the copy back to the shared prefix.)
-fn share_prefix(ctx: &mut LlamaContext<'_>, slots: &mut [Slot], i: usize, tokens: &[LlamaToken]) {
-    let common = |s: &Slot| {
-        s.tokens
-            .iter()
-            .zip(tokens)
-            .take_while(|(a, b)| a == b)
-            .count()
-    };
-    let own = common(&slots[i]);
-    let best = (0..slots.len())
-        .filter(|&j| j != i)
-        .map(|j| (j, common(&slots[j])))
-        .max_by_key(|&(_, n)| n);
-    let Some((j, n)) = best.filter(|&(_, n)| n >= own + SHARED_PREFIX_MIN) else {
-        return;
-    };
-    if ctx.kv_cache_seq_cp(j as i32, i as i32, None, None).is_ok() {
-        tracing::debug!(
-            from = j,
-            to = i,
-            tokens = n,
-            "shared a cached prompt prefix"
-        );
-        slots[i].tokens = slots[j].tokens.clone();
-    }
 }
 
 /// Starts a turn in its slot: what the cache already holds of the prompt stays, the rest is

@@ -84,21 +84,15 @@ async fn a_later_turn_reads_only_what_is_new() {
     assert_eq!(end1.cached_tokens, 0);
     messages.push(Message::new("assistant", first));
     messages.push(Message::new("user", "And the grass?"));
-    let (second, end2) = reply(&engine, session, &messages, greedy(24)).await;
+    let (_, end2) = reply(&engine, session, &messages, greedy(24)).await;
     // The whole first prompt (and most of the reply) came from the cache.
     assert!(
         end2.cached_tokens >= end1.prompt_tokens && end2.cached_tokens < end2.prompt_tokens,
         "{end1:?} {end2:?}"
     );
-    // Another session starts from what the first one's slot holds of its prompt (copied into
-    // its own slot), and that cache is right: the same prompt gets the same greedy reply.
-    let (again, other) = reply(&engine, engine.session(), &messages, greedy(24)).await;
-    assert!(other.cached_tokens >= end1.prompt_tokens, "{other:?}");
-    assert_eq!(again, second);
-    // A prompt that shares only this short system prompt (under 16 tokens: not worth copying
-    // a slot for) keeps no more than the slot it took already held.
-    let (_, fresh) = reply(&engine, engine.session(), &chat("Hi."), greedy(2)).await;
-    assert!(fresh.cached_tokens < 16, "{fresh:?}");
+    // Another session starts from nothing.
+    let (_, other) = reply(&engine, engine.session(), &messages, greedy(4)).await;
+    assert_eq!(other.cached_tokens, 0);
 }
 
 #[tokio::test]

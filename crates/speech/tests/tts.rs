@@ -153,7 +153,7 @@ async fn streamed_speech_is_the_same_audio_in_pieces_and_a_cancel_stops_it() {
     node.timestamp = Duration::from_secs(10);
     // The text goes out at once, the audio as it is made.
     let first = node.push(text.clone()).await.unwrap();
-    assert_eq!(first, [text.clone()]);
+    assert_eq!(first, std::slice::from_ref(&text));
     let mut pieces = node.flush_outputs().await.unwrap();
     assert!(pieces.len() > 3, "{} pieces", pieces.len());
     assert!(
