@@ -13,7 +13,7 @@
 //! so it can neither deadlock nor loop.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -39,8 +39,6 @@ fn is_cancel(p: &Packet) -> bool {
 
 struct State {
     queue: VecDeque<Packet>,
-    /// Cancels in `queue`.
-    cancels: usize,
     /// The sender is gone: end of stream once the queue is drained.
     closed: bool,
     /// The receiver is gone: sends fail.
@@ -52,6 +50,8 @@ struct Edge {
     capacity: usize,
     policy: DropPolicy,
     kind: EdgeKind,
+    /// Cancels queued on all edges of the receiving inbox (checked after every input).
+    cancels: Arc<AtomicUsize>,
     /// Signalled when a full queue gets room.
     space: Notify,
     /// The receiving inbox's signal.
@@ -103,9 +103,11 @@ impl EdgeSender {
                 if len < edge.capacity || edge.policy == DropPolicy::DropOldest {
                     let dropped = len >= edge.capacity;
                     if dropped && st.queue.pop_front().as_ref().is_some_and(is_cancel) {
-                        st.cancels -= 1;
+                        edge.cancels.fetch_sub(1, Relaxed);
                     }
-                    st.cancels += usize::from(cancel);
+                    if cancel {
+                        edge.cancels.fetch_add(1, Relaxed);
+                    }
                     st.queue.push_back(packet);
                     let room_left = st.queue.len() < edge.capacity;
                     drop(st);
@@ -148,6 +150,8 @@ pub enum TryRecv {
 pub struct Inbox {
     edges: Vec<Arc<Edge>>,
     wake: Arc<Notify>,
+    /// Cancels queued on any of `edges`.
+    cancels: Arc<AtomicUsize>,
     next: usize,
 }
 
@@ -162,6 +166,7 @@ impl Inbox {
         Self {
             edges: Vec::new(),
             wake: Arc::new(Notify::new()),
+            cancels: Arc::default(),
             next: 0,
         }
     }
@@ -184,7 +189,6 @@ impl Inbox {
         let edge = Arc::new(Edge {
             state: Mutex::new(State {
                 queue: VecDeque::with_capacity(capacity.min(1024)),
-                cancels: 0,
                 closed: false,
                 rx_gone: false,
             }),
@@ -192,6 +196,7 @@ impl Inbox {
             policy,
             kind,
             space: Notify::new(),
+            cancels: Arc::clone(&self.cancels),
             wake: Arc::clone(&self.wake),
             metrics,
             process,
@@ -222,7 +227,9 @@ impl Inbox {
             let edge = &self.edges[i];
             let mut st = edge.lock();
             if let Some(p) = st.queue.pop_front() {
-                st.cancels -= usize::from(is_cancel(&p));
+                if is_cancel(&p) {
+                    edge.cancels.fetch_sub(1, Relaxed);
+                }
                 let was_full = st.queue.len() + 1 >= edge.capacity;
                 drop(st);
                 if was_full {
@@ -242,7 +249,7 @@ impl Inbox {
 
     /// Whether a cancel waits in this inbox: work finished now has been abandoned.
     pub fn cancel_pending(&self) -> bool {
-        self.edges.iter().any(|e| e.lock().cancels > 0)
+        self.cancels.load(Relaxed) > 0
     }
 
     /// Waits until a sender signals (a packet, a closed edge or a cancel).
