@@ -223,6 +223,22 @@ impl Stream {
     }
 }
 
+/// Resamples a whole clip of interleaved audio at once, with the same filters and exact length
+/// (`ceil(frames × to / from)`) as the [`AudioResample`] node.
+pub fn resample(
+    samples: &[f32],
+    channels: u16,
+    from: u32,
+    to: u32,
+    quality: Quality,
+) -> Result<Vec<f32>, NodeError> {
+    let mut stream = Stream::new(from, to, channels, quality, Duration::ZERO)?;
+    let mut out = Vec::with_capacity(samples.len() * to as usize / from.max(1) as usize + 64);
+    stream.push(samples, &mut out)?;
+    stream.finish(&mut out)?;
+    Ok(out)
+}
+
 /// rubato's sinc resampler with its input queue, for ratios the polyphase bank cannot hold.
 /// Its delay is trimmed as rubato reports it, which leaves the output within two input frames
 /// of exact alignment.

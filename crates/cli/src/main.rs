@@ -1,5 +1,6 @@
 //! `remotemedia`: run, validate and inspect pipelines from the command line.
 
+mod dub;
 mod output;
 
 use std::io::{BufRead, IsTerminal};
@@ -55,6 +56,7 @@ impl From<PcmArg> for SampleFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    Dub(dub::DubArgs),
     /// Run a pipeline over an input and print or write what it produces.
     ///
     /// Without a manifest, transcribes speech: the built-in pipeline (the same as
@@ -126,7 +128,9 @@ enum Command {
         device: remotemedia_runtime::Device,
     },
     /// Check a manifest without running it; prints every problem with its line and column.
-    Validate { manifest: PathBuf },
+    Validate {
+        manifest: PathBuf,
+    },
     /// List node types with their ports and params.
     Nodes {
         /// Full details (params JSON Schema, executors) as JSON.
@@ -191,6 +195,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_json);
     let result = match cli.command {
+        Command::Dub(args) => dub::run(args),
         Command::Schema => print_json(&remotemedia_core::manifest::json_schema()).map(|_| 0),
         Command::Nodes { json } => list_nodes(&runtime(Options::default()), json).map(|_| 0),
         Command::Validate { manifest } => match load(&runtime(Options::default()), &manifest) {

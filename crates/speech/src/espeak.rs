@@ -9,9 +9,15 @@
 //! espeak-ng keeps global state (current voice, parameters, a text decoder that reads ahead, the
 //! synthesis callback), so every call goes through one process-wide mutex. Phonemising a
 //! sentence takes about a millisecond, so streams barely wait on each other.
+//!
+//! Some of that state no call resets: the pitch "flutter" of espeak-ng 1.51 advances in a static
+//! variable, so the same text never sounds exactly the same twice in one process. Where the
+//! same text must give the same samples (a dubbing job, whose track must not depend on what was
+//! spoken before), [`PrivateEspeak`] loads a fresh copy of the library of its own.
 
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char, c_int, c_short, c_uint, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use libloading::Library;
@@ -63,6 +69,7 @@ struct Api {
     text_to_phonemes: unsafe extern "C" fn(*mut *const c_void, c_int, c_int) -> *const c_char,
     set_synth_callback: unsafe extern "C" fn(Option<SynthCallback>),
     set_parameter: unsafe extern "C" fn(c_int, c_int, c_int) -> c_int,
+    terminate: unsafe extern "C" fn() -> c_int,
     synth: unsafe extern "C" fn(
         *const c_void,
         usize,
@@ -104,6 +111,7 @@ impl Api {
                 text_to_phonemes: *library.get(b"espeak_TextToPhonemes\0").map_err(missing)?,
                 set_synth_callback: *library.get(b"espeak_SetSynthCallback\0").map_err(missing)?,
                 set_parameter: *library.get(b"espeak_SetParameter\0").map_err(missing)?,
+                terminate: *library.get(b"espeak_Terminate\0").map_err(missing)?,
                 synth: *library.get(b"espeak_Synth\0").map_err(missing)?,
                 _library: library,
             })
@@ -116,6 +124,16 @@ struct State {
     api: Api,
     sample_rate: u32,
     voice: Option<String>,
+}
+
+/// Held around every synthesis: espeak-ng draws breath noise from the C library's `rand()`,
+/// whose state is process-wide, so a synthesis that must repeat seeds it and must not be
+/// interleaved with another.
+static RAND: Mutex<()> = Mutex::new(());
+
+unsafe extern "C" {
+    /// The C library's `srand`, which seeds the `rand()` espeak-ng calls.
+    fn srand(seed: c_uint);
 }
 
 /// The one lock around espeak-ng. A failed load is not cached: installing the packages while a
@@ -140,28 +158,7 @@ impl Espeak {
     pub fn lock() -> Result<Self, EspeakError> {
         let mut guard = ESPEAK.lock().unwrap_or_else(PoisonError::into_inner);
         if guard.is_none() {
-            let api = Api::open()?;
-            // SAFETY: arguments as documented: synchronous output, default buffer, default data
-            // path (null), and the flag that makes a failure return instead of exiting.
-            let rate = unsafe {
-                (api.initialize)(
-                    AUDIO_OUTPUT_SYNCHRONOUS,
-                    0,
-                    std::ptr::null(),
-                    INITIALIZE_DONT_EXIT,
-                )
-            };
-            let Ok(sample_rate @ 1..) = u32::try_from(rate) else {
-                return Err(EspeakError::Initialize);
-            };
-            // SAFETY: `synth_callback` matches `t_espeak_callback` and stays valid for the life
-            // of the process; it only touches a thread-local buffer.
-            unsafe { (api.set_synth_callback)(Some(synth_callback)) };
-            *guard = Some(State {
-                api,
-                sample_rate,
-                voice: None,
-            });
+            *guard = Some(State::start(Api::open()?)?);
         }
         Ok(Self { guard })
     }
@@ -180,19 +177,7 @@ impl Espeak {
 
     /// Selects a voice by name ("en-us", "de", ...), skipping the reload when it is current.
     pub fn set_voice(&mut self, voice: &str) -> Result<(), EspeakError> {
-        let state = self.state();
-        if state.voice.as_deref() == Some(voice) {
-            return Ok(());
-        }
-        let name = CString::new(voice).map_err(|_| EspeakError::UnknownVoice(voice.to_string()))?;
-        // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-        let rc = unsafe { (state.api.set_voice_by_name)(name.as_ptr()) };
-        if rc != EE_OK {
-            state.voice = None;
-            return Err(EspeakError::UnknownVoice(voice.to_string()));
-        }
-        state.voice = Some(voice.to_string());
-        Ok(())
+        self.state().set_voice(voice)
     }
 
     /// IPA phonemes of `text` in the current voice, clause by clause as espeak-ng splits it.
@@ -257,20 +242,136 @@ impl Espeak {
         rate: u32,
         pitch: u32,
     ) -> Result<Vec<f32>, EspeakError> {
-        let state = self.state();
+        let _rand = RAND.lock().unwrap_or_else(PoisonError::into_inner);
+        self.state().synthesize(text, rate, pitch)
+    }
+}
+
+/// A copy of libespeak-ng of its own, started fresh: the same calls in the same order give the
+/// same samples, whatever else the process has spoken. Loading one (a copy of the library file
+/// and its start-up) takes a few milliseconds; it is unloaded when dropped.
+pub struct PrivateEspeak(State);
+
+impl PrivateEspeak {
+    pub fn open() -> Result<Self, EspeakError> {
+        // The shared copy tells where the library file is.
+        drop(Espeak::lock()?);
+        let original = loaded_library_path().ok_or_else(|| {
+            EspeakError::Failed(format!(
+                "{LIBRARY} is loaded but not found in /proc/self/maps"
+            ))
+        })?;
+        static COPIES: AtomicUsize = AtomicUsize::new(0);
+        let copy = std::env::temp_dir().join(format!(
+            "remotemedia-espeak-{}-{}.so",
+            std::process::id(),
+            COPIES.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::copy(&original, &copy)
+            .map_err(|e| EspeakError::Failed(format!("copying {}: {e}", original.display())))?;
+        let api = Api::open_named(&copy.to_string_lossy());
+        // Mapped now (or failed): the file itself is no longer needed.
+        let _ = std::fs::remove_file(&copy);
+        State::start(api?).map(Self)
+    }
+
+    pub fn sample_rate(&self) -> u32 {
+        self.0.sample_rate
+    }
+
+    /// As [`Espeak::set_voice`].
+    pub fn set_voice(&mut self, voice: &str) -> Result<(), EspeakError> {
+        self.0.set_voice(voice)
+    }
+
+    /// As [`Espeak::synthesize`], with the noise espeak-ng draws seeded the same way each
+    /// time.
+    pub fn synthesize(
+        &mut self,
+        text: &str,
+        rate: u32,
+        pitch: u32,
+    ) -> Result<Vec<f32>, EspeakError> {
+        let _rand = RAND.lock().unwrap_or_else(PoisonError::into_inner);
+        // SAFETY: `srand` only sets the C library's generator state; the lock keeps other
+        // syntheses from drawing from it until this one is done.
+        unsafe { srand(1) };
+        self.0.synthesize(text, rate, pitch)
+    }
+}
+
+impl Drop for PrivateEspeak {
+    fn drop(&mut self) {
+        // SAFETY: no call of this copy is running (`&mut self`); after this the copy is unloaded
+        // with its `Library` and never called again.
+        unsafe { (self.0.api.terminate)() };
+    }
+}
+
+/// Where the loaded libespeak-ng file is, from the process's memory map.
+fn loaded_library_path() -> Option<std::path::PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("libespeak-ng.so") && !p.contains("remotemedia-espeak-"))
+        .map(std::path::PathBuf::from)
+}
+
+impl State {
+    /// Initialises a freshly loaded library.
+    fn start(api: Api) -> Result<Self, EspeakError> {
+        // SAFETY: arguments as documented: synchronous output, default buffer, default data
+        // path (null), and the flag that makes a failure return instead of exiting.
+        let rate = unsafe {
+            (api.initialize)(
+                AUDIO_OUTPUT_SYNCHRONOUS,
+                0,
+                std::ptr::null(),
+                INITIALIZE_DONT_EXIT,
+            )
+        };
+        let Ok(sample_rate @ 1..) = u32::try_from(rate) else {
+            return Err(EspeakError::Initialize);
+        };
+        // SAFETY: `synth_callback` matches `t_espeak_callback` and stays valid for the life
+        // of the process; it only touches a thread-local buffer.
+        unsafe { (api.set_synth_callback)(Some(synth_callback)) };
+        Ok(Self {
+            api,
+            sample_rate,
+            voice: None,
+        })
+    }
+
+    fn set_voice(&mut self, voice: &str) -> Result<(), EspeakError> {
+        if self.voice.as_deref() == Some(voice) {
+            return Ok(());
+        }
+        let name = CString::new(voice).map_err(|_| EspeakError::UnknownVoice(voice.to_string()))?;
+        // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+        let rc = unsafe { (self.api.set_voice_by_name)(name.as_ptr()) };
+        if rc != EE_OK {
+            self.voice = None;
+            return Err(EspeakError::UnknownVoice(voice.to_string()));
+        }
+        self.voice = Some(voice.to_string());
+        Ok(())
+    }
+
+    fn synthesize(&mut self, text: &str, rate: u32, pitch: u32) -> Result<Vec<f32>, EspeakError> {
         let bytes = c_text(text);
         let to_int = |v: u32| c_int::try_from(v).unwrap_or(c_int::MAX);
         // SAFETY: plain integer parameters; out-of-range values are clamped by espeak-ng.
         unsafe {
-            (state.api.set_parameter)(PARAM_RATE, to_int(rate), 0);
-            (state.api.set_parameter)(PARAM_PITCH, to_int(pitch), 0);
+            (self.api.set_parameter)(PARAM_RATE, to_int(rate), 0);
+            (self.api.set_parameter)(PARAM_PITCH, to_int(pitch), 0);
         }
         SYNTH_BUFFER.with_borrow_mut(|b| b.clear());
         // SAFETY: `bytes` is NUL-terminated and outlives the call; in synchronous mode the call
         // returns only after the last callback, which ran on this thread and wrote to its
         // thread-local buffer. No identifier or user data is requested.
         let rc = unsafe {
-            (state.api.synth)(
+            (self.api.synth)(
                 bytes.as_ptr().cast(),
                 bytes.len(),
                 0,

@@ -7,6 +7,11 @@
 //! every node needed for the requested outputs from the requested inputs, with the initializers
 //! they use. It reads and writes just the handful of protobuf fields that takes; every other
 //! field of the model (opsets, IR version, metadata) is copied as it is.
+//!
+//! It also takes the randomness out of a graph ([`seeded_noise`]): ONNX Runtime draws
+//! `RandomNormalLike` from a generator that lives in the session and advances with every run,
+//! so the same input gives different audio from run to run and from instance to instance. Each
+//! such node is replaced by a slice of a noise table the caller passes in as a graph input.
 
 use std::collections::{HashMap, HashSet};
 
@@ -123,6 +128,7 @@ const NODE_OUTPUT: u64 = 2;
 const NODE_NAME: u64 = 3;
 const NODE_OP_TYPE: u64 = 4;
 const NODE_ATTRIBUTE: u64 = 5;
+const ATTRIBUTE_NAME: u64 = 1;
 const ATTRIBUTE_GRAPH: u64 = 6;
 const ATTRIBUTE_GRAPHS: u64 = 11;
 const TENSOR_NAME: u64 = 8;
@@ -327,6 +333,89 @@ fn holds_graph(attribute: &[u8]) -> Result<bool, SplitError> {
         .any(|a| matches!(a.number, ATTRIBUTE_GRAPH | ATTRIBUTE_GRAPHS)))
 }
 
+/// The model with each `RandomNormalLike` node (standard normal floats shaped like its input)
+/// replaced by the first values of a new graph input, a 1-D float table `noise_0`, `noise_1`,
+/// … (one per node, in graph order), reshaped to that shape: `Reshape(Slice(noise, 0, n),
+/// Shape(x))`, where `n` is the input's element count. A table shorter than `n` makes the run
+/// fail at the `Reshape`. Nodes with a `mean` or `scale` of their own are refused.
+pub fn seeded_noise(bytes: &[u8]) -> Result<Vec<u8>, SplitError> {
+    let mut model = Vec::with_capacity(bytes.len() + 1024);
+    let mut tables = Vec::new();
+    for f in fields(bytes)? {
+        if f.number != MODEL_GRAPH || f.wire != 2 {
+            model.extend_from_slice(f.raw);
+            continue;
+        }
+        let mut graph = Vec::with_capacity(f.payload.len() + 1024);
+        for g in fields(f.payload)? {
+            let random = g.number == GRAPH_NODE
+                && g.wire == 2
+                && parse_node(g.raw, g.payload)?.op_type == "RandomNormalLike";
+            if !random {
+                graph.extend_from_slice(g.raw);
+                continue;
+            }
+            let node = parse_node(g.raw, g.payload)?;
+            for a in fields(g.payload)?
+                .iter()
+                .filter(|a| a.number == NODE_ATTRIBUTE)
+            {
+                let name = name_field(a.payload, ATTRIBUTE_NAME)?.unwrap_or_default();
+                if name == "mean" || name == "scale" {
+                    return Err(err(format!("node {:?} sets its own {name}", node.name)));
+                }
+            }
+            let (&[x], &[y]) = (node.inputs.as_slice(), node.outputs.as_slice()) else {
+                return Err(err(format!(
+                    "node {:?} is not one input to one output",
+                    node.name
+                )));
+            };
+            let table = format!("noise_{}", tables.len());
+            let t = |what: &str| format!("{}/{table}_{what}", node.name);
+            let (shape, count, zero, flat) = (t("shape"), t("count"), t("zero"), t("flat"));
+            for (op, inputs, output) in [
+                ("Shape", vec![x], shape.as_str()),
+                ("ReduceProd", vec![shape.as_str()], count.as_str()),
+                ("Sub", vec![count.as_str(), count.as_str()], zero.as_str()),
+                (
+                    "Slice",
+                    vec![table.as_str(), zero.as_str(), count.as_str()],
+                    flat.as_str(),
+                ),
+                ("Reshape", vec![flat.as_str(), shape.as_str()], y),
+            ] {
+                let name = t(op);
+                put_bytes(
+                    &mut graph,
+                    GRAPH_NODE,
+                    &node_bytes(&name, op, &inputs, &[output]),
+                );
+            }
+            tables.push(table);
+        }
+        for table in &tables {
+            put_bytes(&mut graph, GRAPH_INPUT, &float_value_info(table));
+        }
+        put_bytes(&mut model, MODEL_GRAPH, &graph);
+    }
+    Ok(model)
+}
+
+/// A `NodeProto` without attributes.
+fn node_bytes(name: &str, op: &str, inputs: &[&str], outputs: &[&str]) -> Vec<u8> {
+    let mut n = Vec::new();
+    for i in inputs {
+        put_bytes(&mut n, NODE_INPUT, i.as_bytes());
+    }
+    for o in outputs {
+        put_bytes(&mut n, NODE_OUTPUT, o.as_bytes());
+    }
+    put_bytes(&mut n, NODE_NAME, name.as_bytes());
+    put_bytes(&mut n, NODE_OP_TYPE, op.as_bytes());
+    n
+}
+
 /// `ValueInfoProto { name, type: TypeProto { tensor_type: { elem_type: FLOAT } } }`.
 fn float_value_info(name: &str) -> Vec<u8> {
     let mut tensor = Vec::new();
@@ -344,25 +433,16 @@ fn float_value_info(name: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn node(name: &str, op: &str, inputs: &[&str], outputs: &[&str]) -> Vec<u8> {
-        let mut n = Vec::new();
-        for i in inputs {
-            put_bytes(&mut n, NODE_INPUT, i.as_bytes());
-        }
-        for o in outputs {
-            put_bytes(&mut n, NODE_OUTPUT, o.as_bytes());
-        }
-        put_bytes(&mut n, NODE_NAME, name.as_bytes());
-        put_bytes(&mut n, NODE_OP_TYPE, op.as_bytes());
-        n
-    }
-
     /// x -> A -> a -> B(w) -> b -> C -> y
     fn model() -> Vec<u8> {
         let mut g = Vec::new();
-        put_bytes(&mut g, GRAPH_NODE, &node("A", "Relu", &["x"], &["a"]));
-        put_bytes(&mut g, GRAPH_NODE, &node("B", "Mul", &["a", "w"], &["b"]));
-        put_bytes(&mut g, GRAPH_NODE, &node("C", "Neg", &["b"], &["y"]));
+        put_bytes(&mut g, GRAPH_NODE, &node_bytes("A", "Relu", &["x"], &["a"]));
+        put_bytes(
+            &mut g,
+            GRAPH_NODE,
+            &node_bytes("B", "Mul", &["a", "w"], &["b"]),
+        );
+        put_bytes(&mut g, GRAPH_NODE, &node_bytes("C", "Neg", &["b"], &["y"]));
         let mut w = Vec::new();
         put_bytes(&mut w, TENSOR_NAME, b"w");
         put_bytes(&mut g, GRAPH_INITIALIZER, &w);
@@ -406,5 +486,36 @@ mod tests {
         assert!(m.extract(&["x"], &["nope"]).is_err());
         assert!(Model::parse(&bytes[..bytes.len() - 3]).is_err());
         assert!(Model::parse(b"not a model at all").is_err());
+    }
+
+    #[test]
+    fn random_nodes_become_slices_of_noise_inputs() {
+        let mut g = Vec::new();
+        put_bytes(
+            &mut g,
+            GRAPH_NODE,
+            &node_bytes("R", "RandomNormalLike", &["x"], &["r"]),
+        );
+        put_bytes(
+            &mut g,
+            GRAPH_NODE,
+            &node_bytes("A", "Add", &["x", "r"], &["y"]),
+        );
+        put_bytes(&mut g, GRAPH_INPUT, &float_value_info("x"));
+        put_bytes(&mut g, GRAPH_OUTPUT, &float_value_info("y"));
+        let mut m = Vec::new();
+        put_bytes(&mut m, MODEL_GRAPH, &g);
+        let seeded = seeded_noise(&m).unwrap();
+        let parsed = Model::parse(&seeded).unwrap();
+        assert_eq!(parsed.input_names(), ["x", "noise_0"]);
+        let ops: Vec<&str> = parsed.nodes.iter().map(|n| n.op_type).collect();
+        assert_eq!(
+            ops,
+            ["Shape", "ReduceProd", "Sub", "Slice", "Reshape", "Add"]
+        );
+        assert_eq!(parsed.nodes[3].inputs[0], "noise_0");
+        assert_eq!(parsed.nodes[4].outputs, ["r"]);
+        // The cut still works on the rewritten graph.
+        assert!(parsed.extract(&["x", "noise_0"], &["y"]).is_ok());
     }
 }

@@ -18,6 +18,7 @@
 //! espeak-ng glue (`phonemes`), the loaded model and its runs (`voice`) and the cut (`split`).
 
 mod config;
+mod noise;
 mod phonemes;
 mod split;
 mod voice;
@@ -59,6 +60,9 @@ pub struct PiperTtsParams {
     /// Variation in phoneme durations (Piper's `noise_w`); default from the voice config.
     #[schemars(range(min = 0.0, max = 2.0))]
     pub noise_w: Option<f32>,
+    /// Seed of the voice's variation: the same sentence with the same settings and seed is
+    /// spoken with the same samples.
+    pub seed: u64,
     /// ONNX Runtime intra-op threads for the shared model: 2 halves the time to first audio of a
     /// single stream on two cores; 1 suits many concurrent streams.
     #[schemars(range(min = 1, max = 16))]
@@ -82,6 +86,7 @@ impl Default for PiperTtsParams {
             speed: 1.0,
             noise_scale: None,
             noise_w: None,
+            seed: 0,
             threads: 2,
             sentence_silence_ms: 200,
             with_text: false,
@@ -306,6 +311,7 @@ impl NodeType for PiperTTSNode {
             noise_scale: p.noise_scale.unwrap_or(defaults.noise_scale),
             length_scale: defaults.length_scale / p.speed,
             noise_w: p.noise_w.unwrap_or(defaults.noise_w),
+            seed: p.seed,
         };
         let rate = voice.config().sample_rate;
         Ok(Self {

@@ -1,5 +1,6 @@
 //! The cut of a voice model at its vocoder ([`crate::onnx_graph`]), so audio can come out in
-//! pieces, cached on disk so each model is cut once.
+//! pieces, cached on disk so each model is cut once. The encoder half also takes its noise as
+//! inputs ([`onnx_graph::seeded_noise`]), so synthesis is repeatable.
 
 use std::path::{Path, PathBuf};
 
@@ -35,7 +36,8 @@ pub(super) fn split_dir(model: &Path) -> std::io::Result<PathBuf> {
     let stem = model
         .file_stem()
         .map_or_else(|| "voice".into(), |s| s.to_string_lossy());
-    Ok(cache_root().join(format!("{stem}-{}-{mtime:x}", meta.len())))
+    // `v2`: the halves take their noise as inputs.
+    Ok(cache_root().join(format!("{stem}-{}-{mtime:x}-v2", meta.len())))
 }
 
 /// The encoder and vocoder files cut from `model`, written once into [`cache_root`] (keyed by
@@ -54,6 +56,7 @@ pub(super) fn split_model(model: &Path) -> Result<Option<(PathBuf, PathBuf)>, St
         return Ok(Some((encoder, vocoder)));
     }
     let bytes = std::fs::read(model).map_err(|e| e.to_string())?;
+    let bytes = onnx_graph::seeded_noise(&bytes).map_err(|e| e.to_string())?;
     let graph = onnx_graph::Model::parse(&bytes).map_err(|e| e.to_string())?;
     let Some(latent) = graph
         .node_input(VOCODER_ENTRY, 0)
@@ -63,6 +66,8 @@ pub(super) fn split_model(model: &Path) -> Result<Option<(PathBuf, PathBuf)>, St
     };
     let inputs = graph.input_names();
     let outputs = graph.output_names();
+    // The graph's inputs now include the noise tables, which the encoder reads; a vocoder
+    // that needed one would fail to extract ("needed but not given").
     let head = graph
         .extract(&inputs, &[latent])
         .map_err(|e| e.to_string())?;

@@ -8,19 +8,24 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use super::config::{VoiceConfig, config_path};
+use super::noise;
 use super::phonemes::{self, Prepared};
 use super::split::split_model;
 use crate::espeak::Espeak;
 use crate::models::{self, ModelError, SharedSession};
 use crate::tts::TtsError;
 
-/// Inference settings: Piper's `scales` input.
+/// Inference settings: Piper's `scales` input, and the seed of its noise.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Scales {
     pub noise_scale: f32,
     /// Duration multiplier: above 1 is slower.
     pub length_scale: f32,
     pub noise_w: f32,
+    /// Mixed with each sentence's phoneme ids into the seed of its noise: the same sentence,
+    /// scales and seed give the same samples (when the model could be cut; see
+    /// [`PiperVoice::repeatable`]).
+    pub seed: u64,
 }
 
 /// A loaded Piper voice: the shared model and its config. Cheap to clone.
@@ -30,6 +35,8 @@ pub struct PiperVoice {
     config: Arc<VoiceConfig>,
     /// The model takes a speaker id (multi-speaker voices); speaker 0 is used.
     takes_speaker: bool,
+    /// Noise tables the model takes as inputs (`noise_0`, …) instead of drawing its own.
+    noise_tables: usize,
 }
 
 /// How the model runs: cut in two at the vocoder when its graph allows (so audio can come out
@@ -58,6 +65,12 @@ impl PiperVoice {
     /// Loads the voice at `model` (config at `<model>.json`), shared with every other user of the
     /// same file and thread count, and checks that espeak-ng has its phonemiser voice.
     pub fn load(model: &Path, threads: usize) -> Result<Self, TtsError> {
+        Self::load_instance(model, threads, 0)
+    }
+
+    /// Like [`PiperVoice::load`], but copy `instance` of the model (0 is the shared one), for a
+    /// scheduler thread that runs it beside the others ([`models::session_instance`]).
+    pub fn load_instance(model: &Path, threads: usize, instance: usize) -> Result<Self, TtsError> {
         models::require_file(model)?;
         let config = VoiceConfig::load(&config_path(model))?;
         Espeak::lock()?.set_voice(&config.espeak_voice)?;
@@ -67,7 +80,7 @@ impl PiperVoice {
         });
         // A cut that ONNX Runtime will not load is no reason to refuse the voice itself.
         let halves = split.and_then(|(encoder, vocoder)| {
-            let load = |p: &Path| models::shared_session(p, threads);
+            let load = |p: &Path| models::session_instance(p, threads, instance);
             match (load(&encoder), load(&vocoder)) {
                 (Ok(e), Ok(v)) => Some((e, v)),
                 (Err(e), _) | (_, Err(e)) => {
@@ -76,22 +89,29 @@ impl PiperVoice {
                 }
             }
         });
-        let (graph, takes_speaker) = match halves {
+        let (graph, (takes_speaker, noise_tables)) = match halves {
             Some((encoder, vocoder)) => {
-                let takes_speaker = check_signature(&encoder.lock(), model)?;
-                (Graph::Split { encoder, vocoder }, takes_speaker)
+                let signature = check_signature(&encoder.lock(), model)?;
+                (Graph::Split { encoder, vocoder }, signature)
             }
             None => {
-                let whole = models::shared_session(model, threads)?;
-                let takes_speaker = check_signature(&whole.lock(), model)?;
-                (Graph::Whole(whole), takes_speaker)
+                let whole = models::session_instance(model, threads, instance)?;
+                let signature = check_signature(&whole.lock(), model)?;
+                (Graph::Whole(whole), signature)
             }
         };
         Ok(Self {
             graph,
             config: Arc::new(config),
             takes_speaker,
+            noise_tables,
         })
+    }
+
+    /// True when the model's noise comes from [`Scales::seed`], so a sentence always gives the
+    /// same samples; false for a model that could not be cut (ONNX Runtime draws its noise).
+    pub fn repeatable(&self) -> bool {
+        self.noise_tables > 0
     }
 
     /// True when the model was cut at its vocoder, so [`PiperVoice::synthesize_streaming`]
@@ -115,6 +135,7 @@ impl PiperVoice {
             noise_scale: self.config.noise_scale,
             length_scale: self.config.length_scale,
             noise_w: self.config.noise_w,
+            seed: 0,
         }
     }
 
@@ -214,12 +235,29 @@ impl PiperVoice {
         }
     }
 
-    /// Runs the model, or its encoder half, on one sentence; returns the first output.
+    /// Runs the model, or its encoder half, on one sentence; returns the first output. The noise
+    /// tables are sized for a sentence of up to ~12 latent frames per id at this speed; a
+    /// slower one fails on too short a table and is run again with tables four times longer
+    /// (which start with the same values, so the result is as if they had been long enough).
     fn run_front(
         &self,
         session: &mut Session,
         ids: &[i64],
         s: Scales,
+    ) -> ort::Result<(Vec<i64>, Vec<f32>)> {
+        let first = ids.len() * 2048 * s.length_scale.max(1.0).ceil() as usize;
+        match self.run_front_with(session, ids, s, first) {
+            Err(_) if self.noise_tables > 0 => self.run_front_with(session, ids, s, first * 4),
+            result => result,
+        }
+    }
+
+    fn run_front_with(
+        &self,
+        session: &mut Session,
+        ids: &[i64],
+        s: Scales,
+        table_len: usize,
     ) -> ort::Result<(Vec<i64>, Vec<f32>)> {
         let len = [ids.len() as i64];
         let scales = [s.noise_scale, s.length_scale, s.noise_w];
@@ -233,6 +271,16 @@ impl PiperVoice {
             inputs.push((
                 "sid".into(),
                 TensorRef::from_array_view(([1usize], speaker.as_slice()))?.into(),
+            ));
+        }
+        let seed = noise::sentence_seed(s.seed, ids);
+        let tables: Vec<Vec<f32>> = (0..self.noise_tables)
+            .map(|k| noise::normal_table(seed.wrapping_add(k as u64), table_len))
+            .collect();
+        for (k, table) in tables.iter().enumerate() {
+            inputs.push((
+                format!("noise_{k}").into(),
+                TensorRef::from_array_view(([table.len()], table.as_slice()))?.into(),
             ));
         }
         let outputs = session.run(inputs)?;
@@ -279,13 +327,16 @@ fn clamp(mut audio: Vec<f32>) -> Vec<f32> {
 }
 
 /// Rejects a model that is not a Piper voice when it loads, not at the first sentence; tells
-/// whether it takes a speaker id.
-fn check_signature(session: &Session, path: &Path) -> Result<bool, ModelError> {
+/// whether it takes a speaker id and how many noise tables (`noise_0`, … from the cut).
+fn check_signature(session: &Session, path: &Path) -> Result<(bool, usize), ModelError> {
     let mut inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+    let before = inputs.len();
+    inputs.retain(|name| !name.starts_with("noise_"));
+    let noise_tables = before - inputs.len();
     inputs.sort_unstable();
     match inputs.as_slice() {
-        ["input", "input_lengths", "scales"] => Ok(false),
-        ["input", "input_lengths", "scales", "sid"] => Ok(true),
+        ["input", "input_lengths", "scales"] => Ok((false, noise_tables)),
+        ["input", "input_lengths", "scales", "sid"] => Ok((true, noise_tables)),
         _ => Err(ModelError::Load {
             path: path.to_path_buf(),
             reason: format!(
