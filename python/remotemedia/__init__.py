@@ -8,6 +8,7 @@ processes, fed over shared memory.
 """
 
 from .data import Audio, Binary, Control, Image, Json, Output, RuntimeData, Text
+from .dub import Dub, dub
 from .node import FatalNodeError, Node, NodeError, register
 
 _RUST = None
@@ -27,6 +28,15 @@ def is_rust_runtime_available() -> bool:
     return _RUST
 
 
+def __getattr__(name):
+    # DubError lives in the native module, imported only when asked for.
+    if name == "DubError":
+        from ._native import DubError
+
+        return DubError
+    raise AttributeError(f"module 'remotemedia' has no attribute {name!r}")
+
+
 def _native_error() -> str:
     """Why the native runtime could not be imported."""
     is_rust_runtime_available()
@@ -36,6 +46,8 @@ __all__ = [
     "Audio",
     "Binary",
     "Control",
+    "Dub",
+    "DubError",
     "FatalNodeError",
     "Image",
     "Json",
@@ -44,6 +56,7 @@ __all__ = [
     "Output",
     "RuntimeData",
     "Text",
+    "dub",
     "is_rust_runtime_available",
     "register",
 ]

@@ -1,12 +1,11 @@
 //! `remotemedia dub`: subtitles to a timed speech track.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use remotemedia_core::subtitles::SubtitleFormat;
-use remotemedia_dub::{AudioFormat, DubError, DubOptions, VoiceSpec};
+use remotemedia_dub::{AudioFormat, DubError, DubOptions, Files, VoiceSpec};
 
 use crate::Invalid;
 
@@ -145,27 +144,12 @@ pub fn run(args: DubArgs) -> anyhow::Result<u8> {
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let bytes = remotemedia_dub::encode(&dubbed, format)?;
-    remotemedia_dub::write_file(&args.output, &bytes)
-        .with_context(|| format!("writing {}", args.output.display()))?;
-    if let Some(path) = &args.report {
-        let report = if has_extension(path, "json") {
-            dubbed.report.to_json()
-        } else {
-            dubbed.report.to_markdown()
-        };
-        remotemedia_dub::write_file(path, report.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = &args.subs_out {
-        let format = SubtitleFormat::from_extension(path).unwrap_or(dubbed.format);
-        let mut out = format.header().to_string();
-        for (n, cue) in dubbed.retimed.iter().enumerate() {
-            out.push_str(&format.cue(n + 1, cue.start, cue.end, &cue.text));
-        }
-        remotemedia_dub::write_file(path, out.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
+    let files = Files {
+        track: Some((args.output.clone(), format)),
+        report: args.report,
+        subs_out: args.subs_out,
+    };
+    remotemedia_dub::save(&dubbed, &files)?;
     let t = &dubbed.report.totals;
     for w in &dubbed.report.warnings {
         eprintln!("warning: {w}");
@@ -182,11 +166,6 @@ pub fn run(args: DubArgs) -> anyhow::Result<u8> {
         t.wall_ms as f64 / 1000.0,
     );
     Ok(0)
-}
-
-fn has_extension(path: &Path, ext: &str) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case(ext))
 }
 
 /// A bar over the cues, on stderr only when it is a terminal.

@@ -56,7 +56,6 @@ impl From<PcmArg> for SampleFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    Dub(dub::DubArgs),
     /// Run a pipeline over an input and print or write what it produces.
     ///
     /// Without a manifest, transcribes speech: the built-in pipeline (the same as
@@ -127,6 +126,7 @@ enum Command {
         #[arg(long, default_value = "auto", value_parser = parse_device)]
         device: remotemedia_runtime::Device,
     },
+    Dub(dub::DubArgs),
     /// Check a manifest without running it; prints every problem with its line and column.
     Validate {
         manifest: PathBuf,

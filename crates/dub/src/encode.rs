@@ -3,10 +3,12 @@
 //! ends on a whole FLAC block (4096 samples): up to 0.19 s of silence more than the WAV.
 
 use std::io::Cursor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use flacenc::component::BitRepr;
 use flacenc::error::Verify;
+
+use remotemedia_core::subtitles::SubtitleFormat;
 
 use crate::{DubError, Dubbed};
 
@@ -79,6 +81,42 @@ pub fn encode(track: &Dubbed, format: AudioFormat) -> Result<Vec<u8>, DubError> 
     }
 }
 
+/// The files a job writes, each optional: the track, the report (JSON for a `.json` name,
+/// Markdown otherwise) and the re-timed subtitles (SRT or WebVTT by extension, else the
+/// input's format).
+#[derive(Clone, Debug, Default)]
+pub struct Files {
+    pub track: Option<(PathBuf, AudioFormat)>,
+    pub report: Option<PathBuf>,
+    pub subs_out: Option<PathBuf>,
+}
+
+/// Writes `files`, each through a temporary name.
+pub fn save(dubbed: &Dubbed, files: &Files) -> Result<(), DubError> {
+    let write = |path: &Path, bytes: &[u8]| {
+        write_file(path, bytes)
+            .map_err(|e| DubError::Audio(format!("writing {}: {e}", path.display())))
+    };
+    if let Some((path, format)) = &files.track {
+        write(path, &encode(dubbed, *format)?)?;
+    }
+    if let Some(path) = &files.report {
+        let json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let text = match json {
+            true => dubbed.report.to_json(),
+            false => dubbed.report.to_markdown(),
+        };
+        write(path, text.as_bytes())?;
+    }
+    if let Some(path) = &files.subs_out {
+        let format = SubtitleFormat::from_extension(path).unwrap_or(dubbed.format);
+        write(path, dubbed.retimed_text(format).as_bytes())?;
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` through a temporary file beside it, renamed when complete.
 pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let name = path
@@ -96,7 +134,6 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use crate::Report;
-    use remotemedia_core::subtitles::SubtitleFormat;
 
     fn track(samples: Vec<f32>) -> Dubbed {
         Dubbed {

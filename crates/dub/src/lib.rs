@@ -30,7 +30,7 @@ use remotemedia_audio::resample::{Quality, resample};
 use remotemedia_core::subtitles::{self, Cue, SubtitleError, SubtitleFormat};
 
 pub use cache::Cache;
-pub use encode::{AudioFormat, encode, write_file};
+pub use encode::{AudioFormat, Files, encode, save, write_file};
 pub use report::{CueReport, Report, Totals};
 pub use voices::{Clip, Voice, VoiceMap, VoiceSpec, parse_assignment};
 
@@ -123,6 +123,17 @@ pub struct Dubbed {
     pub format: SubtitleFormat,
 }
 
+impl Dubbed {
+    /// The re-timed cues as a subtitle file in `format`.
+    pub fn retimed_text(&self, format: SubtitleFormat) -> String {
+        let mut out = format.header().to_string();
+        for (n, cue) in self.retimed.iter().enumerate() {
+            out.push_str(&format.cue(n + 1, cue.start, cue.end, &cue.text));
+        }
+        out
+    }
+}
+
 /// Progress of a job: cue syntheses done of those known so far (a second pass for the cues
 /// that are sped up adds to the total).
 pub type Progress<'a> = &'a (dyn Fn(usize, usize) + Send + Sync);
@@ -159,35 +170,7 @@ pub async fn dub(
         by_lang: options.voices.iter().cloned().collect(),
         by_character: options.characters.iter().cloned().collect(),
     };
-    let mut lines = Vec::new();
-    let mut skipped = Vec::new();
-    for cue in &cues {
-        let m = markup::read(&cue.text);
-        if m.text.is_empty() {
-            report.warnings.push(format!(
-                "cue {} (line {}) has no text: skipped",
-                cue.number, cue.line
-            ));
-            skipped.push(cue.clone());
-            continue;
-        }
-        let lang = m.lang.unwrap_or(&options.lang).to_string();
-        let voice = map
-            .choose(&lang, m.character)
-            .map_err(|message| DubError::NoVoice {
-                cue: cue.number,
-                line: cue.line,
-                message: format!("{message} (language {lang})"),
-                available: map.available(),
-            })?;
-        lines.push(Line {
-            cue: cue.clone(),
-            lang,
-            character: m.character.map(str::to_string),
-            text: m.text.to_string(),
-            voice,
-        });
-    }
+    let (lines, skipped) = assign_voices(&cues, &options.lang, &map, &mut report.warnings)?;
     let loaded = load_voices(&lines, &map).await?;
     for (spec, voice) in &loaded {
         if !voice.repeatable() {
@@ -199,7 +182,7 @@ pub async fn dub(
 
     // The original audio, and the track's format and length.
     let original = match &options.mix_with {
-        Some(path) => Some(read_audio(path).await?),
+        Some(path) => Some(read_audio(path, options.sample_rate).await?),
         None => None,
     };
     let rate = options
@@ -301,6 +284,7 @@ pub async fn dub(
         None => vec![0.0; length * ch],
     };
     if options.mix_with.is_some() {
+        // Under speech, the original is lowered.
         let regions: Vec<(usize, usize)> = placed
             .iter()
             .zip(&slots)
@@ -391,6 +375,45 @@ pub async fn dub(
 
 static JOBS: AtomicUsize = AtomicUsize::new(0);
 
+/// Each cue's text and voice; cues without text are skipped (and warned about). A cue whose
+/// language or character has no voice fails the job.
+fn assign_voices(
+    cues: &[Cue],
+    default_lang: &str,
+    map: &VoiceMap,
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<Line>, Vec<Cue>), DubError> {
+    let (mut lines, mut skipped) = (Vec::new(), Vec::new());
+    for cue in cues {
+        let m = markup::read(&cue.text);
+        if m.text.is_empty() {
+            warnings.push(format!(
+                "cue {} (line {}) has no text: skipped",
+                cue.number, cue.line
+            ));
+            skipped.push(cue.clone());
+            continue;
+        }
+        let lang = m.lang.unwrap_or(default_lang).to_string();
+        let voice = map
+            .choose(&lang, m.character)
+            .map_err(|message| DubError::NoVoice {
+                cue: cue.number,
+                line: cue.line,
+                message: format!("{message} (language {lang})"),
+                available: map.available(),
+            })?;
+        lines.push(Line {
+            cue: cue.clone(),
+            lang,
+            character: m.character.map(str::to_string),
+            text: m.text.to_string(),
+            voice,
+        });
+    }
+    Ok((lines, skipped))
+}
+
 /// The order cues are spoken in: by language, then character, then cue number, so that one
 /// voice's cues run together (what matters for engines that switch models; here it keeps a
 /// voice's instances busy together).
@@ -476,13 +499,31 @@ async fn load_voices(
     Ok(loaded)
 }
 
-/// The original audio, decoded whole.
-async fn read_audio(path: &Path) -> Result<remotemedia_audio::decode::Decoded, DubError> {
+/// The original audio, decoded whole and brought to `rate` if given.
+async fn read_audio(
+    path: &Path,
+    rate: Option<u32>,
+) -> Result<remotemedia_audio::decode::Decoded, DubError> {
     let p = path.to_path_buf();
-    tokio::task::spawn_blocking(move || remotemedia_audio::decode::read_all(&p))
+    let read = move || {
+        let mut audio = remotemedia_audio::decode::read_all(&p)
+            .map_err(|e| DubError::Audio(format!("{}: {e}", p.display())))?;
+        if let Some(rate) = rate.filter(|&r| r != audio.sample_rate) {
+            audio.samples = resample(
+                &audio.samples,
+                audio.channels,
+                audio.sample_rate,
+                rate,
+                Quality::Balanced,
+            )
+            .map_err(|e| DubError::Audio(format!("{}: {e}", p.display())))?;
+            audio.sample_rate = rate;
+        }
+        Ok(audio)
+    };
+    tokio::task::spawn_blocking(read)
         .await
         .map_err(|e| DubError::Audio(e.to_string()))?
-        .map_err(|e| DubError::Audio(format!("{}: {e}", path.display())))
 }
 
 /// The syntheses of one job and their counters.

@@ -7,6 +7,7 @@
 //! to the runtime as it is, and output audio comes back as a read-only numpy view of the
 //! runtime's buffer.
 
+mod dub;
 mod link;
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -464,5 +465,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SampleBuffer>()?;
     m.add_class::<link::WorkerLink>()?;
     m.add_function(wrap_pyfunction!(metrics_json, m)?)?;
+    m.add("DubError", m.py().get_type::<dub::DubError>())?;
+    m.add_function(wrap_pyfunction!(dub::dub, m)?)?;
     Ok(())
 }

@@ -21,6 +21,7 @@ pub mod auth;
 mod calls;
 pub mod config;
 mod convert;
+mod dub;
 pub mod http;
 mod openai;
 mod service;
@@ -50,6 +51,9 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
 }
+
+/// Largest dubbing request: room for the original audio of a long film as FLAC.
+const DUB_MAX_REQUEST: usize = 256 << 20;
 
 /// The gRPC service name, as health checks know it.
 pub const SERVICE_NAME: &str = "remotemedia.v1.PipelineService";
@@ -157,6 +161,12 @@ pub async fn start(
             shared: Arc::clone(&shared),
         })
         .max_decoding_message_size(max_message);
+    // A dubbing request carries a whole subtitle file and may carry the original audio.
+    let dubbing_service =
+        proto::dubbing_service_server::DubbingServiceServer::new(dub::Service {
+            shared: Arc::clone(&shared),
+        })
+        .max_decoding_message_size(max_message.max(DUB_MAX_REQUEST));
     let check = {
         let (auth, shared) = (auth.clone(), Arc::clone(&shared));
         move |req: tonic::Request<()>| auth.check(req).map_err(|s| shared.stats.refuse(s))
@@ -175,6 +185,7 @@ pub async fn start(
         .add_service(health_service)
         .add_service(InterceptedService::new(reflection, check.clone()))
         .add_service(InterceptedService::new(reflection_alpha, check.clone()))
+        .add_service(InterceptedService::new(dubbing_service, check.clone()))
         .add_service(InterceptedService::new(pipeline_service, check));
     let grpc_stop = until(stopped.clone());
     tasks.push(tokio::spawn(async move {
