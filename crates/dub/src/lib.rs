@@ -134,9 +134,17 @@ impl Dubbed {
     }
 }
 
-/// Progress of a job: cue syntheses done of those known so far (a second pass for the cues
-/// that are sped up adds to the total).
+/// Progress of a job: cues spoken, of all cues to speak.
 pub type Progress<'a> = &'a (dyn Fn(usize, usize) + Send + Sync);
+
+/// What was said for one cue: the length of its speech at natural speed, the speed used, and
+/// the speech placed on the track (trimmed, at the track's rate).
+#[derive(Clone, Default)]
+struct Said {
+    natural: usize,
+    speed: f32,
+    spoken: Vec<f32>,
+}
 
 /// A cue to speak, with its voice.
 struct Line {
@@ -145,12 +153,6 @@ struct Line {
     character: Option<String>,
     text: String,
     voice: VoiceSpec,
-}
-
-/// One synthesis to do: cue `index` of the spoken lines at `speed`.
-struct Work {
-    index: usize,
-    speed: f32,
 }
 
 /// Dubs `subtitles` (the text of an SRT or WebVTT file).
@@ -214,17 +216,10 @@ pub async fn dub(
             workers: options.workers.max(1),
             progress,
             done: AtomicUsize::new(0),
-            total: AtomicUsize::new(lines.len()),
             synthesized: AtomicUsize::new(0),
             hits: AtomicUsize::new(0),
             cached: Mutex::new(BTreeSet::new()),
         };
-    let order = work_order(&lines);
-    let mut natural = vec![Vec::new(); lines.len()];
-    let first = order.iter().map(|&index| Work { index, speed: 1.0 });
-    for (&i, clip) in order.iter().zip(job.run(first.collect()).await?) {
-        natural[i] = clip;
-    }
     let mut by_start: Vec<usize> = (0..lines.len()).collect();
     by_start.sort_by_key(|&i| (lines[i].cue.start, lines[i].cue.number));
     let start = |i: usize| to_samples(lines[i].cue.start);
@@ -232,24 +227,12 @@ pub async fn dub(
     for w in by_start.windows(2) {
         slot_end[w[0]] = start(w[1]);
     }
-    let slot = |i: usize| slot_end[i].saturating_sub(start(i));
-    let speeds: Vec<f32> = (0..lines.len())
-        .map(|i| fit::speed_for(natural[i].len(), slot(i), options.max_speedup))
+    let slot_len: Vec<usize> = (0..lines.len())
+        .map(|i| slot_end[i].saturating_sub(start(i)))
         .collect();
-    let faster: Vec<Work> = order
-        .iter()
-        .filter(|&&i| speeds[i] > 1.0)
-        .map(|&index| Work {
-            index,
-            speed: speeds[index],
-        })
-        .collect();
-    job.total.fetch_add(faster.len(), Relaxed);
-    let mut spoken = natural.clone();
-    let indices: Vec<usize> = faster.iter().map(|w| w.index).collect();
-    for (i, clip) in indices.into_iter().zip(job.run(faster).await?) {
-        spoken[i] = clip;
-    }
+    let said = job
+        .run(work_order(&lines), &slot_len, options.max_speedup)
+        .await?;
 
     // Place the speech and make the track.
     let slots: Vec<fit::Slot> = by_start
@@ -257,7 +240,7 @@ pub async fn dub(
         .map(|&i| fit::Slot {
             start: start(i),
             end: slot_end[i],
-            len: spoken[i].len(),
+            len: said[i].spoken.len(),
         })
         .collect();
     let placed = fit::place(&slots);
@@ -297,18 +280,19 @@ pub async fn dub(
     let mut rows = BTreeMap::new();
     for (&i, p) in by_start.iter().zip(&placed) {
         let line = &lines[i];
-        mix::add(&mut track, ch, p.at, &spoken[i]);
+        let spoken = &said[i].spoken;
+        mix::add(&mut track, ch, p.at, spoken);
         let to_time =
             |n: usize| Duration::from_nanos((n as u128 * 1_000_000_000 / u128::from(rate)) as u64);
         retimed.push(Cue {
             start: to_time(p.at),
-            end: to_time(p.at + spoken[i].len()),
+            end: to_time(p.at + spoken.len()),
             text: line.cue.text.clone(),
             ..line.cue.clone()
         });
         let status = if p.overflow > 0 {
             "overflows"
-        } else if speeds[i] > 1.0 {
+        } else if said[i].speed > 1.0 {
             "sped up"
         } else {
             "fits"
@@ -320,14 +304,14 @@ pub async fn dub(
                 line: line.cue.line,
                 start_ms: line.cue.start.as_millis() as u64,
                 end_ms: line.cue.end.as_millis() as u64,
-                slot_ms: ms(slot(i), rate),
+                slot_ms: ms(slot_len[i], rate),
                 lang: line.lang.clone(),
                 character: line.character.clone(),
                 voice: line.voice.to_string(),
                 text: line.text.clone(),
-                natural_ms: ms(natural[i].len(), rate),
-                speed: speeds[i],
-                spoken_ms: ms(spoken[i].len(), rate),
+                natural_ms: ms(said[i].natural, rate),
+                speed: said[i].speed,
+                spoken_ms: ms(spoken.len(), rate),
                 at_ms: ms(p.at, rate),
                 delay_ms: ms(p.delay, rate),
                 overflow_ms: ms(p.overflow, rate),
@@ -537,7 +521,6 @@ struct Job<'a> {
     workers: usize,
     progress: Progress<'a>,
     done: AtomicUsize,
-    total: AtomicUsize,
     synthesized: AtomicUsize,
     hits: AtomicUsize,
     /// Cues whose audio came from the cache.
@@ -545,28 +528,47 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// Runs `work` with `workers` syntheses in flight, taken in the given order; returns each
-    /// clip (trimmed, at the track's rate) in the order of `work`. The first cue that cannot
-    /// be spoken (after one retry) ends the run.
-    async fn run(&self, work: Vec<Work>) -> Result<Vec<Vec<f32>>, DubError> {
-        let count = work.len();
-        let queue = Mutex::new(work.into_iter().enumerate().collect::<VecDeque<_>>());
-        let results = Mutex::new(vec![Vec::new(); count]);
+    /// Speaks the lines in `order`, `workers` at a time: each at natural speed, then, if that
+    /// overruns its slot (`slots`, in samples), again as fast as it needs up to `max_speedup`.
+    /// Returns what was said for each line, by line index. The first cue that cannot be
+    /// spoken (after one retry) ends the run.
+    async fn run(
+        &self,
+        order: Vec<usize>,
+        slots: &[usize],
+        max_speedup: f32,
+    ) -> Result<Vec<Said>, DubError> {
+        let count = order.len();
+        let queue = Mutex::new(VecDeque::from(order));
+        let results = Mutex::new(vec![Said::default(); count]);
         let failed = AtomicBool::new(false);
         let worker = || async {
             loop {
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                let Some((slot, w)) = next else {
+                let Some(i) = next else {
                     return Ok(());
                 };
                 if failed.load(Relaxed) {
                     return Ok(());
                 }
-                match self.clip(&w).await {
-                    Ok(clip) => {
-                        results.lock().unwrap_or_else(|e| e.into_inner())[slot] = clip;
+                let said = async {
+                    let natural = self.clip(i, 1.0).await?;
+                    let speed = fit::speed_for(natural.len(), slots[i], max_speedup);
+                    let spoken = match speed > 1.0 {
+                        true => self.clip(i, speed).await?,
+                        false => natural.clone(),
+                    };
+                    Ok::<_, DubError>(Said {
+                        natural: natural.len(),
+                        speed,
+                        spoken,
+                    })
+                };
+                match said.await {
+                    Ok(said) => {
+                        results.lock().unwrap_or_else(|e| e.into_inner())[i] = said;
                         let done = self.done.fetch_add(1, Relaxed) + 1;
-                        (self.progress)(done, self.total.load(Relaxed));
+                        (self.progress)(done, count);
                     }
                     Err(e) => {
                         failed.store(true, Relaxed);
@@ -586,10 +588,10 @@ impl Job<'_> {
 
     /// One cue at one speed: from the cache, or spoken (retried once), then trimmed and brought
     /// to the track's rate.
-    async fn clip(&self, w: &Work) -> Result<Vec<f32>, DubError> {
-        let line = &self.lines[w.index];
+    async fn clip(&self, index: usize, speed: f32) -> Result<Vec<f32>, DubError> {
+        let line = &self.lines[index];
         let voice = &self.voices[&line.voice];
-        let key = format!("{}|speed{:.3}|{}", voice.cache_id(), w.speed, line.text);
+        let key = format!("{}|speed{:.3}|{}", voice.cache_id(), speed, line.text);
         let cached = self.cache.as_ref().and_then(|c| c.get(&key));
         let clip = match cached {
             Some(clip) => {
@@ -599,10 +601,10 @@ impl Job<'_> {
                 clip
             }
             None => {
-                let mut spoken = voice.speak(&self.id, &line.text, w.speed).await;
+                let mut spoken = voice.speak(&self.id, &line.text, speed).await;
                 if let Err(e) = &spoken {
                     tracing::warn!(cue = line.cue.number, "speaking failed, retrying once: {e}");
-                    spoken = voice.speak(&self.id, &line.text, w.speed).await;
+                    spoken = voice.speak(&self.id, &line.text, speed).await;
                 }
                 let clip = spoken.map_err(|message| DubError::Synthesis {
                     cue: line.cue.number,
