@@ -46,24 +46,29 @@ fn voices(pairs: Vec<(String, String)>) -> PyResult<Vec<(String, VoiceSpec)>> {
         .collect()
 }
 
+/// (interleaved float32 samples, channels, sample rate, report JSON, re-timed cues).
+type Track<'py> = (Bound<'py, PyArray1<f32>>, u16, u32, String, String);
+
 /// Dubs `subtitles` (the file's text) with `options` (JSON); writes the files asked for and
-/// returns (interleaved float32 samples, channels, sample rate, report JSON, re-timed cues).
+/// returns the [`Track`].
 #[pyfunction]
-pub fn dub<'py>(
-    py: Python<'py>,
-    subtitles: &str,
-    options: &str,
-) -> PyResult<(Bound<'py, PyArray1<f32>>, u16, u32, String, String)> {
+pub fn dub<'py>(py: Python<'py>, subtitles: &str, options: &str) -> PyResult<Track<'py>> {
     let o: Options = serde_json::from_str(options).map_err(|e| DubError::new_err(e.to_string()))?;
     let defaults = DubOptions::default();
     if let Some(s) = o.max_speedup
         && !(1.0..=4.0).contains(&s)
     {
-        return Err(DubError::new_err(format!("max_speedup {s}: expected 1 to 4")));
+        return Err(DubError::new_err(format!(
+            "max_speedup {s}: expected 1 to 4"
+        )));
     }
     let duration = match o.duration {
         Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
-        Some(s) => return Err(DubError::new_err(format!("duration {s}: expected seconds above 0"))),
+        Some(s) => {
+            return Err(DubError::new_err(format!(
+                "duration {s}: expected seconds above 0"
+            )));
+        }
         None => None,
     };
     let options = DubOptions {
@@ -81,7 +86,11 @@ pub fn dub<'py>(
     let format = match o.format.as_deref() {
         Some("wav") => Some(AudioFormat::Wav),
         Some("flac") => Some(AudioFormat::Flac),
-        Some(f) => return Err(DubError::new_err(format!("format {f:?}: expected wav or flac"))),
+        Some(f) => {
+            return Err(DubError::new_err(format!(
+                "format {f:?}: expected wav or flac"
+            )));
+        }
         None => None,
     };
     let files = Files {

@@ -47,7 +47,9 @@ impl proto::dubbing_service_server::DubbingService for Service {
                 0 => defaults.workers,
                 n => (n as usize).min(defaults.workers),
             },
-            lang: Some(req.lang).filter(|l| !l.is_empty()).unwrap_or(defaults.lang),
+            lang: Some(req.lang)
+                .filter(|l| !l.is_empty())
+                .unwrap_or(defaults.lang),
             voices: voices(req.voices)?,
             characters: voices(req.characters)?,
             max_speedup: match req.max_speedup {

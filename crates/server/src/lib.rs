@@ -162,11 +162,10 @@ pub async fn start(
         })
         .max_decoding_message_size(max_message);
     // A dubbing request carries a whole subtitle file and may carry the original audio.
-    let dubbing_service =
-        proto::dubbing_service_server::DubbingServiceServer::new(dub::Service {
-            shared: Arc::clone(&shared),
-        })
-        .max_decoding_message_size(max_message.max(DUB_MAX_REQUEST));
+    let dubbing_service = proto::dubbing_service_server::DubbingServiceServer::new(dub::Service {
+        shared: Arc::clone(&shared),
+    })
+    .max_decoding_message_size(max_message.max(DUB_MAX_REQUEST));
     let check = {
         let (auth, shared) = (auth.clone(), Arc::clone(&shared));
         move |req: tonic::Request<()>| auth.check(req).map_err(|s| shared.stats.refuse(s))

@@ -3,7 +3,6 @@
 //! server loaded once; bad subtitles, a cue without a voice, a voice file and a missing token
 //! get their statuses. Needs the models and the Python environment.
 
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,13 +62,29 @@ async fn grpcio_dubs_subtitles_on_the_servers_voices() {
     assert_eq!(r["wav"]["sample_rate"], 22_050);
     assert_eq!(r["wav"]["report"]["spoken"], 2);
     assert_eq!(r["flac"]["format"], "flac");
-    assert!(r["wav"]["retimed"].as_str().unwrap().contains("Guten Morgen."));
-    let status = |k: &str| (r[k][0].as_str().unwrap().to_string(), r[k][1].as_str().unwrap().to_string());
+    assert!(
+        r["wav"]["retimed"]
+            .as_str()
+            .unwrap()
+            .contains("Guten Morgen.")
+    );
+    let status = |k: &str| {
+        (
+            r[k][0].as_str().unwrap().to_string(),
+            r[k][1].as_str().unwrap().to_string(),
+        )
+    };
     assert_eq!(status("no_token").0, "UNAUTHENTICATED");
     let (code, msg) = status("bad_time");
-    assert!(code == "INVALID_ARGUMENT" && msg.contains("line 2"), "{code}: {msg}");
+    assert!(
+        code == "INVALID_ARGUMENT" && msg.contains("line 2"),
+        "{code}: {msg}"
+    );
     let (code, msg) = status("no_character");
-    assert!(code == "INVALID_ARGUMENT" && msg.contains("cue 2 (line 6)") && msg.contains("`Bob`"), "{code}: {msg}");
+    assert!(
+        code == "INVALID_ARGUMENT" && msg.contains("cue 2 (line 6)") && msg.contains("`Bob`"),
+        "{code}: {msg}"
+    );
     assert_eq!(status("voice_file").0, "PERMISSION_DENIED");
     assert_eq!(status("bad_format").0, "INVALID_ARGUMENT");
 
@@ -81,7 +96,10 @@ async fn grpcio_dubs_subtitles_on_the_servers_voices() {
         .await
         .unwrap();
     let wav = remotemedia_dub::encode(&here, remotemedia_dub::AudioFormat::Wav).unwrap();
-    assert!(std::fs::read(out.join("dub.wav")).unwrap() == wav, "the call's track differs");
+    assert!(
+        std::fs::read(out.join("dub.wav")).unwrap() == wav,
+        "the call's track differs"
+    );
     assert_eq!(voice_loads(), loads, "the voice was loaded again");
     let flac = remotemedia_audio::decode::read_all(&out.join("dub.flac")).unwrap();
     assert!(flac.samples.len() >= here.samples.len());
