@@ -267,8 +267,26 @@ impl PrivateEspeak {
             std::process::id(),
             COPIES.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::copy(&original, &copy)
-            .map_err(|e| EspeakError::Failed(format!("copying {}: {e}", original.display())))?;
+        // A new file only the owner can touch (never one planted under that name), since the
+        // process runs its code.
+        let failed =
+            |e: std::io::Error| EspeakError::Failed(format!("copying {}: {e}", original.display()));
+        let mut to = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o700)
+                .open(&copy)
+                .map_err(failed)?
+        };
+        let copied =
+            std::fs::File::open(&original).and_then(|mut from| std::io::copy(&mut from, &mut to));
+        drop(to);
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&copy);
+            return Err(failed(e));
+        }
         let api = Api::open_named(&copy.to_string_lossy());
         // Mapped now (or failed): the file itself is no longer needed.
         let _ = std::fs::remove_file(&copy);
