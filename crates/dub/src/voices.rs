@@ -165,8 +165,9 @@ impl Voice {
     pub fn load(spec: &VoiceSpec) -> Result<Self, String> {
         match spec {
             VoiceSpec::Piper(path) => {
-                let voice = PiperVoice::load_instance(path, 1, 0).map_err(|e| e.to_string())?;
+                // The scheduler loads its copies in parallel; copy 0 is then the pool's.
                 let scheduler = piper_scheduler(path).map_err(|e| e.to_string())?;
+                let voice = PiperVoice::load_instance(path, 1, 0).map_err(|e| e.to_string())?;
                 Ok(Self::Piper {
                     voice,
                     scheduler,
