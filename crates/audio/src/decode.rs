@@ -245,11 +245,32 @@ impl FileDecoder {
         if file.metadata().map_err(io)?.len() == 0 {
             return Err(DecodeError::Empty { name });
         }
+        let ext = path.extension().and_then(|e| e.to_str());
+        Self::from_source(name, Box::new(file), ext, frame_ms)
+    }
+
+    /// Like [`FileDecoder::open`], for a file's bytes already in memory (`name` names them in
+    /// errors).
+    pub fn from_bytes(name: &str, bytes: Vec<u8>, frame_ms: u32) -> Result<Self, DecodeError> {
+        let frame_ms = check_frame_ms(frame_ms)?;
+        if bytes.is_empty() {
+            return Err(DecodeError::Empty { name: name.into() });
+        }
+        let source = Box::new(std::io::Cursor::new(bytes));
+        Self::from_source(name.to_string(), source, None, frame_ms)
+    }
+
+    fn from_source(
+        name: String,
+        source: Box<dyn symphonia::core::io::MediaSource>,
+        extension: Option<&str>,
+        frame_ms: u32,
+    ) -> Result<Self, DecodeError> {
         let mut hint = Hint::new();
-        if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+        if let Some(ext) = extension {
             hint.with_extension(ext);
         }
-        let mss = MediaSourceStream::new(Box::new(file), Default::default());
+        let mss = MediaSourceStream::new(source, Default::default());
         let probed = guard(|| {
             symphonia::default::get_probe().probe(
                 &hint,

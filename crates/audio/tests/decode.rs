@@ -510,3 +510,30 @@ fn a_format_change_mid_stream_is_an_error_after_the_good_part() {
         "{msg}"
     );
 }
+
+/// Bytes already in memory decode as the file does (the fuzz target and callers holding an
+/// upload use this), and empty bytes are refused as an empty file is.
+#[test]
+fn bytes_decode_like_the_file() {
+    for name in [
+        "tone_440_22050_mono.wav",
+        "tone_440_660_44100_stereo.flac",
+        "tone_440_22050_mono.mp3",
+        "tone_440_22050_mono.ogg",
+    ] {
+        let from_file = decode_streaming(name, 20);
+        let bytes = std::fs::read(data(name)).unwrap();
+        let decoder = remotemedia_audio::decode::FileDecoder::from_bytes(name, bytes, 20).unwrap();
+        let from_bytes = remotemedia_audio::decode::collect(decoder).unwrap();
+        assert_eq!(from_bytes.samples, from_file.samples, "{name}");
+        assert_eq!(
+            (from_bytes.sample_rate, from_bytes.channels),
+            (from_file.sample_rate, from_file.channels)
+        );
+    }
+    let empty = remotemedia_audio::decode::FileDecoder::from_bytes("upload", Vec::new(), 20);
+    assert!(matches!(
+        empty,
+        Err(remotemedia_audio::decode::DecodeError::Empty { .. })
+    ));
+}
