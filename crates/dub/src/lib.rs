@@ -552,14 +552,15 @@ impl Job<'_> {
                     return Ok(());
                 }
                 let said = async {
-                    let natural = self.clip(i, 1.0).await?;
-                    let speed = fit::speed_for(natural.len(), slots[i], max_speedup);
+                    let spoken = self.clip(i, 1.0).await?;
+                    let natural = spoken.len();
+                    let speed = fit::speed_for(natural, slots[i], max_speedup);
                     let spoken = match speed > 1.0 {
                         true => self.clip(i, speed).await?,
-                        false => natural.clone(),
+                        false => spoken,
                     };
                     Ok::<_, DubError>(Said {
-                        natural: natural.len(),
+                        natural,
                         speed,
                         spoken,
                     })
