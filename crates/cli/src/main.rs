@@ -324,8 +324,10 @@ fn server_config(args: ServeArgs) -> anyhow::Result<remotemedia_server::ServerCo
     Ok(config)
 }
 
-/// Serves until Ctrl-C or SIGTERM, then ends every session and stops.
+/// Serves until Ctrl-C or SIGTERM, then drains (up to `shutdown.drain_timeout_ms`; a second
+/// signal cuts it short), ends the sessions left and stops.
 async fn serve(runtime: Runtime, config: remotemedia_server::ServerConfig) -> anyhow::Result<u8> {
+    let drain_timeout = Duration::from_millis(config.shutdown.drain_timeout_ms);
     let server = remotemedia_server::start(config, Arc::new(runtime))
         .await
         .map_err(|e| Invalid(format!("{e:#}")))?;
@@ -338,9 +340,20 @@ async fn serve(runtime: Runtime, config: remotemedia_server::ServerConfig) -> an
             .unwrap_or_default()
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut signal = async || {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    signal().await;
+    eprintln!(
+        "draining: no new sessions; open ones may go on for up to {:.0} s (again to stop now)",
+        drain_timeout.as_secs_f64()
+    );
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        _ = server.drain(drain_timeout) => {}
+        _ = signal() => eprintln!("stopping now"),
     }
     eprintln!("shutting down");
     server.shutdown().await;

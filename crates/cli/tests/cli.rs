@@ -482,10 +482,17 @@ fn venv_python() -> PathBuf {
     p
 }
 
-#[test]
-fn serve_takes_tokens_from_the_environment_and_stops_cleanly_on_sigterm() {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let token = "env-token-0123456789abcdef";
+/// `remotemedia serve` on loopback ports with the `gain` pipeline and `env`, ready: the child,
+/// its stderr after the first line, and the gRPC and HTTP addresses it printed.
+fn spawn_serve(
+    env: &[(&str, String)],
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStderr>,
+    String,
+    String,
+) {
+    use std::io::BufRead;
     let mut server = bin()
         .args([
             "serve",
@@ -496,14 +503,11 @@ fn serve_takes_tokens_from_the_environment_and_stops_cleanly_on_sigterm() {
             "--pipeline",
         ])
         .arg(format!("gain={}", repo("examples/gain.yaml").display()))
-        .env(
-            "REMOTEMEDIA_TOKENS",
-            format!("other-token-0123456789, {token}"),
-        )
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = BufReader::new(server.stderr.take().unwrap());
+    let mut err = std::io::BufReader::new(server.stderr.take().unwrap());
     let mut line = String::new();
     err.read_line(&mut line).unwrap();
     // serving gRPC on 127.0.0.1:P, metrics, health and the browser page on http://127.0.0.1:Q/;
@@ -523,20 +527,102 @@ fn serve_takes_tokens_from_the_environment_and_stops_cleanly_on_sigterm() {
         .unwrap()
         .trim_end_matches('/')
         .to_string();
-    let get = |path: &str| {
-        let mut tcp = std::net::TcpStream::connect(&http).unwrap();
-        write!(
-            tcp,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut text = String::new();
-        tcp.read_to_string(&mut text).unwrap();
-        text
-    };
-    while !get("/readyz").starts_with("HTTP/1.1 200") {
+    while !http_get(&http, "/readyz").starts_with("HTTP/1.1 200") {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    (server, err, grpc, http)
+}
+
+fn http_get(http: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(http).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).unwrap();
+    text
+}
+
+fn sigterm(child: &std::process::Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+}
+
+/// SIGTERM drains: not ready at once, the stream in progress finishes, then the server exits
+/// 0. A second SIGTERM stops a drain at once, ending the streams left with UNAVAILABLE.
+#[test]
+fn serve_drains_on_sigterm_and_stops_at_once_on_a_second() {
+    use std::io::Read;
+    let stream = |grpc: &str| {
+        Command::new(venv_python())
+            .arg(repo("examples/grpc_client/client.py"))
+            .args(["--addr", grpc, "--pipeline", "gain", "--speed", "2"])
+            .arg(repo("models/samples/beckett.wav"))
+            .env("REMOTEMEDIA_STUBS_DIR", temp("stubs"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let wait_streaming = |http: &str| {
+        while !http_get(http, "/metrics").contains("remotemedia_sessions_active 1") {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+
+    let (mut server, mut err, grpc, http) = spawn_serve(&[]);
+    let client = stream(&grpc);
+    wait_streaming(&http);
+    sigterm(&server);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(http_get(&http, "/readyz").starts_with("HTTP/1.1 503"));
+    let done = client.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&done.stderr).into_owned();
+    assert!(done.status.success() && said.contains("closed"), "{said}");
+    let status = server.wait().unwrap();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{status:?}: {rest}");
+    assert!(
+        rest.contains("draining") && !rest.contains("stopping now"),
+        "{rest}"
+    );
+
+    let (mut server, mut err, grpc, http) = spawn_serve(&[]);
+    let client = stream(&grpc);
+    wait_streaming(&http);
+    sigterm(&server);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let stopped = std::time::Instant::now();
+    sigterm(&server);
+    let status = server.wait().unwrap();
+    assert!(stopped.elapsed() < std::time::Duration::from_secs(5));
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{status:?}: {rest}");
+    assert!(rest.contains("stopping now"), "{rest}");
+    let cut = client.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&cut.stderr).into_owned();
+    assert!(
+        !cut.status.success() && said.contains("UNAVAILABLE"),
+        "{said}"
+    );
+}
+
+#[test]
+fn serve_takes_tokens_from_the_environment_and_stops_cleanly_on_sigterm() {
+    use std::io::Read;
+    let token = "env-token-0123456789abcdef";
+    let (mut server, mut err, grpc, http) = spawn_serve(&[(
+        "REMOTEMEDIA_TOKENS",
+        format!("other-token-0123456789, {token}"),
+    )]);
+    let get = |path: &str| http_get(&http, path);
     assert!(get("/v1/pipelines").contains("\"gain\""));
 
     let wav = repo("models/samples/beckett.wav");
@@ -561,10 +647,7 @@ fn serve_takes_tokens_from_the_environment_and_stops_cleanly_on_sigterm() {
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert!(stderr(&ok).contains("closed"), "{}", stderr(&ok));
 
-    Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
+    sigterm(&server);
     let status = server.wait().unwrap();
     let mut rest = String::new();
     err.read_to_string(&mut rest).unwrap();

@@ -111,6 +111,8 @@ pub struct Admission {
     capacity: CapacityConfig,
     /// Streams running per configured pipeline.
     streams: Arc<Mutex<BTreeMap<String, usize>>>,
+    /// Set when the server drains before stopping: no new session is admitted.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Admission {
@@ -129,13 +131,36 @@ impl Admission {
             client_manifests,
             capacity,
             streams: Default::default(),
+            draining: Default::default(),
         }
+    }
+
+    /// From now on every new session, call or request is refused with UNAVAILABLE; the ones
+    /// open go on.
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sessions (streams, calls, API requests, dubbing jobs) holding a slot now.
+    pub fn sessions_open(&self) -> usize {
+        self.limits.max_sessions - self.sessions.available_permits()
     }
 
     /// Admits one more stream of the configured pipeline `name` (`None`: a client's own
     /// manifest), or refuses it at once: over the pipeline's `max_streams`, a shared model
     /// past its queue-delay target, or every session slot in use.
     pub fn admit(&self, name: Option<&str>) -> Result<Ticket, Refusal> {
+        if self.is_draining() {
+            return Err(Refusal::new(
+                Reason::Unavailable,
+                "the server is draining before it stops: open the session on another server",
+            ));
+        }
         if let Some(why) = self.overloaded() {
             return Err(Refusal::new(Reason::ResourceExhausted, why));
         }

@@ -21,6 +21,7 @@ pub struct ServerConfig {
     pub webrtc: WebRtcConfig,
     pub capacity: CapacityConfig,
     pub openai: OpenAiConfig,
+    pub shutdown: ShutdownConfig,
     /// Where node types prefer to run, beside the runtime's defaults: read by the program
     /// that assembles the runtime (`remotemedia serve`).
     pub executor_rules: Vec<remotemedia_core::ExecutorRule>,
@@ -29,6 +30,24 @@ pub struct ServerConfig {
     /// Named pipelines given as manifest text, by programs that embed the server.
     #[serde(skip)]
     pub manifests: BTreeMap<String, String>,
+}
+
+/// How the server stops.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// On the first SIGTERM or Ctrl-C the server drains: it reports not ready, refuses new
+    /// sessions with UNAVAILABLE and lets open ones go on for up to this long, then ends those
+    /// left with UNAVAILABLE. A second signal stops it at once.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -293,6 +312,7 @@ mod tests {
         assert_eq!(c.executor_rules, d.executor_rules);
         assert_eq!(c.capacity, d.capacity);
         assert_eq!(c.openai, d.openai);
+        assert_eq!(c.shutdown, d.shutdown);
         let transcribe = &c.pipelines["transcribe"];
         assert!(transcribe.ends_with("examples/transcribe.yaml") && transcribe.exists());
         c.check().unwrap();

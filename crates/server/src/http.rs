@@ -65,7 +65,7 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    if *shared.shutdown.borrow() {
+    if *shared.shutdown.borrow() || shared.admission.is_draining() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down\n".to_string(),

@@ -65,6 +65,7 @@ pub struct RunningServer {
     shared: Arc<shared::Shared>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    health: tonic_health::server::HealthReporter,
 }
 
 impl RunningServer {
@@ -84,6 +85,31 @@ impl RunningServer {
     /// True once the configured pipelines' models are loaded.
     pub fn is_ready(&self) -> bool {
         self.shared.ready.load(Relaxed)
+    }
+
+    /// Drains: from now on the server reports not ready (`/readyz` 503, gRPC health
+    /// NOT_SERVING) and refuses new sessions, calls and requests with UNAVAILABLE, while the
+    /// open ones go on. Returns when none is left (true) or after `timeout` (false); then
+    /// [`RunningServer::shutdown`] ends what is left.
+    pub async fn drain(&self, timeout: std::time::Duration) -> bool {
+        self.shared.admission.start_draining();
+        for service in [SERVICE_NAME, ""] {
+            self.health
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let open = self.shared.admission.sessions_open();
+            if open == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(open, "drain timeout: ending the sessions left");
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// Ends every session with UNAVAILABLE, stops listening and waits for the servers to stop.
@@ -207,7 +233,7 @@ pub async fn start(
             }
         }));
     }
-    tasks.push(tokio::spawn(warm_up(Arc::clone(&shared), health)));
+    tasks.push(tokio::spawn(warm_up(Arc::clone(&shared), health.clone())));
     tracing::info!(
         grpc = %grpc_addr,
         http = ?http_addr,
@@ -221,6 +247,7 @@ pub async fn start(
         shared,
         stop,
         tasks,
+        health,
     })
 }
 
@@ -280,6 +307,9 @@ async fn warm_up(shared: Arc<shared::Shared>, health: tonic_health::server::Heal
         }
     }
     shared.ready.store(true, Relaxed);
+    if shared.admission.is_draining() {
+        return;
+    }
     health
         .set_service_status(SERVICE_NAME, tonic_health::ServingStatus::Serving)
         .await;

@@ -537,6 +537,93 @@ async fn shutdown_ends_live_sessions_with_unavailable() {
         .unwrap();
 }
 
+/// The gRPC health status of the pipeline service.
+async fn health_of(server: &remotemedia_server::RunningServer) -> i32 {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: remotemedia_server::SERVICE_NAME.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+#[tokio::test]
+async fn a_drain_refuses_new_sessions_and_lets_open_ones_finish() {
+    let server = std::sync::Arc::new(serve(|_| {}).await);
+    wait_ready(&server).await;
+    let http = server.http_addr().unwrap();
+    let mut c = client(&server).await;
+    let mut s = opened(&mut c, "upper").await;
+    let draining = {
+        let server = std::sync::Arc::clone(&server);
+        tokio::spawn(async move { server.drain(Duration::from_secs(30)).await })
+    };
+    // At once: not ready, not serving, new sessions refused.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while get(http, "/readyz").await.0 != 503 {
+        assert!(tokio::time::Instant::now() < deadline, "readyz still 200");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    assert_eq!(health_of(&server).await, not_serving);
+    let mut late = stream(&mut c, Request::new).await.unwrap();
+    late.tx.send(open("upper")).await.unwrap();
+    let refused = status_of(&mut late.rx).await;
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("draining"), "{refused:?}");
+    // The open session still works, and ends as its client ends it.
+    s.tx.send(text("shout.in", "still here")).await.unwrap();
+    let Some(Msg::Output(o)) = next(&mut s.rx).await.unwrap() else {
+        panic!("output")
+    };
+    assert!(
+        matches!(o.data.unwrap().kind, Some(proto::data::Kind::Text(t)) if t.text == "STILL HERE")
+    );
+    assert!(
+        !draining.is_finished(),
+        "the drain ended with a session open"
+    );
+    drop(s.tx);
+    assert!(matches!(
+        next(&mut s.rx).await.unwrap(),
+        Some(Msg::Closed(_))
+    ));
+    let drained = tokio::time::timeout(Duration::from_secs(5), draining)
+        .await
+        .expect("the drain ends when the last session does")
+        .unwrap();
+    assert!(drained);
+    let server = std::sync::Arc::into_inner(server).unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_drain_ends_the_sessions_left_at_its_timeout_with_unavailable() {
+    let server = serve(|_| {}).await;
+    let mut c = client(&server).await;
+    let mut s = opened(&mut c, "gain").await;
+    let started = tokio::time::Instant::now();
+    assert!(
+        !server.drain(Duration::from_millis(300)).await,
+        "a session was open"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let stopping = tokio::spawn(server.shutdown());
+    let err = status_of(&mut s.rx).await;
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown completes")
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_client_that_stops_reading_still_meets_the_duration_limit() {
     let server = serve(|c| {
