@@ -12,4 +12,4 @@ cd "$(dirname "$0")/.."
 ./scripts/setup-models.sh >/dev/null
 ./scripts/setup-python.sh >/dev/null
 export SOAK_SECONDS="${SOAK_SECONDS:-3600}"
-cargo test --release --locked -p remotemedia-server --features remotemedia-server/webrtc --test soak -- --ignored --nocapture
+cargo test --release --workspace --locked --features remotemedia-server/webrtc --test soak -- --ignored --nocapture

@@ -6,7 +6,7 @@
 //! descriptors, worker processes and shared-memory files are back where they were before.
 //!
 //! Slow: `#[ignore]`d, run by `./bench/soak.sh` (one hour) or
-//! `SOAK_SECONDS=300 cargo test --release -p remotemedia-server --test soak -- --ignored --nocapture`.
+//! `SOAK_SECONDS=300 cargo test --workspace --features remotemedia-server/webrtc --test soak -- --ignored --nocapture`.
 //! Alone in its test binary, so no other test's files or processes are counted.
 
 mod common;
