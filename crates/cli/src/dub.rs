@@ -2,7 +2,6 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use remotemedia_dub::{AudioFormat, DubError, DubOptions, Files, VoiceSpec};
@@ -57,7 +56,7 @@ pub struct DubArgs {
     #[arg(long = "character", value_name = "NAME=VOICE", value_parser = remotemedia_dub::parse_assignment)]
     characters: Vec<(String, VoiceSpec)>,
     /// Speech longer than its slot is spoken at most this much faster (1 = never faster).
-    #[arg(long, default_value_t = 1.2, value_parser = speedup)]
+    #[arg(long, default_value_t = 1.2)]
     max_speedup: f32,
     /// Write a per-cue report: JSON (.json) or Markdown (any other extension).
     #[arg(long)]
@@ -92,13 +91,6 @@ pub enum FormatArg {
     Flac,
 }
 
-fn speedup(s: &str) -> Result<f32, String> {
-    match s.parse::<f32>() {
-        Ok(v) if (1.0..=4.0).contains(&v) => Ok(v),
-        _ => Err(format!("`{s}`: expected a number from 1 to 4")),
-    }
-}
-
 pub fn run(args: DubArgs) -> anyhow::Result<u8> {
     let text = std::fs::read_to_string(&args.subtitles)
         .map_err(|e| Invalid(format!("{}: {e}", args.subtitles.display())))?;
@@ -107,11 +99,11 @@ pub fn run(args: DubArgs) -> anyhow::Result<u8> {
         Some(FormatArg::Flac) => AudioFormat::Flac,
         None => AudioFormat::from_path(&args.output).unwrap_or(AudioFormat::Wav),
     };
-    let duration = match args.duration {
-        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
-        Some(s) => return Err(Invalid(format!("--duration {s}: expected seconds above 0")).into()),
-        None => None,
-    };
+    let duration = args
+        .duration
+        .map(remotemedia_dub::track_length)
+        .transpose()
+        .map_err(|e| Invalid(format!("--{e}")))?;
     let options = DubOptions {
         workers: args.workers.unwrap_or(DubOptions::default().workers).max(1),
         lang: args.lang,
@@ -139,6 +131,7 @@ pub fn run(args: DubArgs) -> anyhow::Result<u8> {
         .block_on(remotemedia_dub::dub(&text, &options, &progress))
         .map_err(|e| match e {
             DubError::Synthesis { .. } | DubError::Audio(_) => anyhow::Error::new(e),
+            DubError::Options(m) => Invalid(m).into(),
             other => Invalid(format!("{}: {other}", args.subtitles.display())).into(),
         })?;
     if let Some(bar) = &bar {

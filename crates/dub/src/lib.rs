@@ -76,10 +76,42 @@ impl Default for DubOptions {
     }
 }
 
+impl DubOptions {
+    /// Refuses settings no job can use, whichever entry point they came through.
+    fn check(&self) -> Result<(), DubError> {
+        if !(1.0..=4.0).contains(&self.max_speedup) {
+            return Err(DubError::Options(format!(
+                "max_speedup {}: expected 1 to 4",
+                self.max_speedup
+            )));
+        }
+        if !self.duck_db.is_finite() {
+            return Err(DubError::Options(format!(
+                "duck_db {}: expected decibels",
+                self.duck_db
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A track length given in seconds: above 0, at most a day.
+pub fn track_length(seconds: f64) -> Result<Duration, DubError> {
+    if seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0 {
+        Ok(Duration::from_secs_f64(seconds))
+    } else {
+        Err(DubError::Options(format!(
+            "duration {seconds}: expected seconds above 0, at most a day"
+        )))
+    }
+}
+
 /// Why a job could not be done. Every error that concerns a cue names it and its line.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DubError {
+    #[error("{0}")]
+    Options(String),
     #[error("{0}")]
     Subtitles(#[from] SubtitleError),
     #[error("cue {cue} (line {line}): {message}; available: {available}")]
@@ -162,6 +194,7 @@ pub async fn dub(
     progress: Progress<'_>,
 ) -> Result<Dubbed, DubError> {
     let started = Instant::now();
+    options.check()?;
     let (format, cues) = subtitles::parse(subtitles)?;
     let mut report = Report::default();
     report.warnings.extend(overlaps(&cues));

@@ -1,7 +1,6 @@
 //! `remotemedia.dub(...)`: the subtitle dubbing job from Python, on the process's voices.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use numpy::PyArray1;
 use pyo3::prelude::*;
@@ -55,22 +54,12 @@ type Track<'py> = (Bound<'py, PyArray1<f32>>, u16, u32, String, String);
 pub fn dub<'py>(py: Python<'py>, subtitles: &str, options: &str) -> PyResult<Track<'py>> {
     let o: Options = serde_json::from_str(options).map_err(|e| DubError::new_err(e.to_string()))?;
     let defaults = DubOptions::default();
-    if let Some(s) = o.max_speedup
-        && !(1.0..=4.0).contains(&s)
-    {
-        return Err(DubError::new_err(format!(
-            "max_speedup {s}: expected 1 to 4"
-        )));
-    }
-    let duration = match o.duration {
-        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
-        Some(s) => {
-            return Err(DubError::new_err(format!(
-                "duration {s}: expected seconds above 0"
-            )));
-        }
-        None => None,
-    };
+    let failed = |e: remotemedia_dub::DubError| DubError::new_err(e.to_string());
+    let duration = o
+        .duration
+        .map(remotemedia_dub::track_length)
+        .transpose()
+        .map_err(failed)?;
     let options = DubOptions {
         workers: o.workers.unwrap_or(defaults.workers).max(1),
         lang: o.lang.unwrap_or(defaults.lang),
@@ -113,7 +102,7 @@ pub fn dub<'py>(py: Python<'py>, subtitles: &str, options: &str) -> PyResult<Tra
                 Ok::<_, remotemedia_dub::DubError>(d)
             })
         })
-        .map_err(|e| DubError::new_err(e.to_string()))?;
+        .map_err(failed)?;
     let report = dubbed.report.to_json();
     let retimed = dubbed.retimed_text(dubbed.format);
     Ok((

@@ -2,7 +2,6 @@
 //! on this process's voices, so every call after the first finds them loaded.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use remotemedia_dub::{AudioFormat, DubError, DubOptions, VoiceSpec};
 use tonic::{Request, Response, Status};
@@ -54,21 +53,11 @@ impl proto::dubbing_service_server::DubbingService for Service {
             characters: voices(req.characters)?,
             max_speedup: match req.max_speedup {
                 0.0 => defaults.max_speedup,
-                s if (1.0..=4.0).contains(&s) => s,
-                s => {
-                    return Err(Status::invalid_argument(format!(
-                        "max_speedup {s}: expected 1 to 4 (0 for the default)"
-                    )));
-                }
+                s => s,
             },
             duration: match req.duration_s {
                 0.0 => None,
-                s if s.is_finite() && s > 0.0 && s < 86_400.0 => Some(Duration::from_secs_f64(s)),
-                s => {
-                    return Err(Status::invalid_argument(format!(
-                        "duration_s {s}: expected seconds, up to a day"
-                    )));
-                }
+                s => Some(remotemedia_dub::track_length(s).map_err(invalid)?),
             },
             mix_with: mix.as_ref().map(|m| m.0.clone()),
             duck_db: match req.duck_db {
@@ -80,7 +69,7 @@ impl proto::dubbing_service_server::DubbingService for Service {
         };
         let dubbed = remotemedia_dub::dub(&req.subtitles, &options, &|_, _| {})
             .await
-            .map_err(|e: DubError| Status::invalid_argument(e.to_string()))?;
+            .map_err(invalid)?;
         let audio = remotemedia_dub::encode(&dubbed, format)
             .map_err(|e| Status::internal(e.to_string()))?;
         let retimed = dubbed.retimed_text(dubbed.format);
@@ -97,6 +86,10 @@ impl proto::dubbing_service_server::DubbingService for Service {
             retimed,
         }))
     }
+}
+
+fn invalid(e: DubError) -> Status {
+    Status::invalid_argument(e.to_string())
 }
 
 /// Voices as a client may name them: the bundled Piper voice and espeak-ng voices. A voice

@@ -242,8 +242,7 @@ impl Espeak {
         rate: u32,
         pitch: u32,
     ) -> Result<Vec<f32>, EspeakError> {
-        let _rand = RAND.lock().unwrap_or_else(PoisonError::into_inner);
-        self.state().synthesize(text, rate, pitch)
+        self.state().synthesize(text, rate, pitch, None)
     }
 }
 
@@ -256,11 +255,16 @@ impl PrivateEspeak {
     pub fn open() -> Result<Self, EspeakError> {
         // The shared copy tells where the library file is.
         drop(Espeak::lock()?);
-        let original = loaded_library_path().ok_or_else(|| {
-            EspeakError::Failed(format!(
-                "{LIBRARY} is loaded but not found in /proc/self/maps"
-            ))
-        })?;
+        static ORIGINAL: std::sync::OnceLock<Option<std::path::PathBuf>> =
+            std::sync::OnceLock::new();
+        let original = ORIGINAL
+            .get_or_init(loaded_library_path)
+            .as_ref()
+            .ok_or_else(|| {
+                EspeakError::Failed(format!(
+                    "{LIBRARY} is loaded but not found in /proc/self/maps"
+                ))
+            })?;
         static COPIES: AtomicUsize = AtomicUsize::new(0);
         let copy = std::env::temp_dir().join(format!(
             "remotemedia-espeak-{}-{}.so",
@@ -281,7 +285,7 @@ impl PrivateEspeak {
                 .map_err(failed)?
         };
         let copied =
-            std::fs::File::open(&original).and_then(|mut from| std::io::copy(&mut from, &mut to));
+            std::fs::File::open(original).and_then(|mut from| std::io::copy(&mut from, &mut to));
         drop(to);
         if let Err(e) = copied {
             let _ = std::fs::remove_file(&copy);
@@ -310,11 +314,7 @@ impl PrivateEspeak {
         rate: u32,
         pitch: u32,
     ) -> Result<Vec<f32>, EspeakError> {
-        let _rand = RAND.lock().unwrap_or_else(PoisonError::into_inner);
-        // SAFETY: `srand` only sets the C library's generator state; the lock keeps other
-        // syntheses from drawing from it until this one is done.
-        unsafe { srand(1) };
-        self.0.synthesize(text, rate, pitch)
+        self.0.synthesize(text, rate, pitch, Some(1))
     }
 }
 
@@ -376,7 +376,21 @@ impl State {
         Ok(())
     }
 
-    fn synthesize(&mut self, text: &str, rate: u32, pitch: u32) -> Result<Vec<f32>, EspeakError> {
+    /// Speaks `text`; with a `seed`, the C library's `rand()` (espeak-ng's breath noise) is
+    /// seeded with it first, so the same call gives the same samples.
+    fn synthesize(
+        &mut self,
+        text: &str,
+        rate: u32,
+        pitch: u32,
+        seed: Option<c_uint>,
+    ) -> Result<Vec<f32>, EspeakError> {
+        let _rand = RAND.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(seed) = seed {
+            // SAFETY: `srand` only sets the C library's generator state; the lock keeps other
+            // syntheses from drawing from it until this one is done.
+            unsafe { srand(seed) };
+        }
         let bytes = c_text(text);
         let to_int = |v: u32| c_int::try_from(v).unwrap_or(c_int::MAX);
         // SAFETY: plain integer parameters; out-of-range values are clamped by espeak-ng.

@@ -348,14 +348,14 @@ pub fn seeded_noise(bytes: &[u8]) -> Result<Vec<u8>, SplitError> {
         }
         let mut graph = Vec::with_capacity(f.payload.len() + 1024);
         for g in fields(f.payload)? {
-            let random = g.number == GRAPH_NODE
-                && g.wire == 2
-                && parse_node(g.raw, g.payload)?.op_type == "RandomNormalLike";
-            if !random {
+            let node = match (g.number, g.wire) {
+                (GRAPH_NODE, 2) => Some(parse_node(g.raw, g.payload)?),
+                _ => None,
+            };
+            let Some(node) = node.filter(|n| n.op_type == "RandomNormalLike") else {
                 graph.extend_from_slice(g.raw);
                 continue;
-            }
-            let node = parse_node(g.raw, g.payload)?;
+            };
             for a in fields(g.payload)?
                 .iter()
                 .filter(|a| a.number == NODE_ATTRIBUTE)
