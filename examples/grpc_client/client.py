@@ -31,6 +31,7 @@ Examples (the server: ``remotemedia serve --config examples/server.toml``):
     python client.py --manifest ../transcribe.yaml --speed 0 --metrics recording.wav
     REMOTEMEDIA_TOKEN=secret python client.py --addr host:50051 --pipeline transcribe a.wav
     python client.py --pipeline transcribe --json a.wav | jq .
+    python client.py --tls-ca ca.pem --tls-cert me.pem --tls-key me.key --pipeline transcribe a.wav
 
 Exit status: 0 when the session closed normally, 1 on a gRPC error (printed as
 ``error: <STATUS_CODE>: <details>``), when the session failed, or when the input cannot be
@@ -383,6 +384,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         audio = read_wav(args.audio)
         manifest = Path(args.manifest).read_text() if args.manifest else None
+        credentials = tls_credentials(args)
     except wave.Error as err:
         print(f"error: {args.audio}: {err} (only integer PCM WAV is supported)", file=sys.stderr)
         return 1
@@ -406,7 +408,9 @@ def run(args: argparse.Namespace) -> int:
     )
 
     failed = False
-    with grpc.insecure_channel(args.addr) as channel:
+    channel = (grpc.secure_channel(args.addr, credentials) if credentials
+               else grpc.insecure_channel(args.addr))
+    with channel:
         stub = pb2_grpc.PipelineServiceStub(channel)
         call = stub.StreamPipeline(requests, metadata=metadata)
         try:
@@ -449,6 +453,21 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def tls_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS credentials from --tls-ca/--tls-cert/--tls-key, or None for a plain channel."""
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return None
+
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(args.tls_ca),
+        private_key=read(args.tls_key),
+        certificate_chain=read(args.tls_cert),
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Stream a WAV file through a RemoteMedia pipeline over gRPC "
@@ -478,7 +497,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="ask for the session's metrics before closing, and print them")
     parser.add_argument("--proto", metavar="FILE", default=None,
                         help=f"the pipeline.proto to generate stubs from (default: {DEFAULT_PROTO})")
-    return parser.parse_args(argv)
+    tls = parser.add_argument_group("TLS (a server with [tls] configured)")
+    tls.add_argument("--tls", action="store_true",
+                     help="connect over TLS, trusting the system's CAs")
+    tls.add_argument("--tls-ca", metavar="PEM", help="trust the server certificate's CA from here")
+    tls.add_argument("--tls-cert", metavar="PEM",
+                     help="this client's certificate chain, for a server that asks for one")
+    tls.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    return args
 
 
 def _positive(text: str) -> float:

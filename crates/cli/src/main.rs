@@ -185,6 +185,15 @@ struct ServeArgs {
     /// allows Python).
     #[arg(long)]
     allow_client_manifests: bool,
+    /// Serve both ports over TLS with this certificate chain (PEM; needs --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate signed by one of these CAs (PEM).
+    #[arg(long, value_name = "PEM")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// Exit codes: 0 success, 1 the pipeline failed while running, 2 bad manifest or arguments.
@@ -289,6 +298,9 @@ fn server_config(args: ServeArgs) -> anyhow::Result<remotemedia_server::ServerCo
         pipelines,
         max_sessions,
         allow_client_manifests,
+        tls_cert,
+        tls_key,
+        tls_client_ca,
     } = args;
     let mut config = match &path {
         Some(p) => {
@@ -316,6 +328,9 @@ fn server_config(args: ServeArgs) -> anyhow::Result<remotemedia_server::ServerCo
         config.limits.max_sessions = n;
     }
     config.client_manifests.allow |= allow_client_manifests;
+    config.tls.cert = tls_cert.or(config.tls.cert);
+    config.tls.key = tls_key.or(config.tls.key);
+    config.tls.client_ca = tls_client_ca.or(config.tls.client_ca);
     if config.pipelines.is_empty() {
         config
             .manifests

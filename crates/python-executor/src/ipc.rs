@@ -248,7 +248,57 @@ impl Link {
             .node
             .blocking_cleanup_dead_nodes(std::time::Duration::from_millis(100));
         tracing::debug!(?state, "iceoryx2 dead-node cleanup");
+        remove_half_created(std::path::Path::new("/dev/shm"));
     }
+}
+
+/// iceoryx2 creates a shared-memory file write-only for its owner (mode 0200) and opens it up
+/// once it is initialised. A worker killed in between leaves the file so, and iceoryx2's
+/// dead-node cleanup does not remove it (0.10, seen under repeated SIGKILLs). Removes such
+/// files of ours that no process has open: a file being created is open in its creator.
+fn remove_half_created(dir: &std::path::Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let half_created: Vec<std::path::PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("iox2_"))
+        .filter(|e| {
+            e.metadata()
+                .is_ok_and(|m| m.permissions().mode() & 0o777 == 0o200 && m.uid() == me)
+        })
+        .map(|e| e.path())
+        .collect();
+    if half_created.is_empty() {
+        return;
+    }
+    let open = open_files();
+    for path in half_created.iter().filter(|p| !open.contains(*p)) {
+        if std::fs::remove_file(path).is_ok() {
+            tracing::info!(file = %path.display(), "removed a half-created shared-memory file");
+        }
+    }
+}
+
+/// Every file some process we can see has open.
+fn open_files() -> std::collections::HashSet<std::path::PathBuf> {
+    let processes = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    processes
+        .filter(|p| {
+            p.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|p| std::fs::read_dir(p.path().join("fd")).ok())
+        .flat_map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        })
+        .collect()
 }
 
 /// Audio from the worker lent to the pipeline in the shared-memory sample it arrived in.
@@ -378,5 +428,35 @@ impl WorkerEnd {
     /// Wakes the runtime to read what was sent.
     pub fn notify(&self) -> Result<(), IpcError> {
         self.notifier.notify().map_err(ice).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn only_half_created_files_nobody_has_open_are_removed() {
+        let dir = std::env::temp_dir().join(format!("rm-half-created-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, mode: u32| {
+            let path = dir.join(name);
+            std::fs::write(&path, b"x").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            path
+        };
+        let stale = file("iox2_a.event_mgmt", 0o200);
+        let creating = file("iox2_b.event_mgmt", 0o200);
+        let held = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&creating)
+            .unwrap();
+        let ready = file("iox2_c.event_mgmt", 0o600);
+        let other = file("other", 0o200);
+        super::remove_half_created(&dir);
+        assert!(!stale.exists());
+        assert!(creating.exists() && ready.exists() && other.exists());
+        drop(held);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -22,6 +22,7 @@ pub struct ServerConfig {
     pub capacity: CapacityConfig,
     pub openai: OpenAiConfig,
     pub shutdown: ShutdownConfig,
+    pub tls: TlsConfig,
     /// Where node types prefer to run, beside the runtime's defaults: read by the program
     /// that assembles the runtime (`remotemedia serve`).
     pub executor_rules: Vec<remotemedia_core::ExecutorRule>,
@@ -47,6 +48,26 @@ impl Default for ShutdownConfig {
         Self {
             drain_timeout_ms: 30_000,
         }
+    }
+}
+
+/// TLS on both ports (gRPC and HTTP), off unless `cert` and `key` are set. PEM files; paths
+/// relative to the configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The server's certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate signed by one of these CAs, or their
+    /// handshake fails. Tokens, if configured, are still required.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
     }
 }
 
@@ -234,7 +255,13 @@ impl ServerConfig {
         let mut config: ServerConfig =
             toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in config.pipelines.values_mut() {
+        let tls = &mut config.tls;
+        let files = [&mut tls.cert, &mut tls.key, &mut tls.client_ca];
+        for p in config
+            .pipelines
+            .values_mut()
+            .chain(files.into_iter().flatten())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -258,12 +285,28 @@ impl ServerConfig {
     pub fn check(&self) -> Result<(), ConfigError> {
         let open = |a: &SocketAddr| !a.ip().is_loopback();
         let exposed = open(&self.grpc.listen) || (self.http.enabled && open(&self.http.listen));
-        if exposed && self.auth.tokens.is_empty() && !self.auth.allow_unauthenticated {
+        // Client certificates authenticate as well as tokens do.
+        let authenticated = !self.auth.tokens.is_empty() || self.tls.client_ca.is_some();
+        if exposed && !authenticated && !self.auth.allow_unauthenticated {
             return Err(ConfigError(format!(
                 "refusing to listen on a non-loopback address ({}) without API tokens: set \
-                 auth.tokens or {TOKENS_ENV}, or auth.allow_unauthenticated = true",
+                 auth.tokens or {TOKENS_ENV} (or tls.client_ca), or \
+                 auth.allow_unauthenticated = true",
                 self.grpc.listen
             )));
+        }
+        let tls = &self.tls;
+        if tls.cert.is_some() != tls.key.is_some() {
+            return Err(ConfigError(
+                "tls.cert and tls.key go together: set both or neither".into(),
+            ));
+        }
+        if tls.client_ca.is_some() && tls.cert.is_none() {
+            return Err(ConfigError(
+                "tls.client_ca needs tls.cert and tls.key (client certificates are checked in \
+                 a TLS handshake)"
+                    .into(),
+            ));
         }
         if let Some(t) = self.auth.tokens.iter().find(|t| t.len() < 16) {
             return Err(ConfigError(format!(
@@ -313,6 +356,7 @@ mod tests {
         assert_eq!(c.capacity, d.capacity);
         assert_eq!(c.openai, d.openai);
         assert_eq!(c.shutdown, d.shutdown);
+        assert_eq!(c.tls, d.tls);
         let transcribe = &c.pipelines["transcribe"];
         assert!(transcribe.ends_with("examples/transcribe.yaml") && transcribe.exists());
         c.check().unwrap();
@@ -338,6 +382,27 @@ mod tests {
         assert!(c.check().unwrap_err().to_string().contains("too short"));
         c.auth.tokens = vec!["a-long-enough-token-123".into()];
         c.check().unwrap();
+        c.tls.key = Some("key.pem".into());
+        assert!(
+            c.check()
+                .unwrap_err()
+                .to_string()
+                .contains("tls.cert and tls.key")
+        );
+        c.tls = TlsConfig {
+            client_ca: Some("ca.pem".into()),
+            ..Default::default()
+        };
+        assert!(
+            c.check()
+                .unwrap_err()
+                .to_string()
+                .contains("needs tls.cert")
+        );
+        c.tls.cert = Some("cert.pem".into());
+        c.tls.key = Some("key.pem".into());
+        c.auth.tokens.clear();
+        c.check().expect("client certificates authenticate");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

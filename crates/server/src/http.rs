@@ -156,6 +156,7 @@ pub fn render(shared: &Shared) -> String {
         ("nodes_alive", g, "Node instances alive now.", snap.nodes_alive.max(0) as u64),
         ("node_tasks_alive", g, "Node tasks running now.", snap.tasks_alive.max(0) as u64),
         ("ready", g, "1 once the configured pipelines' models are loaded.", u64::from(shared.ready.load(Relaxed))),
+        ("handshake_failures_total", c, "Connections dropped before they began: a TLS handshake that failed (no or a wrong client certificate, plain text on a TLS port) or nothing sent within 10 s.", stats.handshake_failures.load(Relaxed)),
         ("lag_ms", g, "How far behind real time sessions run: input lateness plus output time, moving averages (ms).", snap.lag_ms as u64),
     ];
     let executors = shared

@@ -12,9 +12,11 @@
 //! ```
 //!
 //! Every call is authenticated (bearer tokens, [`auth`]), every limit of [`config::LimitsConfig`]
-//! is enforced with the gRPC status a client expects, and a session's nodes are released however
+//! is enforced with the gRPC status a client expects, both ports may be served over TLS (with
+//! client certificates, [`config::TlsConfig`]), and a session's nodes are released however
 //! its stream ends. The protocol is `proto/remotemedia/v1/pipeline.proto`.
 
+mod accept;
 pub mod admission;
 pub mod auth;
 #[cfg(feature = "webrtc")]
@@ -27,6 +29,7 @@ mod openai;
 mod service;
 mod shared;
 mod stream;
+mod tls;
 #[cfg(feature = "webrtc")]
 mod webrtc;
 
@@ -39,18 +42,15 @@ use anyhow::Context;
 use remotemedia_core::{Pipeline, Runtime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 
 pub use admission::{PROTOCOL, SERVER_VERSION};
 pub use config::ServerConfig;
 
 /// Generated protocol types and client/server stubs.
-pub mod proto {
-    tonic::include_proto!("remotemedia.v1");
-    /// Encoded descriptors of the protocol, served by reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
-}
+pub use remotemedia_proto as proto;
 
 /// Largest dubbing request: room for the original audio of a long film as FLAC.
 const DUB_MAX_REQUEST: usize = 256 << 20;
@@ -131,6 +131,7 @@ pub async fn start(
 ) -> anyhow::Result<RunningServer> {
     config.add_env_tokens();
     config.check()?;
+    let tls = tls::Acceptors::load(&config.tls)?;
     // Loading resolves types, which may ask Python: not on the reactor.
     let (pipelines, config) = {
         let runtime = Arc::clone(&runtime);
@@ -201,9 +202,6 @@ pub async fn start(
     };
 
     let mut tasks = Vec::new();
-    // Without TCP_NODELAY, Nagle's algorithm holds a small response back until the client's
-    // next message acknowledges the last one: one frame period of latency on every output.
-    let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
     let router = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(size_status))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
@@ -213,31 +211,58 @@ pub async fn start(
         .add_service(InterceptedService::new(dubbing_service, check.clone()))
         .add_service(InterceptedService::new(pipeline_service, check));
     let grpc_stop = until(stopped.clone());
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(incoming, grpc_stop)
-            .await
-        {
-            tracing::error!("gRPC server failed: {e}");
+    let (sh, tls_for) = (&shared, |a: &tls::Acceptors| {
+        (a.grpc.clone(), a.http.clone())
+    });
+    let (grpc_tls, http_tls) = tls.as_ref().map(tls_for).unzip();
+    tasks.push(match grpc_tls {
+        None => {
+            let incoming = accept::accept(grpc, Arc::clone(sh), accept::first_bytes);
+            logged(
+                "gRPC",
+                router.serve_with_incoming_shutdown(connections(incoming), grpc_stop),
+            )
         }
-    }));
-    if let Some(listener) = http {
+        Some(t) => {
+            let incoming = accept::accept(grpc, Arc::clone(sh), move |c| t.accept(c));
+            logged(
+                "gRPC",
+                router.serve_with_incoming_shutdown(connections(incoming), grpc_stop),
+            )
+        }
+    });
+    if let (Some(listener), Some(local)) = (http, http_addr) {
         let app = http::router(Arc::clone(&shared));
         let http_stop = until(stopped.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(http_stop)
-                .await
-            {
-                tracing::error!("HTTP server failed: {e}");
+        tasks.push(match http_tls {
+            None => {
+                let connections = accept::accept(listener, Arc::clone(sh), accept::first_bytes);
+                let listener = accept::Listener { connections, local };
+                logged(
+                    "HTTP",
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(http_stop)
+                        .into_future(),
+                )
             }
-        }));
+            Some(t) => {
+                let connections = accept::accept(listener, Arc::clone(sh), move |c| t.accept(c));
+                let listener = accept::Listener { connections, local };
+                logged(
+                    "HTTP",
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(http_stop)
+                        .into_future(),
+                )
+            }
+        });
     }
     tasks.push(tokio::spawn(warm_up(Arc::clone(&shared), health.clone())));
     tracing::info!(
         grpc = %grpc_addr,
         http = ?http_addr,
         auth = auth.enabled(),
+        tls = tls.is_some(),
         pipelines = shared.admission.pipelines.len(),
         "serving"
     );
@@ -248,6 +273,25 @@ pub async fn start(
         stop,
         tasks,
         health,
+    })
+}
+
+/// Accepted connections as tonic takes them.
+fn connections<Io>(
+    accepted: tokio::sync::mpsc::Receiver<(Io, SocketAddr)>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Io>> {
+    ReceiverStream::new(accepted).map(|(io, _)| Ok(io))
+}
+
+/// Runs a server to its end on a task, logging why if it failed.
+fn logged<E: std::fmt::Display>(
+    what: &'static str,
+    server: impl Future<Output = Result<(), E>> + Send + 'static,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!("{what} server failed: {e}");
+        }
     })
 }
 

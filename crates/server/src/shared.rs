@@ -17,6 +17,7 @@ pub struct ServerStats {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub streams_active: AtomicU64,
+    pub handshake_failures: AtomicU64,
     /// Calls refused, by gRPC status code name.
     pub refused: std::sync::Mutex<BTreeMap<&'static str, u64>>,
 }

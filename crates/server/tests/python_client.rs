@@ -3,52 +3,15 @@
 //! transcript, then meets every refusal a client should handle. Needs the models
 //! (scripts/setup-models.sh) and the Python environment (scripts/setup-python.sh).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use remotemedia_server::ServerConfig;
 
+mod common;
+use common::root;
+
 const TOKEN: &str = "python-client-token-0123";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn python() -> PathBuf {
-    let p = std::env::var_os("REMOTEMEDIA_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv/bin/python"));
-    assert!(
-        p.exists(),
-        "{} is missing: run ./scripts/setup-python.sh",
-        p.display()
-    );
-    p
-}
-
-async fn run_python(args: &[&str]) -> (bool, String, String) {
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(python())
-            .args(args)
-            .env("REMOTEMEDIA_TOKEN", TOKEN)
-            .env(
-                "REMOTEMEDIA_STUBS_DIR",
-                env!("CARGO_TARGET_TMPDIR").to_string() + "/grpc-stubs",
-            )
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the Python client finishes within 2 minutes")
-    .expect("python runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_streams_a_recording_and_meets_every_refusal() {
@@ -91,18 +54,21 @@ async fn grpcio_streams_a_recording_and_meets_every_refusal() {
     // The example client, as a user runs it: 20 ms frames at three times real time.
     let client = root().join("examples/grpc_client/client.py");
     let wav = remotemedia_runtime::models_dir().join("samples/beckett.wav");
-    let (ok, stdout, stderr) = run_python(&[
-        client.to_str().unwrap(),
-        "--addr",
-        &addr,
-        "--pipeline",
-        "transcribe",
-        "--frame-ms",
-        "20",
-        "--speed",
-        "3",
-        wav.to_str().unwrap(),
-    ])
+    let (ok, stdout, stderr) = common::run_python(
+        &[
+            client.to_str().unwrap(),
+            "--addr",
+            &addr,
+            "--pipeline",
+            "transcribe",
+            "--frame-ms",
+            "20",
+            "--speed",
+            "3",
+            wav.to_str().unwrap(),
+        ],
+        TOKEN,
+    )
     .await;
     assert!(ok, "client failed:\n{stdout}\n{stderr}");
     let text = stdout.to_lowercase();
@@ -134,8 +100,11 @@ async fn grpcio_streams_a_recording_and_meets_every_refusal() {
     assert!(metrics.contains("remotemedia_model_queue_wait_seconds_count{model=\"moonshine\"}"));
 
     let script = root().join("crates/server/tests/py/statuses.py");
-    let (ok, stdout, stderr) =
-        run_python(&[script.to_str().unwrap(), "--addr", &addr, "--token", TOKEN]).await;
+    let (ok, stdout, stderr) = common::run_python(
+        &[script.to_str().unwrap(), "--addr", &addr, "--token", TOKEN],
+        TOKEN,
+    )
+    .await;
     assert!(ok, "status checks failed:\n{stdout}\n{stderr}");
     let got: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
     let code = |k: &str| got[k][0].as_str().unwrap_or("missing").to_string();

@@ -312,6 +312,49 @@ pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (code, body)
 }
 
+/// The repository's root.
+pub fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The project's Python (with grpcio), from scripts/setup-python.sh or `REMOTEMEDIA_PYTHON`.
+pub fn python() -> std::path::PathBuf {
+    let p = std::env::var_os("REMOTEMEDIA_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} is missing: run ./scripts/setup-python.sh",
+        p.display()
+    );
+    p
+}
+
+/// Runs a Python script (within 2 minutes): success, stdout, stderr. The example client's
+/// generated stubs are cached in the test's temporary folder.
+pub async fn run_python(args: &[&str], token: &str) -> (bool, String, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(python())
+            .args(args)
+            .env("REMOTEMEDIA_TOKEN", token)
+            .env(
+                "REMOTEMEDIA_STUBS_DIR",
+                env!("CARGO_TARGET_TMPDIR").to_string() + "/grpc-stubs",
+            )
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the Python client finishes within 2 minutes")
+    .expect("python runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Waits until the server has no session, stream or node task left (or fails after 10 s).
 pub async fn assert_no_leaks(server: &RunningServer) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
