@@ -185,6 +185,20 @@ pub fn render(shared: &Shared) -> String {
             let _ = writeln!(out, "remotemedia_grpc_errors_total{{code=\"{code}\"}} {n}");
         }
     }
+    head(
+        &mut out,
+        "auth_failures_total",
+        "counter",
+        "Requests refused for a missing or unaccepted token, by transport.",
+    );
+    if let Ok(f) = stats.auth_failures.lock() {
+        for (transport, n) in f.iter() {
+            let _ = writeln!(
+                out,
+                "remotemedia_auth_failures_total{{transport=\"{transport}\"}} {n}"
+            );
+        }
+    }
     #[cfg(feature = "webrtc")]
     {
         let calls = &shared.calls;

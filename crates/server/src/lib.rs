@@ -195,7 +195,12 @@ pub async fn start(
     .max_decoding_message_size(max_message.max(DUB_MAX_REQUEST));
     let check = {
         let (auth, shared) = (auth.clone(), Arc::clone(&shared));
-        move |req: tonic::Request<()>| auth.check(req).map_err(|s| shared.stats.refuse(s))
+        move |req: tonic::Request<()>| {
+            auth.check(req).map_err(|s| {
+                shared.stats.auth_failed("grpc");
+                shared.stats.refuse(s)
+            })
+        }
     };
     let until = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;

@@ -132,6 +132,7 @@ impl Api {
         if self.auth.allows(headers) {
             Ok(())
         } else {
+            self.shared.stats.auth_failed("openai");
             Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_request_error",

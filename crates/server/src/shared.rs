@@ -18,11 +18,20 @@ pub struct ServerStats {
     pub bytes_out: AtomicU64,
     pub streams_active: AtomicU64,
     pub handshake_failures: AtomicU64,
+    /// Requests without an accepted token, by transport (`grpc`, `openai`, `webrtc`).
+    pub auth_failures: std::sync::Mutex<BTreeMap<&'static str, u64>>,
     /// Calls refused, by gRPC status code name.
     pub refused: std::sync::Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl ServerStats {
+    /// Counts a request refused for its token.
+    pub fn auth_failed(&self, transport: &'static str) {
+        if let Ok(mut f) = self.auth_failures.lock() {
+            *f.entry(transport).or_default() += 1;
+        }
+    }
+
     /// Counts and logs a refused call, and passes the status on.
     pub fn refuse(&self, status: Status) -> Status {
         let code = code_name(status.code());

@@ -158,6 +158,12 @@ async fn tokens_are_checked_on_every_call_including_streams() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
+    // Each refusal is counted.
+    assert!(
+        server
+            .metrics_text()
+            .contains("remotemedia_auth_failures_total{transport=\"grpc\"} 4")
+    );
     let nodes = c
         .list_nodes(authed(proto::ListNodesRequest {}))
         .await

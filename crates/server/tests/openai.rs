@@ -131,6 +131,11 @@ async fn the_openai_chat_node_talks_to_an_openai_compatible_server() {
         "{}",
         err.message
     );
+    assert!(
+        server
+            .metrics_text()
+            .contains("remotemedia_auth_failures_total{transport=\"openai\"} 1")
+    );
     server.shutdown().await;
 }
 

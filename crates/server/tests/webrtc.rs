@@ -183,6 +183,11 @@ async fn bad_offers_get_clear_errors_and_a_peer_that_never_connects_is_released(
 
     let (status, _, body) = post("/v1/webrtc/speak-back", vec![], offer(true)).await;
     assert_eq!(status, 401, "{body}");
+    assert!(
+        server
+            .metrics_text()
+            .contains("remotemedia_auth_failures_total{transport=\"webrtc\"} 1")
+    );
     let (status, _, body) = post(
         "/v1/webrtc/speak-back",
         with_auth(),

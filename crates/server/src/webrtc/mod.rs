@@ -73,6 +73,7 @@ impl Endpoint {
     /// A 401 refusal, unless auth is off or the request carries an accepted bearer token.
     fn refuse_unauthorised(&self, headers: &HeaderMap) -> Option<Response> {
         (!self.auth.allows(headers)).then(|| {
+            self.shared.stats.auth_failed("webrtc");
             refuse(
                 &self.shared,
                 StatusCode::UNAUTHORIZED,
