@@ -3,7 +3,6 @@
 //! connects and never speaks (slow-loris) holds up no one, and is dropped. Failed handshakes
 //! are counted in `remotemedia_handshake_failures_total`.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -12,6 +11,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tonic::transport::server::Connected;
 
 use crate::shared::Shared;
 
@@ -19,18 +20,23 @@ use crate::shared::Shared;
 /// handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connections accepted on `listener` whose `handshake` succeeded, with their peer's address.
-/// Stops listening (the port closes) when the receiver is dropped.
-pub fn accept<Io, F, Fut>(
+/// An accepted connection, plain or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+impl Connected for Box<dyn Io> {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+/// Connections accepted on `listener` whose handshake succeeded (TLS with `tls`, else the
+/// client's first bytes), with their peer's address. Stops listening (the port closes) when
+/// the receiver is dropped.
+pub fn accept(
     listener: TcpListener,
     shared: Arc<Shared>,
-    handshake: F,
-) -> mpsc::Receiver<(Io, SocketAddr)>
-where
-    F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: Future<Output = std::io::Result<Io>> + Send + 'static,
-    Io: Send + 'static,
-{
+    tls: Option<TlsAcceptor>,
+) -> mpsc::Receiver<(Box<dyn Io>, SocketAddr)> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -49,9 +55,9 @@ where
             // Without TCP_NODELAY, Nagle's algorithm holds a small response back until the
             // client's next message acknowledges the last one: a frame period of latency.
             let _ = tcp.set_nodelay(true);
-            let (done, tx, shared) = (handshake(tcp), tx.clone(), Arc::clone(&shared));
+            let (tls, tx, shared) = (tls.clone(), tx.clone(), Arc::clone(&shared));
             tokio::spawn(async move {
-                let why = match tokio::time::timeout(HANDSHAKE_TIMEOUT, done).await {
+                let why = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, tls)).await {
                     Ok(Ok(io)) => {
                         let _ = tx.send((io, peer)).await;
                         return;
@@ -67,25 +73,28 @@ where
     rx
 }
 
-/// A plain connection's handshake: the client has sent something.
-pub async fn first_bytes(tcp: TcpStream) -> std::io::Result<TcpStream> {
-    match tcp.peek(&mut [0u8; 1]).await? {
-        0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
-        _ => Ok(tcp),
+async fn handshake(tcp: TcpStream, tls: Option<TlsAcceptor>) -> std::io::Result<Box<dyn Io>> {
+    match tls {
+        Some(tls) => Ok(Box::new(tls.accept(tcp).await?)),
+        // A plain connection has begun once the client has sent something.
+        None => match tcp.peek(&mut [0u8; 1]).await? {
+            0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => Ok(Box::new(tcp)),
+        },
     }
 }
 
 /// The HTTP server's side of [`accept`].
-pub struct Listener<Io> {
-    pub connections: mpsc::Receiver<(Io, SocketAddr)>,
+pub struct Listener {
+    pub connections: mpsc::Receiver<(Box<dyn Io>, SocketAddr)>,
     pub local: SocketAddr,
 }
 
-impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> axum::serve::Listener for Listener<Io> {
-    type Io = Io;
+impl axum::serve::Listener for Listener {
+    type Io = Box<dyn Io>;
     type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (Io, SocketAddr) {
+    async fn accept(&mut self) -> (Box<dyn Io>, SocketAddr) {
         match self.connections.recv().await {
             Some(connection) => connection,
             // The accept loop ended: the server is stopping.

@@ -216,51 +216,25 @@ pub async fn start(
         .add_service(InterceptedService::new(dubbing_service, check.clone()))
         .add_service(InterceptedService::new(pipeline_service, check));
     let grpc_stop = until(stopped.clone());
-    let (sh, tls_for) = (&shared, |a: &tls::Acceptors| {
-        (a.grpc.clone(), a.http.clone())
-    });
-    let (grpc_tls, http_tls) = tls.as_ref().map(tls_for).unzip();
-    tasks.push(match grpc_tls {
-        None => {
-            let incoming = accept::accept(grpc, Arc::clone(sh), accept::first_bytes);
-            logged(
-                "gRPC",
-                router.serve_with_incoming_shutdown(connections(incoming), grpc_stop),
-            )
-        }
-        Some(t) => {
-            let incoming = accept::accept(grpc, Arc::clone(sh), move |c| t.accept(c));
-            logged(
-                "gRPC",
-                router.serve_with_incoming_shutdown(connections(incoming), grpc_stop),
-            )
-        }
-    });
+    let (grpc_tls, http_tls) = tls
+        .as_ref()
+        .map(|t| (t.grpc.clone(), t.http.clone()))
+        .unzip();
+    let incoming = accept::accept(grpc, Arc::clone(&shared), grpc_tls);
+    let incoming = ReceiverStream::new(incoming).map(|(io, _)| Ok::<_, std::io::Error>(io));
+    tasks.push(logged(
+        "gRPC",
+        router.serve_with_incoming_shutdown(incoming, grpc_stop),
+    ));
     if let (Some(listener), Some(local)) = (http, http_addr) {
         let app = http::router(Arc::clone(&shared));
         let http_stop = until(stopped.clone());
-        tasks.push(match http_tls {
-            None => {
-                let connections = accept::accept(listener, Arc::clone(sh), accept::first_bytes);
-                let listener = accept::Listener { connections, local };
-                logged(
-                    "HTTP",
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(http_stop)
-                        .into_future(),
-                )
-            }
-            Some(t) => {
-                let connections = accept::accept(listener, Arc::clone(sh), move |c| t.accept(c));
-                let listener = accept::Listener { connections, local };
-                logged(
-                    "HTTP",
-                    axum::serve(listener, app)
-                        .with_graceful_shutdown(http_stop)
-                        .into_future(),
-                )
-            }
-        });
+        let connections = accept::accept(listener, Arc::clone(&shared), http_tls);
+        let server = axum::serve(accept::Listener { connections, local }, app);
+        tasks.push(logged(
+            "HTTP",
+            server.with_graceful_shutdown(http_stop).into_future(),
+        ));
     }
     tasks.push(tokio::spawn(warm_up(Arc::clone(&shared), health.clone())));
     tracing::info!(
@@ -279,13 +253,6 @@ pub async fn start(
         tasks,
         health,
     })
-}
-
-/// Accepted connections as tonic takes them.
-fn connections<Io>(
-    accepted: tokio::sync::mpsc::Receiver<(Io, SocketAddr)>,
-) -> impl tokio_stream::Stream<Item = std::io::Result<Io>> {
-    ReceiverStream::new(accepted).map(|(io, _)| Ok(io))
 }
 
 /// Runs a server to its end on a task, logging why if it failed.

@@ -15,7 +15,6 @@ use crate::config::{ConfigError, TlsConfig};
 
 /// The two listeners' TLS settings: the same certificate, each with its protocol for ALPN
 /// (gRPC clients require `h2`).
-#[derive(Clone)]
 pub struct Acceptors {
     pub grpc: TlsAcceptor,
     pub http: TlsAcceptor,
