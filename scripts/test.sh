@@ -16,3 +16,5 @@ VENV="${REMOTEMEDIA_VENV:-.venv}"
 cargo test --workspace --locked --features remotemedia-server/webrtc "$@"
 # The Python SDK's tests.
 "$VENV/bin/python" -m pytest python/tests -q
+# The Kubernetes base renders and validates against the Kubernetes schemas.
+./scripts/check-deploy.sh

@@ -166,3 +166,29 @@ pub fn data_out(data: &RuntimeData, f32le: bool) -> Data {
     };
     Data { kind: Some(kind) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `stream_request` fuzz target: without serde_json's exact float parsing this
+    /// number came back one unit in the last place lower.
+    #[test]
+    fn json_numbers_come_back_as_sent() {
+        let sent = "[9.888888888888889e26, 0.1, -1.7976931348623157e308, 5e-324]";
+        let data = Data {
+            kind: Some(Kind::Json(sent.into())),
+        };
+        let input = data_in(Some(data)).unwrap();
+        let again = data_in(Some(data_out(&input, false))).unwrap();
+        assert_eq!(again, input);
+        let Some(Kind::Json(text)) = data_out(&again, false).kind else {
+            panic!("not JSON")
+        };
+        let numbers: Vec<f64> = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            numbers,
+            [9.888888888888889e26, 0.1, -1.7976931348623157e308, 5e-324]
+        );
+    }
+}

@@ -363,6 +363,23 @@ mod tests {
     }
 
     #[test]
+    fn the_kubernetes_config_parses_and_needs_its_tokens() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/k8s/server.toml");
+        let mut c = ServerConfig::from_file(&path).unwrap();
+        assert!(!c.grpc.listen.ip().is_loopback());
+        assert_eq!(c.capacity.max_streams["transcribe"], 48);
+        // It listens on every address: without the Secret's tokens it refuses to start.
+        assert!(
+            c.check()
+                .unwrap_err()
+                .to_string()
+                .contains("without API tokens")
+        );
+        c.auth.tokens = vec!["from-the-secret-0123".into()];
+        c.check().unwrap();
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let dir = std::env::temp_dir().join(format!("rm-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -249,6 +249,28 @@ async fn bad_offers_get_clear_errors_and_a_peer_that_never_connects_is_released(
         1
     );
     assert!(metric(&server, "remotemedia_webrtc_refused_total{status=\"400\"} ") >= 2);
+
+    // A drain: the call already answered goes on (until its connect timeout ends it, here)
+    // and the drain waits for it; a new offer meanwhile gets 503.
+    let (status, _, answer) = post("/v1/webrtc/speak-back", with_auth(), offer(true)).await;
+    assert_eq!(status, 201, "{answer}");
+    let started = Instant::now();
+    let refused = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, _, body) = post("/v1/webrtc/speak-back", with_auth(), offer(true)).await;
+        assert!(
+            status == 503 && body.contains("draining"),
+            "{status} {body}"
+        );
+        assert_eq!(metric(&server, "remotemedia_webrtc_calls_active "), 1);
+    };
+    let (drained, ()) = tokio::join!(server.drain(Duration::from_secs(10)), refused);
+    assert!(drained, "the call ended within the drain");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the drain waited for the call"
+    );
+    all_released(&server, Duration::from_secs(1)).await;
     server.shutdown().await;
 }
 
