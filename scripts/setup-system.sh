@@ -7,6 +7,7 @@
 #   libopus-dev                      Opus encoding of WebRTC replies (links the server with `webrtc`)
 #   chromium + chromium-driver       the real browsers of the WebRTC end-to-end tests
 #   + firefox-esr
+#   debootstrap                      the container tests' base image (no registry to pull one)
 #
 #   ./scripts/setup-system.sh [--test]
 #
@@ -16,7 +17,7 @@ set -euo pipefail
 
 PACKAGES=(libespeak-ng1 espeak-ng-data cmake libclang-dev)
 if [[ "${1:-}" == "--test" ]]; then
-    PACKAGES+=(libopus-dev chromium chromium-driver firefox-esr)
+    PACKAGES+=(libopus-dev chromium chromium-driver firefox-esr debootstrap)
 fi
 
 log() { printf 'setup-system: %s\n' "$*" >&2; }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every test of the workspace, with everything they need: the system packages (espeak-ng, and for
-# the WebRTC tests libopus-dev, Chromium and chromedriver), the models (ONNX Runtime, Silero VAD,
+# the WebRTC tests libopus-dev, Chromium and chromedriver, debootstrap for the image's base), the models (ONNX Runtime, Silero VAD,
 # the sample recordings) and the Python environment of the python executor are installed first
 # by the idempotent setup scripts.
 set -euo pipefail
@@ -16,5 +16,7 @@ VENV="${REMOTEMEDIA_VENV:-.venv}"
 cargo test --workspace --locked --features remotemedia-server/webrtc "$@"
 # The Python SDK's tests.
 "$VENV/bin/python" -m pytest python/tests -q
-# The Kubernetes base renders and validates against the Kubernetes schemas.
+# The server image (Docker, built on a debootstrap base) serving real streams, and the
+# Kubernetes base rendered and validated against the Kubernetes schemas.
+"$VENV/bin/python" -m pytest deploy/tests -q
 ./scripts/check-deploy.sh
