@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Every test of the workspace, with everything they need: the system packages (espeak-ng, and for
-# the WebRTC tests libopus-dev, Chromium and chromedriver, debootstrap for the image's base), the models (ONNX Runtime, Silero VAD,
-# the sample recordings) and the Python environment of the python executor are installed first
-# by the idempotent setup scripts.
+# Every test of the workspace, with everything they need: the system packages (espeak-ng; for the
+# WebRTC tests libopus-dev, Chromium and chromedriver; debootstrap for the image's base), the
+# models (ONNX Runtime, Silero VAD, the sample recordings) and the Python environment of the
+# python executor are installed first by the idempotent setup scripts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-system.sh --test

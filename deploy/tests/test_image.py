@@ -6,44 +6,14 @@ the test build's binary unless IMAGE_PROFILE=release) on a base made by debootst
 127.0.0.1 only and are removed afterwards.
 """
 
-import json
-import os
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-import uuid
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "image-test-token-" + uuid.uuid4().hex[:12]
-CLIENT = ROOT / "examples" / "grpc_client" / "client.py"
-RECORDING = ROOT / "models" / "samples" / "beckett.wav"
-WORDS = ["ever tried", "ever failed", "no matter", "try again", "fail again"]
-
-
-def sh(*args, check=True, **kw):
-    return subprocess.run(args, check=check, capture_output=True, text=True, **kw)
-
-
-@pytest.fixture(scope="session")
-def image():
-    base = sh(str(ROOT / "scripts" / "docker-base.sh")).stdout.strip()
-    profile = os.environ.get("IMAGE_PROFILE", "debug")
-    sh(str(ROOT / "scripts" / "image-artifacts.sh"), env={**os.environ, "PROFILE": profile})
-    tag = "remotemedia:test-" + uuid.uuid4().hex[:8]
-    sh("docker", "build", "-q", "-t", tag, "--label", "remotemedia-test=1",
-       "--build-arg", f"BASE={base}", "--build-arg", f"BUILDER={base}",
-       "--build-arg", "PREBUILT=target/docker", str(ROOT), timeout=900)
-    size = int(sh("docker", "image", "inspect", "-f", "{{.Size}}", tag).stdout)
-    print(f"\nimage {tag}: {size / 2**20:.0f} MiB", file=sys.stderr)
-    yield tag
-    sh("docker", "image", "rm", "-f", tag, check=False)
-    # The build stage the legacy builder leaves behind.
-    sh("docker", "image", "prune", "-f", check=False)
+from conftest import CLIENT, RECORDING, TOKEN, WORDS, sh
 
 
 class Container:
@@ -96,6 +66,11 @@ class Container:
 
 
 @pytest.fixture
+def tag(image):
+    return image[1]
+
+
+@pytest.fixture
 def containers():
     made = []
     yield lambda *a, **kw: made.append(Container(*a, **kw)) or made[-1]
@@ -111,8 +86,8 @@ def client(addr, pipeline, speed="4", timeout=120):
     )
 
 
-def test_the_image_serves_the_recording_as_a_non_root_user(image, containers):
-    c = containers(image)
+def test_the_image_serves_the_recording_as_a_non_root_user(tag, containers):
+    c = containers(tag)
     c.wait_healthy()
     c.wait_ready()
     run = client(f"127.0.0.1:{c.port(50051)}", "transcribe")
@@ -125,8 +100,8 @@ def test_the_image_serves_the_recording_as_a_non_root_user(image, containers):
     assert "loaded model model=/opt/remotemedia/models/" in c.logs()
 
 
-def test_models_load_without_any_network(image, containers):
-    c = containers(image, network="none")
+def test_models_load_without_any_network(tag, containers):
+    c = containers(tag, network="none")
     deadline = time.time() + 90
     probe = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9090/readyz').status)"
     while time.time() < deadline:
@@ -137,11 +112,11 @@ def test_models_load_without_any_network(image, containers):
     raise AssertionError(c.logs())
 
 
-def test_a_python_node_runs_in_the_container(image, containers, tmp_path):
+def test_a_python_node_runs_in_the_container(tag, containers, tmp_path):
     manifest = tmp_path / "level.yaml"
     manifest.write_text("version: v1\nnodes:\n  - {id: level, type: AudioLevel}\n")
     manifest.chmod(0o644)
-    c = containers(image, "serve", "--config", "/etc/remotemedia/server.toml",
+    c = containers(tag, "serve", "--config", "/etc/remotemedia/server.toml",
                    "--pipeline", "level=/etc/remotemedia/level.yaml",
                    volumes=[f"{manifest}:/etc/remotemedia/level.yaml:ro"])
     c.wait_ready()
@@ -152,14 +127,14 @@ def test_a_python_node_runs_in_the_container(image, containers, tmp_path):
     assert "closed (closed)" in run.stderr
 
 
-def test_without_tokens_it_refuses_to_start_and_says_why(image):
-    r = sh("docker", "run", "--rm", image, check=False, timeout=60)
+def test_without_tokens_it_refuses_to_start_and_says_why(tag):
+    r = sh("docker", "run", "--rm", tag, check=False, timeout=60)
     assert r.returncode != 0
     assert "without API tokens" in r.stderr + r.stdout
 
 
-def test_docker_stop_drains_open_streams_and_exits_0(image, containers):
-    c = containers(image)
+def test_docker_stop_drains_open_streams_and_exits_0(tag, containers):
+    c = containers(tag)
     c.wait_ready()
     result = {}
     stream = threading.Thread(

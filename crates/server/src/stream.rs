@@ -36,9 +36,19 @@ fn msg(m: stream_response::Message) -> Result<proto::StreamResponse, Status> {
 /// Serves one stream to its end.
 pub async fn run(shared: Arc<Shared>, mut inbound: Streaming<proto::StreamRequest>, tx: Outbox) {
     shared.stats.streams_active.fetch_add(1, Relaxed);
-    if let Err(status) = serve(&shared, &mut inbound, &tx).await {
-        let status = shared.stats.refuse(status);
-        let _ = tokio::time::timeout(FINAL_SEND, tx.send(Err(status))).await;
+    match serve(&shared, &mut inbound, &tx).await {
+        Err(status) => {
+            let status = shared.stats.refuse(status);
+            let _ = tokio::time::timeout(FINAL_SEND, tx.send(Err(status))).await;
+        }
+        // The session ended normally: the response ends once the client has ended its request
+        // (it does right after CLOSE), or after FINAL_SEND. A response that ends first makes
+        // HTTP/2 reset the request (RST_STREAM NO_ERROR), which a proxy such as HAProxy passes
+        // on to its client as a cancel: CANCELLED for a call that succeeded.
+        Ok(()) => {
+            let rest = async { while let Ok(Some(_)) = inbound.message().await {} };
+            let _ = tokio::time::timeout(FINAL_SEND, rest).await;
+        }
     }
     shared.stats.streams_active.fetch_sub(1, Relaxed);
 }
