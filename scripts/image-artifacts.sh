@@ -7,14 +7,16 @@
 #
 #   ./scripts/image-artifacts.sh [OUT]          # release build
 #   PROFILE=debug ./scripts/image-artifacts.sh  # the test build's binary (no release build)
+#   FEATURES=webrtc,cuda ./scripts/image-artifacts.sh   # Dockerfile.cuda
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="${1:-$ROOT/target/docker}"
 PROFILE="${PROFILE:-release}"
+FEATURES="${FEATURES:-webrtc}"
 cd "$ROOT"
 ./scripts/setup-models.sh >/dev/null
 if [[ "$PROFILE" == release ]]; then
-    cargo build --release --locked -p remotemedia-cli --features webrtc
+    cargo build --release --locked -p remotemedia-cli --features "$FEATURES"
 else
     cargo build --locked --workspace --features remotemedia-server/webrtc --bin remotemedia
 fi
