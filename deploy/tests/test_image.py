@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -133,23 +134,41 @@ def test_without_tokens_it_refuses_to_start_and_says_why(tag):
     assert "without API tokens" in r.stderr + r.stdout
 
 
-def test_docker_stop_drains_open_streams_and_exits_0(tag, containers):
+def http_get(port, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_sigterm_drains_open_streams_and_exits_0(tag, containers):
+    """What Kubernetes relies on: the streams metric the autoscaler reads, readiness turning
+    503 at once on SIGTERM while the open stream goes on to its end, then exit 0."""
     c = containers(tag)
     c.wait_ready()
+    http = c.port(9090)
     result = {}
     stream = threading.Thread(
         target=lambda: result.update(run=client(f"127.0.0.1:{c.port(50051)}", "transcribe",
                                                 speed="1", timeout=60)))
     stream.start()
     time.sleep(2.0)  # the session is open and mid-recording
+    assert "remotemedia_grpc_streams_active 1\n" in http_get(http, "/metrics")[1]
     stopped = time.time()
-    sh("docker", "stop", "-t", "40", c.id, timeout=60)
+    sh("docker", "kill", "-s", "TERM", c.id)
+    deadline = time.time() + 5
+    while http_get(http, "/readyz")[0] != 503:
+        assert time.time() < deadline, "still ready 5 s after SIGTERM"
+        time.sleep(0.1)
+    assert http_get(http, "/healthz")[0] == 200  # alive: a liveness probe must not kill it
     stream.join()
     run = result["run"]
     # The stream went on to its end during the drain: every word, a normal close.
     assert run.returncode == 0, run.stderr
     for words in WORDS:
         assert words in run.stdout.lower(), run.stdout
+    sh("docker", "wait", c.id, timeout=40)
     assert time.time() - stopped < 30
     assert c.inspect("{{.State.ExitCode}}") == "0", c.logs()
     assert "draining" in c.logs()
