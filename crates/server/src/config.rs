@@ -65,12 +65,6 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
-impl TlsConfig {
-    pub fn enabled(&self) -> bool {
-        self.cert.is_some()
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {

@@ -53,7 +53,6 @@ async fn faults_under_load_are_each_answered_and_leave_nothing_behind() {
     let audio = Arc::new(samples.channel(0));
     let target = chaos::Target {
         grpc: server.grpc_addr(),
-        token: None,
         server_pid: std::process::id(),
         speech: "transcribe".into(),
         python: "level".into(),

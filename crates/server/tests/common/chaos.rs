@@ -3,8 +3,7 @@
 //! again and again under sessions of a Python pipeline, clients that vanish mid-utterance with
 //! a TCP reset, connections and streams that never say anything (slow-loris), thousands of
 //! sessions opened and closed, oversized and truncated messages — and what every client was
-//! told. Used by `tests/chaos.rs` (bounded, asserts) and `examples/chaos.rs` (the timed run of
-//! `bench/chaos.sh`).
+//! told. Used by `tests/chaos.rs`, which `bench/chaos.sh` runs in a release build.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,7 +25,6 @@ use tonic::transport::Channel;
 #[derive(Clone)]
 pub struct Target {
     pub grpc: SocketAddr,
-    pub token: Option<String>,
     /// The server's process id: its children are the Python workers to kill.
     pub server_pid: u32,
     /// Pipeline names: the speech pipeline (16 kHz audio in, timed final text out), one with a
@@ -124,15 +122,6 @@ fn count(o: &mut Outcomes, what: impl Into<String>) {
     *o.entry(what.into()).or_default() += 1;
 }
 
-fn request<T>(t: &Target, msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    if let Some(token) = &t.token {
-        let v = format!("Bearer {token}").parse().unwrap();
-        r.metadata_mut().insert("authorization", v);
-    }
-    r
-}
-
 fn open(pipeline: &str) -> proto::StreamRequest {
     let open = proto::OpenSession {
         pipeline: Some(proto::open_session::Pipeline::PipelineName(pipeline.into())),
@@ -181,7 +170,6 @@ async fn connect(t: &Target) -> Result<PipelineServiceClient<Channel>, String> {
 
 /// A stream call: requests go into the sender.
 async fn call(
-    t: &Target,
     c: &mut PipelineServiceClient<Channel>,
 ) -> Result<
     (
@@ -192,7 +180,7 @@ async fn call(
 > {
     let (tx, rx) = mpsc::channel(64);
     let responses = c
-        .stream_pipeline(request(t, ReceiverStream::new(rx)))
+        .stream_pipeline(ReceiverStream::new(rx))
         .await?
         .into_inner();
     Ok((tx, responses))
@@ -242,7 +230,7 @@ async fn victim(
     seconds: f64,
 ) -> Result<(String, Vec<f64>), String> {
     let mut c = connect(t).await?;
-    let (tx, mut rx) = call(t, &mut c).await.map_err(|s| s.to_string())?;
+    let (tx, mut rx) = call(&mut c).await.map_err(|s| s.to_string())?;
     tx.send(open(&t.speech)).await.map_err(|e| e.to_string())?;
     match rx.message().await {
         Ok(Some(proto::StreamResponse {
@@ -345,7 +333,7 @@ async fn python_sessions(t: &Target, audio: &[f32], until: Instant) -> Outcomes 
     };
     while Instant::now() < until {
         let outcome = tokio::time::timeout(Duration::from_secs(20), async {
-            let (tx, mut rx) = match call(t, &mut c).await {
+            let (tx, mut rx) = match call(&mut c).await {
                 Ok(x) => x,
                 Err(s) => return format!("status {:?}", s.code()),
             };
@@ -405,15 +393,12 @@ async fn raw_call(
         let _ = conn.await;
     });
     let mut client = client.ready().await.map_err(|x| e(&x))?;
-    let mut req = http::Request::post(format!(
+    let req = http::Request::post(format!(
         "http://{}/remotemedia.v1.PipelineService/StreamPipeline",
         t.grpc
     ))
     .header("content-type", "application/grpc")
     .header("te", "trailers");
-    if let Some(token) = &t.token {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
     let (resp, send) = client
         .send_request(req.body(()).unwrap(), false)
         .map_err(|x| e(&x))?;
@@ -487,7 +472,7 @@ async fn silent_stream(t: &Target) -> String {
     let Ok(mut c) = connect(t).await else {
         return "cannot connect".into();
     };
-    let (tx, mut rx) = match call(t, &mut c).await {
+    let (tx, mut rx) = match call(&mut c).await {
         Ok(x) => x,
         Err(s) => return format!("stream: status {:?}", s.code()),
     };
@@ -538,7 +523,7 @@ async fn open_close(t: &Target, n: usize) -> Outcomes {
 }
 
 async fn one_cycle(t: &Target, c: &mut PipelineServiceClient<Channel>) -> String {
-    let (tx, mut rx) = match call(t, c).await {
+    let (tx, mut rx) = match call(c).await {
         Ok(x) => x,
         Err(s) => return format!("status {:?}", s.code()),
     };
@@ -569,7 +554,7 @@ async fn bad_frames(t: &Target, until: Instant) -> Outcomes {
     };
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let oversized = match call(t, &mut c).await {
+        let oversized = match call(&mut c).await {
             Err(s) => format!("status {:?}", s.code()),
             Ok((tx, mut rx)) => {
                 let _ = tx.send(open(&t.light)).await;
