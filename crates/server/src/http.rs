@@ -2,6 +2,7 @@
 //! as JSON, the browser page (`web/`, at `/`), WebRTC signalling (`/v1/webrtc/...`) and the
 //! OpenAI-compatible API (`/v1/chat/completions`).
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -136,6 +137,21 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     );
 }
 
+/// A counter family with one label: `(name, label)`, one sample per key.
+fn counters_by<K: std::fmt::Display>(
+    out: &mut String,
+    (name, label): (&str, &str),
+    help: &str,
+    counts: &std::sync::Mutex<BTreeMap<K, u64>>,
+) {
+    head(out, name, "counter", help);
+    if let Ok(counts) = counts.lock() {
+        for (key, n) in counts.iter() {
+            let _ = writeln!(out, "remotemedia_{name}{{{label}=\"{key}\"}} {n}");
+        }
+    }
+}
+
 /// Prometheus text exposition of the process: sessions, per-node-type counters and latency
 /// histograms, model pools, bytes in and out, refused calls and Python worker restarts.
 pub fn render(shared: &Shared) -> String {
@@ -174,31 +190,18 @@ pub fn render(shared: &Shared) -> String {
         head(&mut out, counter.name, c, counter.help);
         let _ = writeln!(out, "remotemedia_{} {}", counter.name, counter.value);
     }
-    head(
+    counters_by(
         &mut out,
-        "grpc_errors_total",
-        "counter",
+        ("grpc_errors_total", "code"),
         "Calls and streams ended with an error status, by code.",
+        &stats.refused,
     );
-    if let Ok(r) = stats.refused.lock() {
-        for (code, n) in r.iter() {
-            let _ = writeln!(out, "remotemedia_grpc_errors_total{{code=\"{code}\"}} {n}");
-        }
-    }
-    head(
+    counters_by(
         &mut out,
-        "auth_failures_total",
-        "counter",
+        ("auth_failures_total", "transport"),
         "Requests refused for a missing or unaccepted token, by transport.",
+        &stats.auth_failures,
     );
-    if let Ok(f) = stats.auth_failures.lock() {
-        for (transport, n) in f.iter() {
-            let _ = writeln!(
-                out,
-                "remotemedia_auth_failures_total{{transport=\"{transport}\"}} {n}"
-            );
-        }
-    }
     #[cfg(feature = "webrtc")]
     {
         let calls = &shared.calls;
@@ -213,34 +216,18 @@ pub fn render(shared: &Shared) -> String {
             "remotemedia_webrtc_calls_active {}",
             calls.active.load(Relaxed)
         );
-        head(
+        counters_by(
             &mut out,
-            "webrtc_calls_ended_total",
-            "counter",
+            ("webrtc_calls_ended_total", "reason"),
             "WebRTC calls ended, by reason.",
+            &calls.ended,
         );
-        if let Ok(ended) = calls.ended.lock() {
-            for (reason, n) in ended.iter() {
-                let _ = writeln!(
-                    out,
-                    "remotemedia_webrtc_calls_ended_total{{reason=\"{reason}\"}} {n}"
-                );
-            }
-        }
-        head(
+        counters_by(
             &mut out,
-            "webrtc_refused_total",
-            "counter",
+            ("webrtc_refused_total", "status"),
             "WebRTC requests refused, by HTTP status.",
+            &calls.refused,
         );
-        if let Ok(refused) = calls.refused.lock() {
-            for (status, n) in refused.iter() {
-                let _ = writeln!(
-                    out,
-                    "remotemedia_webrtc_refused_total{{status=\"{status}\"}} {n}"
-                );
-            }
-        }
     }
     let types = &snap.node_types;
     for (name, help, get) in [
