@@ -52,6 +52,19 @@ impl fmt::Display for MediaType {
     }
 }
 
+impl std::str::FromStr for MediaType {
+    type Err = String;
+
+    /// The names [`MediaType`]'s `Display` writes.
+    fn from_str(s: &str) -> Result<Self, String> {
+        MediaType::ALL
+            .iter()
+            .find(|m| m.to_string() == s)
+            .copied()
+            .ok_or_else(|| format!("unknown media type `{s}`"))
+    }
+}
+
 /// The sample memory of an [`AudioFrame`]: reference-counted, so clones share it. Either the
 /// runtime owns it, or it is lent by a foreign owner (a numpy array, a shared-memory sample)
 /// that stays alive, unchanged, for as long as any frame uses it: no copy either way.

@@ -12,7 +12,7 @@ use regex::Regex;
 use serde::Serialize;
 
 use crate::manifest::RuntimeHint;
-pub use crate::manifest::{ExecutorKind, ExecutorRule};
+pub use crate::manifest::{ExecutorKind, ExecutorRule, RemoteSpec};
 use crate::node::{Node, NodeContext, NodeError, NodeTypeInfo};
 
 /// Something that can create nodes of the types it knows.
@@ -39,6 +39,15 @@ pub trait Executor: Send + Sync {
     fn counters(&self) -> Vec<Counter> {
         Vec::new()
     }
+}
+
+/// Makes the executor of one remote server: what runs the nodes a manifest gives a `remote`.
+/// Asking may block (the remote's node types are fetched over the network, once per
+/// endpoint): call it off the async reactor, as for the Python executor's types.
+pub trait RemoteConnector: Send + Sync {
+    /// An executor whose types are the remote's (its pipelines too, with `spec.pipeline`);
+    /// the error says why the remote cannot be used.
+    fn connect(&self, spec: &RemoteSpec) -> Result<Arc<dyn Executor>, String>;
 }
 
 /// One monotonic counter an executor exports.
@@ -96,7 +105,7 @@ pub enum ResolveError {
     },
 }
 
-fn did_you_mean(s: &[String]) -> String {
+pub(crate) fn did_you_mean(s: &[String]) -> String {
     if s.is_empty() {
         String::new()
     } else {
@@ -130,6 +139,7 @@ struct Rule {
 #[derive(Clone)]
 pub struct ExecutorRegistry {
     executors: Vec<Arc<dyn Executor>>,
+    remote: Option<Arc<dyn RemoteConnector>>,
     explicit: HashMap<String, ExecutorKind>,
     rules: Rules,
     default: ExecutorKind,
@@ -146,6 +156,7 @@ impl ExecutorRegistry {
     pub fn new() -> Self {
         Self {
             executors: Vec::new(),
+            remote: None,
             explicit: HashMap::new(),
             rules: Rules::default(),
             default: ExecutorKind::Native,
@@ -178,7 +189,21 @@ impl ExecutorRegistry {
     pub fn only(&self, kinds: &[ExecutorKind]) -> Self {
         let mut r = self.clone();
         r.executors.retain(|e| kinds.contains(&e.kind()));
+        if !kinds.contains(&ExecutorKind::Remote) {
+            r.remote = None;
+        }
         r
+    }
+
+    /// Runs the nodes that have a `remote`.
+    pub fn set_remote(&mut self, connector: Arc<dyn RemoteConnector>) -> &mut Self {
+        self.remote = Some(connector);
+        self
+    }
+
+    /// What runs the nodes that have a `remote`, if anything here can.
+    pub fn remote(&self) -> Option<&Arc<dyn RemoteConnector>> {
+        self.remote.as_ref()
     }
 
     /// Every executor, for exporters of their counters.

@@ -188,10 +188,17 @@ pub trait Node: Send + 'static {
         out: &mut Outputs,
     ) -> Result<(), NodeError>;
 
-    /// Emits anything still buffered: called at end of stream (upstream nodes first) and on a
-    /// [`Control::Flush`].
+    /// Emits anything still buffered: called on a [`Control::Flush`], and by the default
+    /// [`Node::finish`] at end of stream.
     async fn flush(&mut self, _out: &mut Outputs) -> Result<(), NodeError> {
         Ok(())
+    }
+
+    /// End of stream: nothing more will arrive; emits everything left (called upstream nodes
+    /// first). Default: [`Node::flush`]. A node whose work goes on elsewhere (another server)
+    /// waits here until that work is done.
+    async fn finish(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
+        self.flush(out).await
     }
 
     /// Reacts to other in-band control. The router passes the control on afterwards, along

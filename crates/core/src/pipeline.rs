@@ -8,8 +8,8 @@ use std::sync::{Arc, OnceLock};
 use serde_json::Value;
 
 use crate::data::MediaType;
-use crate::executor::{Executor, ExecutorRegistry, ExecutorRule, Rules};
-use crate::manifest::{self, DropPolicy, Manifest, Pos, SourceMap};
+use crate::executor::{Executor, ExecutorRegistry, ExecutorRule, RemoteSpec, Resolution, Rules};
+use crate::manifest::{self, DropPolicy, Manifest, NodeDecl, Pos, SourceMap};
 use crate::node::NodeTypeInfo;
 
 /// One problem in a manifest.
@@ -297,9 +297,86 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// The executor of a node's `remote`, and its type there.
+    fn resolve_remote(
+        &mut self,
+        i: usize,
+        n: &NodeDecl,
+        spec: &RemoteSpec,
+        executors: &ExecutorRegistry,
+    ) -> Option<Resolution> {
+        let at = |field: &str| format!("/nodes/{i}/{field}");
+        if n.runtime_hint != crate::manifest::RuntimeHint::Auto {
+            self.report(
+                &at("runtime_hint"),
+                "the remote's own rules decide where a remote node runs: leave runtime_hint out",
+            );
+        }
+        let is_pipeline = n.node_type == manifest::REMOTE_PIPELINE;
+        match (&spec.pipeline, is_pipeline) {
+            (Some(p), false) => {
+                let message = format!(
+                    "a node running the remote pipeline `{p}` has type `{}`",
+                    manifest::REMOTE_PIPELINE
+                );
+                self.report(&at("type"), message);
+                return None;
+            }
+            (None, true) => {
+                self.report(
+                    &at("remote"),
+                    "name the remote's pipeline this node runs: `pipeline: <name>`",
+                );
+                return None;
+            }
+            _ => {}
+        }
+        let Some(connector) = executors.remote() else {
+            self.report(&at("remote"), "remote nodes cannot be used here");
+            return None;
+        };
+        let executor = match connector.connect(spec) {
+            Ok(e) => e,
+            Err(e) => {
+                self.report(&at("remote"), e);
+                return None;
+            }
+        };
+        let info = executor.describe(&n.node_type);
+        if info.is_none() && is_pipeline {
+            self.report(&at("remote"), format!("{} serves no such pipeline", spec.endpoint));
+        } else if info.is_none() {
+            let known: Vec<String> = executor.node_types().into_iter().map(|t| t.name).collect();
+            self.report(
+                &at("type"),
+                format!(
+                    "{} has no node type `{}`{}; its types: {}",
+                    spec.endpoint,
+                    n.node_type,
+                    crate::executor::did_you_mean(&crate::executor::close_matches(
+                        &n.node_type,
+                        &known
+                    )),
+                    known.join(", ")
+                ),
+            );
+        }
+        Some(Resolution {
+            executor,
+            info: info?,
+            fallback_warning: None,
+        })
+    }
+
     /// The manifest's executor rules, compiled; a bad pattern is reported at its line.
     fn executor_rules(&mut self, rules: &[ExecutorRule]) -> Rules {
         for (i, r) in rules.iter().enumerate() {
+            if r.executor == crate::executor::ExecutorKind::Remote {
+                self.report(
+                    &format!("/config/executor_rules/{i}/executor"),
+                    "a rule cannot send nodes to a remote server: give the node a `remote`",
+                );
+            }
             if let Err(e) = Rules::compile(std::slice::from_ref(r)) {
                 self.report(
                     &format!("/config/executor_rules/{i}/pattern"),
@@ -336,6 +413,14 @@ impl<'a> Checker<'a> {
         let rules = self.executor_rules(&manifest.config.executor_rules);
         let mut resolved = Vec::with_capacity(manifest.nodes.len());
         for (i, n) in manifest.nodes.iter().enumerate() {
+            if let Some(spec) = &n.remote {
+                let r = self.resolve_remote(i, n, spec, executors);
+                if let Some(r) = &r {
+                    self.check_params(i, &n.params, &r.info.params_schema);
+                }
+                resolved.push(r);
+                continue;
+            }
             match executors.resolve_with(&n.node_type, n.runtime_hint, &rules) {
                 Ok(r) => {
                     if let Some(w) = &r.fallback_warning {

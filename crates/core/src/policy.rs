@@ -46,6 +46,10 @@ pub enum PolicyError {
         "node `{node}` ({node_type}) runs Python code, which untrusted manifests may not use here (allow_python is off)"
     )]
     Python { node: String, node_type: String },
+    #[error(
+        "node `{node}` asks to run on {endpoint}; only the operator's own pipelines may use remote nodes"
+    )]
+    Remote { node: String, endpoint: String },
     #[error("node `{node}`: type {node_type} is not allowed here; allowed: {}", .allowed.join(", "))]
     TypeNotAllowed {
         node: String,
@@ -88,6 +92,13 @@ impl ManifestPolicy {
             });
         }
         for n in &manifest.nodes {
+            // The operator's tokens and network are not a client's to use.
+            if let Some(remote) = &n.remote {
+                return Err(PolicyError::Remote {
+                    node: n.id.clone(),
+                    endpoint: remote.endpoint.clone(),
+                });
+            }
             if !self.allow_python && runs_python(n, executors) {
                 return Err(PolicyError::Python {
                     node: n.id.clone(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::data::{Packet, RuntimeData};
-use crate::executor::{Executor, ExecutorKind, ExecutorRegistry, ExecutorRule};
+use crate::executor::{Executor, ExecutorKind, ExecutorRegistry, ExecutorRule, RemoteConnector};
 use crate::metrics::ProcessMetrics;
 use crate::node::{NodeContext, NodeType};
 use crate::pipeline::{ManifestError, Pipeline};
@@ -22,6 +22,7 @@ use crate::session::{self, LiveNode, Session, SessionError};
 pub struct RuntimeBuilder {
     nodes: NodeRegistry,
     executors: Vec<Arc<dyn Executor>>,
+    remote: Option<Arc<dyn RemoteConnector>>,
     rules: Vec<ExecutorRule>,
 }
 
@@ -42,6 +43,7 @@ impl RuntimeBuilder {
         Self {
             nodes: NodeRegistry::new(),
             executors: Vec::new(),
+            remote: None,
             rules: Vec::new(),
         }
     }
@@ -64,6 +66,12 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Runs the nodes a manifest gives a `remote` (without it, such a manifest is refused).
+    pub fn remote(mut self, connector: Arc<dyn RemoteConnector>) -> Self {
+        self.remote = Some(connector);
+        self
+    }
+
     /// Adds executor preference rules (defaults, or the operator's configuration).
     pub fn rules(mut self, rules: impl IntoIterator<Item = ExecutorRule>) -> Self {
         self.rules.extend(rules);
@@ -76,6 +84,9 @@ impl RuntimeBuilder {
         executors.add_executor(Arc::new(self.nodes));
         for e in self.executors {
             executors.add_executor(e);
+        }
+        if let Some(remote) = self.remote {
+            executors.set_remote(remote);
         }
         for r in &self.rules {
             executors.add_rule(r)?;
@@ -123,7 +134,7 @@ impl Runtime {
 
     /// Loads manifest text from someone untrusted: the policy is checked on the parsed
     /// manifest before any type is resolved, and with Python off only the native executor is
-    /// consulted. May block (resolving an allowed Python type asks a Python process): call it
+    /// consulted; remote nodes are refused. May block (resolving an allowed Python type asks a Python process): call it
     /// off the async reactor.
     pub fn load_untrusted(
         &self,
@@ -134,11 +145,12 @@ impl Runtime {
         policy.check_text(text)?;
         let manifest = Pipeline::read(text, origin)?;
         policy.check(&manifest, &self.executors)?;
-        let pipeline = if policy.allow_python {
-            Pipeline::parse(text, origin, &self.executors)
+        let kinds: &[ExecutorKind] = if policy.allow_python {
+            &[ExecutorKind::Native, ExecutorKind::Python]
         } else {
-            Pipeline::parse(text, origin, &self.executors.only(&[ExecutorKind::Native]))
+            &[ExecutorKind::Native]
         };
+        let pipeline = Pipeline::parse(text, origin, &self.executors.only(kinds));
         Ok(Arc::new(pipeline?))
     }
 

@@ -501,7 +501,7 @@ impl NodeTask {
             let Some((edge, packet)) = next else {
                 // End of stream: everything upstream has flushed into us.
                 out.clear();
-                let r = self.node.node.flush(&mut out).await;
+                let r = self.node.node.finish(&mut out).await;
                 let stop = self.forward(&mut out).await;
                 return match self.settle(r) {
                     Err(e) => Stop::Failed(e),

@@ -206,7 +206,7 @@ impl NodeHarness {
     /// the error and, when it is fatal, ends the session.
     pub async fn flush_outputs(&mut self) -> Result<Vec<Output>, NodeError> {
         self.out.clear();
-        self.node.flush(&mut self.out).await?;
+        self.node.finish(&mut self.out).await?;
         self.take(self.last)
     }
 

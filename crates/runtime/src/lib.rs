@@ -32,8 +32,8 @@ pub fn default_rules() -> Vec<ExecutorRule> {
     vec![ExecutorRule::new("^Whisper", ExecutorKind::Python, 10)]
 }
 
-/// Every node family (core built-ins, audio, speech, the LLM), the Python executor and the default
-/// rules, with default options.
+/// Every node family (core built-ins, audio, speech, the LLM), the Python and remote executors
+/// and the default rules, with default options.
 pub fn builder() -> RuntimeBuilder {
     builder_with(Options::default())
 }
@@ -56,6 +56,7 @@ pub fn builder_with(options: Options) -> RuntimeBuilder {
     let builder = builder.nodes(remotemedia_llm::register);
     builder
         .executor(Arc::new(python))
+        .remote(Arc::new(remotemedia_remote::Remotes))
         .rules(default_rules())
         .rules(options.rules)
 }

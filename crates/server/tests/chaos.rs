@@ -122,15 +122,23 @@ async fn faults_under_load_are_each_answered_and_leave_nothing_behind() {
             "{cycles:?}"
         );
     }
-    for outcome in report.bad_frames.keys() {
+    // A truncated message is answered INTERNAL; admission control may refuse its stream
+    // before the message is read, as it refuses open/close cycles while the machine runs behind.
+    let frames = &report.bad_frames;
+    for outcome in frames.keys() {
         assert!(
             outcome == "oversized: status ResourceExhausted"
-                || outcome == "truncated: status Internal",
-            "{outcome}: {:?}",
-            report.bad_frames
+                || outcome == "truncated: status Internal"
+                || outcome == "truncated: status ResourceExhausted",
+            "{outcome}: {frames:?}"
         );
     }
-    assert!(report.bad_frames.len() == 2, "{:?}", report.bad_frames);
+    let truncated_internal = frames.get("truncated: status Internal").copied();
+    let oversized = frames.get("oversized: status ResourceExhausted").copied();
+    assert!(
+        truncated_internal.unwrap_or(0) * 10 >= oversized.unwrap_or(0) * 9 && oversized >= Some(1),
+        "{frames:?}"
+    );
 
     // Nothing left: sessions and tasks, worker processes, shared memory, descriptors.
     assert_no_leaks(&server).await;

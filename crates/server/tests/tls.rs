@@ -214,3 +214,41 @@ async fn bad_tls_files_are_named() {
         "{e}"
     );
 }
+
+/// A remote node over TLS: the remote's certificate is checked against the manifest's
+/// `ca_file`, and one from another CA is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_node_runs_over_tls_checked_against_its_ca() {
+    let dir = make_certificates("remote");
+    let server = common::serve(|c| {
+        tls_files(c, &dir);
+        c.auth.tokens = vec![TOKEN.into()];
+        c.client_manifests.allow = true;
+    })
+    .await;
+    // SAFETY: set before any thread of this test reads the environment.
+    unsafe { std::env::set_var("TLS_REMOTE_TOKEN", TOKEN) };
+    let manifest = |ca: &str| {
+        format!(
+            "version: v1\nnodes:\n  - id: shout\n    type: TextTransform\n    params: {{op: uppercase}}\n    remote: {{endpoint: \"https://{}\", token_env: TLS_REMOTE_TOKEN, ca_file: \"{}\"}}\n",
+            server.grpc_addr(),
+            dir.join(ca).display()
+        )
+    };
+    let runtime = common::runtime();
+    let pipeline = runtime.load(&manifest("ca.pem"), "<test>").unwrap();
+    let out = runtime
+        .execute(&pipeline, vec![remotemedia_core::RuntimeData::text("over tls")])
+        .await
+        .unwrap();
+    assert_eq!(&*out[0].data.as_text().unwrap().text, "OVER TLS");
+
+    let e = runtime.load(&manifest("rogue-ca.pem"), "<test>").err().unwrap();
+    assert!(
+        e.to_string().contains(&format!("cannot reach https://{}", server.grpc_addr()))
+            && e.to_string().contains("certificate"),
+        "{e}"
+    );
+    common::assert_no_leaks(&server).await;
+    server.shutdown().await;
+}

@@ -65,6 +65,52 @@ pub struct NodeDecl {
     /// Where the node should run.
     #[serde(default)]
     pub runtime_hint: RuntimeHint,
+    /// Run the node on another RemoteMedia server (the remote executor) instead of here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "RemoteSpec")]
+    pub remote: Option<RemoteSpec>,
+}
+
+/// The node type a node has when it stands for a whole pipeline of a remote server.
+pub const REMOTE_PIPELINE: &str = "RemotePipeline";
+
+/// Where and how a remote node runs: one node (its `type` and `params` as written), or with
+/// `pipeline`, a pipeline the remote server is configured with (the node's `type` is then
+/// `RemotePipeline`). Each session opens its own stream to the remote over the gRPC protocol.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteSpec {
+    /// `http://host:port` or `https://host:port` of the other server (or of a load balancer
+    /// in front of several).
+    #[schemars(regex(pattern = r"^https?://[^/\s]+/?$"))]
+    pub endpoint: String,
+    /// Environment variable of this process holding the bearer token the remote expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    pub token_env: Option<String>,
+    /// A pipeline the remote serves (see its ListPipelines) instead of one node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+    /// PEM file of the certificate authority an `https` remote's certificate is checked
+    /// against; default: the public web roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// How long connecting, and the remote's answer to a new session, may take.
+    #[serde(default = "default_connect_timeout_ms")]
+    #[schemars(range(min = 1))]
+    pub connect_timeout_ms: u64,
+    /// How long the remote may take to finish a session once its input has ended.
+    #[serde(default = "default_finish_timeout_ms")]
+    #[schemars(range(min = 1))]
+    pub finish_timeout_ms: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+
+fn default_finish_timeout_ms() -> u64 {
+    30_000
 }
 
 fn empty_object() -> serde_json::Value {
@@ -94,7 +140,7 @@ impl fmt::Display for RuntimeHint {
     }
 }
 
-/// The kinds of executor. More will come (a remote executor), hence non-exhaustive.
+/// The kinds of executor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
@@ -103,6 +149,8 @@ pub enum ExecutorKind {
     Native,
     /// In a Python worker process.
     Python,
+    /// On another server: chosen by a node's `remote`, never by a rule.
+    Remote,
 }
 
 impl fmt::Display for ExecutorKind {
@@ -110,6 +158,7 @@ impl fmt::Display for ExecutorKind {
         f.write_str(match self {
             ExecutorKind::Native => "native",
             ExecutorKind::Python => "python",
+            ExecutorKind::Remote => "remote",
         })
     }
 }
