@@ -16,7 +16,7 @@ import uuid
 
 import grpc
 import pytest
-from conftest import CLIENT, RECORDING, ROOT, TOKEN, WORDS, sh
+from conftest import CLIENT, RECORDING, ROOT, TOKEN, WORDS, Container, client, sh
 
 sys.path.insert(0, str(CLIENT.parent))
 from client import SessionState, load_stubs, read_wav, request_stream  # noqa: E402
@@ -142,6 +142,42 @@ def test_streams_through_the_balancer_go_to_every_server(compose):
             assert words in text, text
     # Fewest streams first: three streams at once, one on each server.
     assert sorted(compose.served_by()[before:]) == ["server1", "server2", "server3"]
+
+
+def test_a_remote_pipeline_runs_through_the_balancer(compose, tmp_path):
+    """An edge server outside the stack whose pipeline is the servers' `transcribe`, reached
+    through HAProxy as a remote pipeline."""
+    (tmp_path / "edge.yaml").write_text("""version: v1
+nodes:
+  - id: speech
+    type: RemotePipeline
+    remote: {endpoint: "http://lb:50051", token_env: LB_TOKEN, pipeline: transcribe}
+""")
+    (tmp_path / "edge.toml").write_text("""[grpc]
+listen = "0.0.0.0:50051"
+[http]
+listen = "0.0.0.0:9090"
+[pipelines]
+remote = "/etc/remotemedia/edge.yaml"
+""")
+    tmp_path.chmod(0o755)  # the server runs as user 10001
+    for f in tmp_path.iterdir():
+        f.chmod(0o644)
+    edge = Container(compose.env["IMAGE"], "serve", "--config", "/etc/remotemedia/edge.toml",
+                     env={"REMOTEMEDIA_TOKENS": TOKEN, "LB_TOKEN": TOKEN},
+                     volumes=[f"{tmp_path}:/etc/remotemedia:ro"],
+                     network=f"{compose.project}_default")
+    try:
+        edge.wait_ready()
+        before = len(compose.served_by())
+        run = client(f"127.0.0.1:{edge.port(50051)}", "remote", speed="2")
+        assert run.returncode == 0, run.stderr + edge.logs()[-3000:]
+        for words in WORDS:
+            assert words in run.stdout.lower(), run.stdout
+        # The edge's warm-up session and the client's, each on one of the servers.
+        assert len(compose.served_by()) > before
+    finally:
+        edge.remove()
 
 
 def test_a_killed_server_s_clients_are_told_at_once_and_new_streams_go_elsewhere(compose):

@@ -6,85 +6,12 @@ the test build's binary unless IMAGE_PROFILE=release) on a base made by debootst
 127.0.0.1 only and are removed afterwards.
 """
 
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 
-import pytest
-from conftest import CLIENT, RECORDING, TOKEN, WORDS, sh
-
-
-class Container:
-    def __init__(self, image, *args, env=None, volumes=(), network=None):
-        cmd = ["docker", "run", "-d", "-p", "127.0.0.1::50051", "-p", "127.0.0.1::9090"]
-        for k, v in (env or {"REMOTEMEDIA_TOKENS": TOKEN}).items():
-            cmd += ["-e", f"{k}={v}"]
-        for v in volumes:
-            cmd += ["-v", v]
-        if network:
-            cmd += ["--network", network]
-        self.id = sh(*cmd, image, *args).stdout.strip()
-
-    def port(self, inside):
-        out = sh("docker", "port", self.id, f"{inside}/tcp").stdout.split()[0]
-        return out.rsplit(":", 1)[1]
-
-    def inspect(self, template):
-        return sh("docker", "inspect", "-f", template, self.id).stdout.strip()
-
-    def wait_healthy(self, within=90):
-        deadline = time.time() + within
-        while time.time() < deadline:
-            status = self.inspect("{{.State.Health.Status}}")
-            if status == "healthy":
-                return
-            assert self.inspect("{{.State.Running}}") == "true", self.logs()
-            time.sleep(0.5)
-        raise AssertionError(f"not healthy within {within} s:\n{self.logs()}")
-
-    def wait_ready(self, within=90):
-        url = f"http://127.0.0.1:{self.port(9090)}/readyz"
-        deadline = time.time() + within
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"not ready within {within} s:\n{self.logs()}")
-
-    def logs(self):
-        r = sh("docker", "logs", self.id, check=False)
-        return r.stdout + r.stderr
-
-    def remove(self):
-        sh("docker", "rm", "-f", self.id, check=False)
-
-
-@pytest.fixture
-def tag(image):
-    return image[1]
-
-
-@pytest.fixture
-def containers():
-    made = []
-    yield lambda *a, **kw: made.append(Container(*a, **kw)) or made[-1]
-    for c in made:
-        c.remove()
-
-
-def client(addr, pipeline, speed="4", timeout=120):
-    return subprocess.run(
-        [sys.executable, str(CLIENT), "--addr", addr, "--token", TOKEN, "--pipeline", pipeline,
-         "--speed", speed, str(RECORDING)],
-        capture_output=True, text=True, timeout=timeout,
-    )
+from conftest import WORDS, client, sh
 
 
 def test_the_image_serves_the_recording_as_a_non_root_user(tag, containers):

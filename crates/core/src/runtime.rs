@@ -183,6 +183,7 @@ impl Runtime {
                     return Err(SessionError::Create {
                         node_id: pn.id.to_string(),
                         node_type: pn.node_type.clone(),
+                        retryable: e.is_retryable(),
                         message: e.message,
                     });
                 }

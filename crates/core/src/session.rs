@@ -64,6 +64,8 @@ pub enum SessionError {
         node_id: String,
         node_type: String,
         message: String,
+        /// Trying again later can help (a remote or a worker that is busy or restarting).
+        retryable: bool,
     },
     #[error("{0}")]
     Node(NodeFailure),

@@ -81,6 +81,18 @@ const CASES: &[(&str, &str)] = &[
         r#"params_wrong_type.yaml:7:7: nodes[0].params.prefix: node `shout`: invalid params: 42 is not of type "string""#,
     ),
     (
+        "remote_endpoint.yaml",
+        r#"remote_endpoint.yaml:6:7: nodes[0].remote.endpoint: node `asr`: "gpu-box:50051" does not match "^https?://[^/]+/?$""#,
+    ),
+    (
+        "remote_rule.yaml",
+        "remote_rule.yaml:6:26: config.executor_rules[0].executor: a rule cannot send nodes to a remote server: give the node a `remote`",
+    ),
+    (
+        "remote_unavailable.yaml",
+        "remote_unavailable.yaml:5:5: nodes[0].remote: node `asr`: remote nodes cannot be used here",
+    ),
+    (
         "self_edge.yaml",
         "self_edge.yaml:6:5: connections[0]: node `a` is connected to itself",
     ),

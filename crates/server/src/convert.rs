@@ -54,6 +54,18 @@ pub fn feed_status(e: &SessionError) -> Option<Status> {
     }
 }
 
+/// A session that could not start: UNAVAILABLE when trying again can help (a remote node's
+/// server is down or full, a worker is restarting), INTERNAL otherwise.
+pub fn start_status(e: SessionError) -> Status {
+    let message = format!("could not start the pipeline: {e}");
+    match e {
+        SessionError::Create {
+            retryable: true, ..
+        } => Status::unavailable(message),
+        _ => Status::internal(message),
+    }
+}
+
 /// Limits a client asks for (0 = not asked).
 pub fn limits_in(l: &proto::Limits) -> LimitsConfig {
     LimitsConfig {

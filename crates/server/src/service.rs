@@ -39,7 +39,7 @@ impl Service {
             .runtime
             .open(&granted.pipeline)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(convert::start_status)?;
         let (input, mut output) = session.split();
         let feed = async move {
             for (target, data, ts) in inputs {

@@ -73,7 +73,7 @@ async fn serve(
         .runtime
         .open(&granted.pipeline)
         .await
-        .map_err(|e| Status::internal(format!("could not start the pipeline: {e}")))?;
+        .map_err(convert::start_status)?;
     let (inputs, outputs) = convert::pipeline_ports(&granted.pipeline);
     tracing::info!(session = session.id(), pipeline = %granted.pipeline.name, "session opened");
     let ready = proto::SessionReady {

@@ -56,17 +56,31 @@ fn recording() -> Vec<RuntimeData> {
         .collect()
 }
 
-/// Final texts with their spans.
+/// Final texts with their spans, the recording fed with its own media time.
 async fn transcript(manifest: &str) -> Vec<(String, Option<(Duration, Duration)>)> {
     let runtime = runtime();
     let pipeline = runtime.load(manifest, "<test>").unwrap_or_else(|e| panic!("{e}"));
-    let packets = runtime.execute(&pipeline, recording()).await.unwrap();
-    packets
-        .iter()
-        .filter_map(|p| p.data.as_text())
-        .filter(|t| t.is_final)
-        .map(|t| (t.text.to_string(), t.span))
-        .collect()
+    let (input, mut output) = runtime.open(&pipeline).await.unwrap().split();
+    let feed = async move {
+        for (i, frame) in recording().into_iter().enumerate() {
+            let at = Duration::from_millis(20 * i as u64);
+            input.send_at(frame, at).await.unwrap();
+        }
+    };
+    let collect = async {
+        let mut texts = Vec::new();
+        while let Some(item) = output.recv().await {
+            if let Some(t) = item.unwrap().data.as_text()
+                && t.is_final
+            {
+                texts.push((t.text.to_string(), t.span));
+            }
+        }
+        texts
+    };
+    let ((), texts) = tokio::join!(feed, collect);
+    output.finish().await.unwrap();
+    texts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,10 +178,12 @@ async fn a_remote_dying_mid_session_fails_it_naming_the_remote_and_new_sessions_
     );
     assert!(matches!(output.finish().await, Err(SessionError::Node(_))));
 
-    // While it is gone, a new session is refused, naming it.
-    let refused = runtime.open(&pipeline).await.err().unwrap().to_string();
+    // While it is gone, a new session is refused, naming it, as worth trying again (a server
+    // tells its client UNAVAILABLE).
+    let refused = runtime.open(&pipeline).await.err().unwrap();
     assert!(
-        refused.contains(&format!("cannot reach {endpoint}")),
+        matches!(refused, SessionError::Create { retryable: true, .. })
+            && refused.to_string().contains(&format!("cannot reach {endpoint}")),
         "{refused}"
     );
 

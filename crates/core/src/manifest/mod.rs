@@ -82,7 +82,7 @@ pub const REMOTE_PIPELINE: &str = "RemotePipeline";
 pub struct RemoteSpec {
     /// `http://host:port` or `https://host:port` of the other server (or of a load balancer
     /// in front of several).
-    #[schemars(regex(pattern = r"^https?://[^/\s]+/?$"))]
+    #[schemars(regex(pattern = r"^https?://[^/]+/?$"))]
     pub endpoint: String,
     /// Environment variable of this process holding the bearer token the remote expects.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -18,7 +18,8 @@ pub type Opened = (
     Streaming<proto::StreamResponse>,
 );
 
-/// Opens a StreamPipeline session of `pipeline` on its own connection to `addr`.
+/// Opens a StreamPipeline session of `pipeline` on its own connection to `addr`, with the
+/// bearer token in `$REMOTEMEDIA_TOKEN` if it is set (as the example Python client does).
 pub async fn open(addr: &str, pipeline: &str, audio_out_f32le: bool) -> Result<Opened, OpenError> {
     let failed = |e: &dyn std::fmt::Display| OpenError::Failed(e.to_string());
     let mut client = PipelineServiceClient::connect(format!("http://{addr}"))
@@ -36,8 +37,13 @@ pub async fn open(addr: &str, pipeline: &str, audio_out_f32le: bool) -> Result<O
     })
     .await
     .map_err(|e| failed(&e))?;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Ok(token) = std::env::var("REMOTEMEDIA_TOKEN") {
+        let value = format!("Bearer {token}").parse().map_err(|e| failed(&e))?;
+        request.metadata_mut().insert("authorization", value);
+    }
     let mut responses = client
-        .stream_pipeline(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .stream_pipeline(request)
         .await
         .map_err(|e| failed(&e))?
         .into_inner();
