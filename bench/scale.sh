@@ -5,7 +5,8 @@
 # (asr_load, as bench/asr_streams.sh: latency from the end of an utterance to its final text,
 # including the VAD's 500 ms wait for silence) for $SECONDS_PER_RUN seconds. Ends with the most
 # streams each count holds with none refused and p95 <= 1 s, and their ratio. The table is in
-# target/scale.csv. The load client and HAProxy run on the same machine as the servers.
+# target/scale.csv. Then a server is killed under load (see KILL_STREAMS below). The load
+# client and HAProxy run on the same machine as the servers.
 #
 #   ./bench/scale.sh
 #   STREAMS_1="8 12" STREAMS_3="24 36" SECONDS_PER_RUN=30 ./bench/scale.sh
@@ -70,6 +71,39 @@ if r["failed"]:
 PY
     done
 done
+
+# A server killed under load: $KILL_STREAMS streams on three servers, calm, then with server2
+# killed ($KILL_AFTER s in): the latency of the other streams' utterances (asr_load drops a
+# failed stream's) against the calm run's.
+KILL_STREAMS="${KILL_STREAMS:-18}"
+KILL_AFTER="${KILL_AFTER:-15}"
+for run in calm kill; do
+    compose down -t 1 >/dev/null 2>&1
+    compose up -d --build >/dev/null 2>&1
+    for s in server1 server2 server3; do
+        for _ in $(seq 180); do
+            [ "$(docker inspect -f '{{.State.Health.Status}}' "rmscale_${s}_1")" = healthy ] && break
+            sleep 0.5
+        done
+    done
+    sleep 2
+    if [ "$run" = kill ]; then
+        (sleep "$KILL_AFTER"; docker kill rmscale_server2_1 >/dev/null) &
+    fi
+    target/release/examples/asr_load --addr "127.0.0.1:$LB_PORT" --streams "$KILL_STREAMS" \
+        --seconds "$SECS" > "target/scale_$run.json"
+    wait
+done
+python3 - <<'PY'
+import json
+calm, kill = (json.load(open(f"target/scale_{r}.json")) for r in ("calm", "kill"))
+for name, r in (("calm", calm), ("server2 killed", kill)):
+    l = r["latency_ms"]
+    print(f"{name}: {r['streams']} streams, {r['failed']} ended by the kill, "
+          f"{r['utterances']} utterances, p50 {l['p50']} ms, p95 {l['p95']} ms")
+print(f"p95 with a server killed / calm: {kill['latency_ms']['p95'] / calm['latency_ms']['p95']:.2f}")
+PY
+
 python3 - "$CSV" "$SERVER_CPUS" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))

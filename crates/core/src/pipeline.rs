@@ -344,7 +344,10 @@ impl<'a> Checker<'a> {
         };
         let info = executor.describe(&n.node_type);
         if info.is_none() && is_pipeline {
-            self.report(&at("remote"), format!("{} serves no such pipeline", spec.endpoint));
+            self.report(
+                &at("remote"),
+                format!("{} serves no such pipeline", spec.endpoint),
+            );
         } else if info.is_none() {
             let known: Vec<String> = executor.node_types().into_iter().map(|t| t.name).collect();
             self.report(

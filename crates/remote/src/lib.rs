@@ -120,9 +120,8 @@ impl Executor for RemoteExecutor {
                     ))
                 })?;
                 let id = &ctx.node_id;
-                let names = |ports: &[PortSpec]| {
-                    ports.iter().map(|p| format!("{id}.{}", p.name)).collect()
-                };
+                let names =
+                    |ports: &[PortSpec]| ports.iter().map(|p| format!("{id}.{}", p.name)).collect();
                 Target::Node {
                     manifest: serde_json::json!({
                         "version": "v1",

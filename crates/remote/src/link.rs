@@ -78,7 +78,10 @@ pub(crate) fn authed<T>(spec: &RemoteSpec, message: T) -> Result<Request<T>, Str
     let mut req = Request::new(message);
     if let Some(token) = token(spec)? {
         let value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
-            format!("${} is not a valid token", spec.token_env.as_deref().unwrap_or(""))
+            format!(
+                "${} is not a valid token",
+                spec.token_env.as_deref().unwrap_or("")
+            )
         })?;
         req.metadata_mut().insert("authorization", value);
     }
@@ -173,10 +176,7 @@ async fn ask_catalogue(spec: &RemoteSpec) -> Result<Catalogue, String> {
     Ok(Catalogue { nodes, pipelines })
 }
 
-fn ports(
-    list: &[PortInfo],
-    name: impl Fn(&PortInfo) -> String,
-) -> Result<Vec<PortSpec>, String> {
+fn ports(list: &[PortInfo], name: impl Fn(&PortInfo) -> String) -> Result<Vec<PortSpec>, String> {
     list.iter()
         .map(|p| {
             let media = p

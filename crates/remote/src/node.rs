@@ -129,7 +129,11 @@ impl RemoteNode {
             tx: Some(tx),
             responses,
             inputs,
-            outputs: outputs.into_iter().enumerate().map(|(i, o)| (o, i)).collect(),
+            outputs: outputs
+                .into_iter()
+                .enumerate()
+                .map(|(i, o)| (o, i))
+                .collect(),
             reported: VecDeque::new(),
             last_sent: Instant::now(),
             finish_timeout: Duration::from_millis(spec.finish_timeout_ms),
@@ -192,10 +196,7 @@ impl RemoteNode {
                     return Ok(());
                 };
                 let data = data_in(f.data).map_err(|s| {
-                    NodeError::fatal(format!(
-                        "remote {endpoint} sent bad data: {}",
-                        s.message()
-                    ))
+                    NodeError::fatal(format!("remote {endpoint} sent bad data: {}", s.message()))
                 })?;
                 // The local router passes control on by itself.
                 if !matches!(data, RuntimeData::Control(_)) {
@@ -264,7 +265,8 @@ impl Node for RemoteNode {
 
     async fn control(&mut self, control: &Control, out: &mut Outputs) -> Result<(), NodeError> {
         if let Control::Cancel { reason } = control {
-            self.send(Self::control(Action::Cancel, reason), out).await?;
+            self.send(Self::control(Action::Cancel, reason), out)
+                .await?;
         }
         self.report()
     }

@@ -59,7 +59,9 @@ fn recording() -> Vec<RuntimeData> {
 /// Final texts with their spans, the recording fed with its own media time.
 async fn transcript(manifest: &str) -> Vec<(String, Option<(Duration, Duration)>)> {
     let runtime = runtime();
-    let pipeline = runtime.load(manifest, "<test>").unwrap_or_else(|e| panic!("{e}"));
+    let pipeline = runtime
+        .load(manifest, "<test>")
+        .unwrap_or_else(|e| panic!("{e}"));
     let (input, mut output) = runtime.open(&pipeline).await.unwrap().split();
     let feed = async move {
         for (i, frame) in recording().into_iter().enumerate() {
@@ -93,7 +95,10 @@ async fn a_remote_recogniser_or_remote_pipeline_transcribes_as_the_local_pipelin
     // The recogniser alone runs remotely.
     let one_node = transcribe_yaml().replace(
         "    params: {threads: 1}\n",
-        &format!("    params: {{threads: 1}}\n    remote: {}\n", remote(&endpoint, "")),
+        &format!(
+            "    params: {{threads: 1}}\n    remote: {}\n",
+            remote(&endpoint, "")
+        ),
     );
     assert!(one_node.contains("remote:"));
     assert_eq!(transcript(&one_node).await, local);
@@ -182,14 +187,24 @@ async fn a_remote_dying_mid_session_fails_it_naming_the_remote_and_new_sessions_
     // tells its client UNAVAILABLE).
     let refused = runtime.open(&pipeline).await.err().unwrap();
     assert!(
-        matches!(refused, SessionError::Create { retryable: true, .. })
-            && refused.to_string().contains(&format!("cannot reach {endpoint}")),
+        matches!(
+            refused,
+            SessionError::Create {
+                retryable: true,
+                ..
+            }
+        ) && refused
+            .to_string()
+            .contains(&format!("cannot reach {endpoint}")),
         "{refused}"
     );
 
     // Back on the same address: the next session is served.
     let _relay = Relay::start(addr, server.grpc_addr()).await;
-    let out = runtime.execute(&pipeline, vec![text("again")]).await.unwrap();
+    let out = runtime
+        .execute(&pipeline, vec![text("again")])
+        .await
+        .unwrap();
     assert_eq!(&*out[0].data.as_text().unwrap().text, "AGAIN");
 
     assert_no_leaks(&server).await;
@@ -217,10 +232,15 @@ async fn every_mistake_in_a_remote_is_reported_before_a_session_starts() {
             && e.contains("its types: "),
         "{e}"
     );
-    let e = error(node("RemotePipeline", self::remote(&endpoint, ", pipeline: nope")));
+    let e = error(node(
+        "RemotePipeline",
+        self::remote(&endpoint, ", pipeline: nope"),
+    ));
     assert!(
         e.contains("nodes[0].remote")
-            && e.contains(&format!("{endpoint} serves no pipeline `nope`; it serves: "))
+            && e.contains(&format!(
+                "{endpoint} serves no pipeline `nope`; it serves: "
+            ))
             && e.contains("transcribe"),
         "{e}"
     );
@@ -247,7 +267,9 @@ async fn every_mistake_in_a_remote_is_reported_before_a_session_starts() {
         format!("{{endpoint: \"{endpoint}\", token_env: PATH}}"),
     ));
     assert!(
-        e.contains(&format!("{endpoint} refused to list its node types: Unauthenticated")),
+        e.contains(&format!(
+            "{endpoint} refused to list its node types: Unauthenticated"
+        )),
         "{e}"
     );
     let e = error(node("PassThrough", "{endpoint: \"ftp://x\"}".into()));
@@ -262,8 +284,7 @@ async fn every_mistake_in_a_remote_is_reported_before_a_session_starts() {
             .into(),
     );
     assert!(
-        e.contains("config.executor_rules[0].executor")
-            && e.contains("give the node a `remote`"),
+        e.contains("config.executor_rules[0].executor") && e.contains("give the node a `remote`"),
         "{e}"
     );
 

@@ -238,14 +238,21 @@ async fn a_remote_node_runs_over_tls_checked_against_its_ca() {
     let runtime = common::runtime();
     let pipeline = runtime.load(&manifest("ca.pem"), "<test>").unwrap();
     let out = runtime
-        .execute(&pipeline, vec![remotemedia_core::RuntimeData::text("over tls")])
+        .execute(
+            &pipeline,
+            vec![remotemedia_core::RuntimeData::text("over tls")],
+        )
         .await
         .unwrap();
     assert_eq!(&*out[0].data.as_text().unwrap().text, "OVER TLS");
 
-    let e = runtime.load(&manifest("rogue-ca.pem"), "<test>").err().unwrap();
+    let e = runtime
+        .load(&manifest("rogue-ca.pem"), "<test>")
+        .err()
+        .unwrap();
     assert!(
-        e.to_string().contains(&format!("cannot reach https://{}", server.grpc_addr()))
+        e.to_string()
+            .contains(&format!("cannot reach https://{}", server.grpc_addr()))
             && e.to_string().contains("certificate"),
         "{e}"
     );
