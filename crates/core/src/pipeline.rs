@@ -342,31 +342,25 @@ impl<'a> Checker<'a> {
                 return None;
             }
         };
-        let info = executor.describe(&n.node_type);
-        if info.is_none() && is_pipeline {
-            self.report(
-                &at("remote"),
-                format!("{} serves no such pipeline", spec.endpoint),
-            );
-        } else if info.is_none() {
+        // (The connector has checked that a remote pipeline exists.)
+        let Some(info) = executor.describe(&n.node_type) else {
             let known: Vec<String> = executor.node_types().into_iter().map(|t| t.name).collect();
+            let suggestions = crate::executor::close_matches(&n.node_type, &known);
             self.report(
                 &at("type"),
                 format!(
                     "{} has no node type `{}`{}; its types: {}",
                     spec.endpoint,
                     n.node_type,
-                    crate::executor::did_you_mean(&crate::executor::close_matches(
-                        &n.node_type,
-                        &known
-                    )),
+                    crate::executor::did_you_mean(&suggestions),
                     known.join(", ")
                 ),
             );
-        }
+            return None;
+        };
         Some(Resolution {
             executor,
-            info: info?,
+            info,
             fallback_warning: None,
         })
     }
@@ -416,32 +410,30 @@ impl<'a> Checker<'a> {
         let rules = self.executor_rules(&manifest.config.executor_rules);
         let mut resolved = Vec::with_capacity(manifest.nodes.len());
         for (i, n) in manifest.nodes.iter().enumerate() {
-            if let Some(spec) = &n.remote {
-                let r = self.resolve_remote(i, n, spec, executors);
-                if let Some(r) = &r {
-                    self.check_params(i, &n.params, &r.info.params_schema);
-                }
-                resolved.push(r);
-                continue;
-            }
-            match executors.resolve_with(&n.node_type, n.runtime_hint, &rules) {
-                Ok(r) => {
-                    if let Some(w) = &r.fallback_warning {
-                        tracing::warn!(node = %n.id, "{w}");
-                        warnings.push(format!("node `{}`: {w}", n.id));
+            let r = match &n.remote {
+                Some(spec) => self.resolve_remote(i, n, spec, executors),
+                None => match executors.resolve_with(&n.node_type, n.runtime_hint, &rules) {
+                    Ok(r) => {
+                        if let Some(w) = &r.fallback_warning {
+                            tracing::warn!(node = %n.id, "{w}");
+                            warnings.push(format!("node `{}`: {w}", n.id));
+                        }
+                        Some(r)
                     }
-                    self.check_params(i, &n.params, &r.info.params_schema);
-                    resolved.push(Some(r));
-                }
-                Err(e) => {
-                    let field = match e {
-                        crate::executor::ResolveError::UnknownType { .. } => "type",
-                        crate::executor::ResolveError::HintUnavailable { .. } => "runtime_hint",
-                    };
-                    self.report(&format!("/nodes/{i}/{field}"), e.to_string());
-                    resolved.push(None);
-                }
+                    Err(e) => {
+                        let field = match e {
+                            crate::executor::ResolveError::UnknownType { .. } => "type",
+                            crate::executor::ResolveError::HintUnavailable { .. } => "runtime_hint",
+                        };
+                        self.report(&format!("/nodes/{i}/{field}"), e.to_string());
+                        None
+                    }
+                },
+            };
+            if let Some(r) = &r {
+                self.check_params(i, &n.params, &r.info.params_schema);
             }
+            resolved.push(r);
         }
 
         // Connections.

@@ -68,8 +68,8 @@ impl RemoteNode {
         ctx: &NodeContext,
     ) -> Result<Self, NodeError> {
         let endpoint = spec.endpoint.clone();
-        let unreachable = |e: String| NodeError::retryable(format!("remote {e}"));
-        let mut client = link::client(spec).await.map_err(unreachable)?;
+        // The link's errors name the endpoint.
+        let mut client = link::client(spec).await.map_err(NodeError::retryable)?;
         let (pipeline, inputs, outputs) = match target {
             Target::Node {
                 manifest,
@@ -92,7 +92,7 @@ impl RemoteNode {
         };
         let _ = tx.try_send(open);
         let request = link::authed(spec, tokio_stream::wrappers::ReceiverStream::new(rx))
-            .map_err(|e| NodeError::fatal(format!("remote {e}")))?;
+            .map_err(NodeError::fatal)?;
         let refused = |s: Status| {
             let message = format!("remote {endpoint} refused the session: {}", status_text(&s));
             match s.code() {
