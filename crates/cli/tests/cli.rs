@@ -459,6 +459,65 @@ fn run_without_a_manifest_transcribes_the_bundled_sample() {
     );
 }
 
+/// examples/transcribe_remote.yaml against the server of examples/remote_asr.toml, as their
+/// comments say: the transcript of examples/transcribe.yaml; with that server gone, the manifest
+/// does not load, naming it. (Uses the examples' fixed port, 50061.)
+#[test]
+fn the_remote_example_transcribes_on_the_example_server() {
+    let mut server = bin()
+        .args(["serve", "--config"])
+        .arg(repo("examples/remote_asr.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect("127.0.0.1:50061").is_err() {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the example server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let sample = repo("models/samples/two_cities.wav");
+    let sample = sample.to_str().unwrap();
+    let manifest = |name: &str| repo(&format!("examples/{name}.yaml"));
+    let remote = bin()
+        .arg("run")
+        .arg(manifest("transcribe_remote"))
+        .args(["-i", sample])
+        .output()
+        .unwrap();
+    let local = bin()
+        .arg("run")
+        .arg(manifest("transcribe"))
+        .args(["-i", sample])
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(remote.status.success(), "{}", stderr(&remote));
+    assert!(
+        stdout(&local).contains("best of times"),
+        "{}",
+        stdout(&local)
+    );
+    assert_eq!(stdout(&remote), stdout(&local));
+
+    let down = bin()
+        .arg("validate")
+        .arg(manifest("transcribe_remote"))
+        .output()
+        .unwrap();
+    assert!(!down.status.success());
+    assert!(
+        stderr(&down).contains("nodes[4].remote")
+            && stderr(&down).contains("cannot reach http://127.0.0.1:50061"),
+        "{}",
+        stderr(&down)
+    );
+}
+
 #[test]
 fn subtitles_come_as_srt_and_webvtt() {
     let sample = remotemedia_speech::models::models_dir().join("samples/beckett.wav");

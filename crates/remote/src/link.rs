@@ -93,12 +93,16 @@ pub(crate) fn status_text(s: &Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
 }
 
-/// An error with its sources ("transport error: Connection refused (os error 111)").
+/// An error with its sources ("transport error: Connection refused (os error 111)"), each
+/// said once.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
+        let said = s.to_string();
+        if !text.contains(&said) {
+            text.push_str(&format!(": {said}"));
+        }
         source = s.source();
     }
     text

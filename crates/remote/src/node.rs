@@ -59,8 +59,8 @@ pub(crate) struct RemoteNode {
 }
 
 impl RemoteNode {
-    /// Connects, opens the session and waits for the remote's `ready`, all within
-    /// `connect_timeout_ms`. A refusal (full, draining, no such pipeline) is retryable only
+    /// Connects (within `connect_timeout_ms`), opens the session and waits for the remote's
+    /// `ready` (within `open_timeout_ms`). A refusal (full, draining, no such pipeline) is retryable only
     /// where the remote says trying again can help.
     pub(crate) async fn open(
         spec: &RemoteSpec,
@@ -102,7 +102,7 @@ impl RemoteNode {
                 _ => NodeError::fatal(message),
             }
         };
-        let timeout = Duration::from_millis(spec.connect_timeout_ms);
+        let timeout = Duration::from_millis(spec.open_timeout_ms);
         let opening = async {
             let mut responses = client.stream_pipeline(request).await?.into_inner();
             match responses.message().await? {
@@ -119,7 +119,7 @@ impl RemoteNode {
             .map_err(|_| {
                 NodeError::retryable(format!(
                     "remote {endpoint} did not open the session within {} ms",
-                    spec.connect_timeout_ms
+                    spec.open_timeout_ms
                 ))
             })?
             .map_err(refused)?;

@@ -95,10 +95,14 @@ pub struct RemoteSpec {
     /// against; default: the public web roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
-    /// How long connecting, and the remote's answer to a new session, may take.
+    /// How long connecting to the remote may take.
     #[serde(default = "default_connect_timeout_ms")]
     #[schemars(range(min = 1))]
     pub connect_timeout_ms: u64,
+    /// How long the remote may take to start a session (it may load models first).
+    #[serde(default = "default_open_timeout_ms")]
+    #[schemars(range(min = 1))]
+    pub open_timeout_ms: u64,
     /// How long the remote may take to finish a session once its input has ended.
     #[serde(default = "default_finish_timeout_ms")]
     #[schemars(range(min = 1))]
@@ -107,6 +111,10 @@ pub struct RemoteSpec {
 
 fn default_connect_timeout_ms() -> u64 {
     5_000
+}
+
+fn default_open_timeout_ms() -> u64 {
+    30_000
 }
 
 fn default_finish_timeout_ms() -> u64 {
