@@ -41,12 +41,18 @@ pub struct ShutdownConfig {
     /// sessions with UNAVAILABLE and lets open ones go on for up to this long, then ends those
     /// left with UNAVAILABLE. A second signal stops it at once.
     pub drain_timeout_ms: u64,
+    /// The drain lasts at least this long, even with no session open, so that a load
+    /// balancer checking `/readyz` sees the server not ready, and stops sending it streams,
+    /// before its connections close: a stream that still arrives is refused (UNAVAILABLE, which
+    /// a client retries) rather than cut. Cut short by the drain timeout.
+    pub notice_ms: u64,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             drain_timeout_ms: 30_000,
+            notice_ms: 1_000,
         }
     }
 }

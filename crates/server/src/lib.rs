@@ -89,8 +89,8 @@ impl RunningServer {
 
     /// Drains: from now on the server reports not ready (`/readyz` 503, gRPC health
     /// NOT_SERVING) and refuses new sessions, calls and requests with UNAVAILABLE, while the
-    /// open ones go on. Returns when none is left (true) or after `timeout` (false); then
-    /// [`RunningServer::shutdown`] ends what is left.
+    /// open ones go on. Returns when none is left and `shutdown.notice_ms` has passed (true),
+    /// or after `timeout` (false); then [`RunningServer::shutdown`] ends what is left.
     pub async fn drain(&self, timeout: std::time::Duration) -> bool {
         self.shared.admission.start_draining();
         for service in [SERVICE_NAME, ""] {
@@ -98,10 +98,12 @@ impl RunningServer {
                 .set_service_status(service, tonic_health::ServingStatus::NotServing)
                 .await;
         }
-        let deadline = tokio::time::Instant::now() + timeout;
+        let started = tokio::time::Instant::now();
+        let notice = std::time::Duration::from_millis(self.shared.config.shutdown.notice_ms);
+        let deadline = started + timeout;
         loop {
             let open = self.shared.admission.sessions_open();
-            if open == 0 {
+            if open == 0 && started.elapsed() >= notice.min(timeout) {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
