@@ -610,6 +610,28 @@ async fn a_drain_refuses_new_sessions_and_lets_open_ones_finish() {
     server.shutdown().await;
 }
 
+/// With no session open the drain still lasts `notice_ms`, so that a load balancer sees the
+/// server not ready before it stops: a stream that arrives meanwhile is refused, not cut.
+#[tokio::test]
+async fn an_idle_server_drains_for_its_notice_refusing_new_streams() {
+    let server = std::sync::Arc::new(serve(|c| c.shutdown.notice_ms = 400).await);
+    wait_ready(&server).await;
+    let mut c = client(&server).await;
+    let started = tokio::time::Instant::now();
+    let draining = {
+        let server = std::sync::Arc::clone(&server);
+        tokio::spawn(async move { server.drain(Duration::from_secs(30)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut late = stream(&mut c, Request::new).await.unwrap();
+    late.tx.send(open("upper")).await.unwrap();
+    assert_eq!(status_of(&mut late.rx).await.code(), Code::Unavailable);
+    assert!(draining.await.unwrap());
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    let server = std::sync::Arc::into_inner(server).unwrap();
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_drain_ends_the_sessions_left_at_its_timeout_with_unavailable() {
     let server = serve(|_| {}).await;
