@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use remotemedia_core::executor::{Executor, ExecutorKind, RemoteConnector, RemoteSpec};
 use remotemedia_core::manifest::REMOTE_PIPELINE;
 use remotemedia_core::node::{Node, NodeContext, NodeError, NodeTypeInfo, PortSpec};
+use remotemedia_proto::open_session;
 
 use crate::node::{RemoteNode, Target};
 
@@ -106,13 +107,13 @@ impl Executor for RemoteExecutor {
         params: &serde_json::Value,
         ctx: &NodeContext,
     ) -> Result<Box<dyn Node>, NodeError> {
-        let target = match self.pipeline() {
-            Some(p) => Target::Pipeline {
-                name: self.spec.pipeline.clone().unwrap_or_default(),
+        let target = match (self.pipeline(), &self.spec.pipeline) {
+            (Some(p), Some(name)) => Target {
+                pipeline: open_session::Pipeline::PipelineName(name.clone()),
                 inputs: p.inputs.clone(),
                 outputs: p.outputs.clone(),
             },
-            None => {
+            _ => {
                 let info = self.describe(node_type).ok_or_else(|| {
                     NodeError::fatal(format!(
                         "remote {} has no node type `{node_type}`",
@@ -122,12 +123,12 @@ impl Executor for RemoteExecutor {
                 let id = &ctx.node_id;
                 let names =
                     |ports: &[PortSpec]| ports.iter().map(|p| format!("{id}.{}", p.name)).collect();
-                Target::Node {
-                    manifest: serde_json::json!({
-                        "version": "v1",
-                        "nodes": [{"id": &**id, "type": node_type, "params": params}],
-                    })
-                    .to_string(),
+                let manifest = serde_json::json!({
+                    "version": "v1",
+                    "nodes": [{"id": &**id, "type": node_type, "params": params}],
+                });
+                Target {
+                    pipeline: open_session::Pipeline::Manifest(manifest.to_string()),
                     inputs: names(&info.inputs),
                     outputs: names(&info.outputs),
                 }

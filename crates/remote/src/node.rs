@@ -26,20 +26,13 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// How long the end of a finished remote session may take to arrive.
 const TRAILER: Duration = Duration::from_secs(1);
 
-/// What a session opens on the remote.
-pub(crate) enum Target {
-    /// One node: a one-node manifest with the local node's id, type and params.
-    Node {
-        manifest: String,
-        inputs: Vec<String>,
-        outputs: Vec<String>,
-    },
-    /// One of the remote's configured pipelines.
-    Pipeline {
-        name: String,
-        inputs: Vec<String>,
-        outputs: Vec<String>,
-    },
+/// What a session opens on the remote: one node (a one-node manifest with the local node's id,
+/// type and params) or one of its configured pipelines; and the remote's `node.port` of each
+/// local input and output port.
+pub(crate) struct Target {
+    pub pipeline: open_session::Pipeline,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
 }
 
 pub(crate) struct RemoteNode {
@@ -70,18 +63,11 @@ impl RemoteNode {
         let endpoint = spec.endpoint.clone();
         // The link's errors name the endpoint.
         let mut client = link::client(spec).await.map_err(NodeError::retryable)?;
-        let (pipeline, inputs, outputs) = match target {
-            Target::Node {
-                manifest,
-                inputs,
-                outputs,
-            } => (open_session::Pipeline::Manifest(manifest), inputs, outputs),
-            Target::Pipeline {
-                name,
-                inputs,
-                outputs,
-            } => (open_session::Pipeline::PipelineName(name), inputs, outputs),
-        };
+        let Target {
+            pipeline,
+            inputs,
+            outputs,
+        } = target;
         let (tx, rx) = mpsc::channel(QUEUE);
         let open = StreamRequest {
             message: Some(stream_request::Message::Open(OpenSession {
