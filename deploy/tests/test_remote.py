@@ -57,6 +57,14 @@ remote = "/etc/remotemedia/edge.yaml"
         for f in tmp.iterdir():
             f.chmod(0o644)
         mount = [f"{tmp}:/etc/remotemedia:ro"]
+        self.asr = self.edge = None
+        try:
+            self.start(tag, mount)
+        except BaseException:
+            self.remove()
+            raise
+
+    def start(self, tag, mount):
         self.asr = Container(tag, "serve", "--config", "/etc/remotemedia/asr.toml",
                              env={"REMOTEMEDIA_TOKENS": ASR_TOKEN}, volumes=mount,
                              network=self.network, name=self.asr_name)
@@ -69,8 +77,9 @@ remote = "/etc/remotemedia/edge.yaml"
         self.addr = f"127.0.0.1:{self.edge.port(50051)}"
 
     def remove(self):
-        self.edge.remove()
-        self.asr.remove()
+        for c in (self.edge, self.asr):
+            if c:
+                c.remove()
         sh("docker", "network", "rm", self.network, check=False)
 
 
