@@ -31,6 +31,19 @@ REMOTEMEDIA_TOKENS="scale-bench-$(od -An -tx8 -N8 /dev/urandom | tr -d ' ')"
 export REMOTEMEDIA_TOKENS REMOTEMEDIA_TOKEN="$REMOTEMEDIA_TOKENS"
 compose() { docker-compose -p rmscale -f deploy/compose.yaml "$@"; }
 trap 'compose down -t 1 >/dev/null 2>&1 || true' EXIT
+# A fresh stack of HAProxy and the given servers (so one run's backlog is not the next one's),
+# once each server is healthy and HAProxy's checks have seen it ready (two, 500 ms apart).
+fresh_stack() {
+    compose down -t 1 >/dev/null 2>&1
+    compose up -d --build --no-deps "$@" lb >/dev/null 2>&1
+    for s in "$@"; do
+        for _ in $(seq 180); do
+            [ "$(docker inspect -f '{{.State.Health.Status}}' "rmscale_${s}_1")" = healthy ] && break
+            sleep 0.5
+        done
+    done
+    sleep 2
+}
 
 CSV=target/scale.csv
 echo "replicas,streams,admitted,refused,utterances,p50_ms,p95_ms,p99_ms,wer_percent" > "$CSV"
@@ -39,22 +52,11 @@ printf '%-9s %-8s %-9s %-8s %-11s %-8s %-8s %-8s %s\n' replicas streams admitted
 for replicas in 1 3; do
     list=STREAMS_$replicas
     for n in ${!list}; do
-        # A fresh stack per N, so one run's backlog is not the next one's.
-        compose down -t 1 >/dev/null 2>&1
         if [ "$replicas" = 1 ]; then
-            compose up -d --build --no-deps server1 lb >/dev/null 2>&1
-            servers=(server1)
+            fresh_stack server1
         else
-            compose up -d --build >/dev/null 2>&1
-            servers=(server1 server2 server3)
+            fresh_stack server1 server2 server3
         fi
-        for s in "${servers[@]}"; do
-            for _ in $(seq 180); do
-                [ "$(docker inspect -f '{{.State.Health.Status}}' "rmscale_${s}_1")" = healthy ] && break
-                sleep 0.5
-            done
-        done
-        sleep 2 # HAProxy's checks see them ready (two good checks 500 ms apart)
         target/release/examples/asr_load --addr "127.0.0.1:$LB_PORT" --streams "$n" \
             --seconds "$SECS" > target/scale_load.json
         python3 - "$replicas" "$n" "$CSV" <<'PY'
@@ -78,15 +80,7 @@ done
 KILL_STREAMS="${KILL_STREAMS:-18}"
 KILL_AFTER="${KILL_AFTER:-15}"
 for run in calm kill; do
-    compose down -t 1 >/dev/null 2>&1
-    compose up -d --build >/dev/null 2>&1
-    for s in server1 server2 server3; do
-        for _ in $(seq 180); do
-            [ "$(docker inspect -f '{{.State.Health.Status}}' "rmscale_${s}_1")" = healthy ] && break
-            sleep 0.5
-        done
-    done
-    sleep 2
+    fresh_stack server1 server2 server3
     if [ "$run" = kill ]; then
         (sleep "$KILL_AFTER"; docker kill rmscale_server2_1 >/dev/null) &
     fi

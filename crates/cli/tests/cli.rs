@@ -482,18 +482,16 @@ fn the_remote_example_transcribes_on_the_example_server() {
     let sample = repo("models/samples/two_cities.wav");
     let sample = sample.to_str().unwrap();
     let manifest = |name: &str| repo(&format!("examples/{name}.yaml"));
-    let remote = bin()
-        .arg("run")
-        .arg(manifest("transcribe_remote"))
-        .args(["-i", sample])
-        .output()
-        .unwrap();
-    let local = bin()
-        .arg("run")
-        .arg(manifest("transcribe"))
-        .args(["-i", sample])
-        .output()
-        .unwrap();
+    let transcribe = |name: &str| {
+        bin()
+            .arg("run")
+            .arg(manifest(name))
+            .args(["-i", sample])
+            .output()
+            .unwrap()
+    };
+    let remote = transcribe("transcribe_remote");
+    let local = transcribe("transcribe");
     let _ = server.kill();
     let _ = server.wait();
     assert!(remote.status.success(), "{}", stderr(&remote));

@@ -42,8 +42,8 @@ pub trait Executor: Send + Sync {
 }
 
 /// Makes the executor of one remote server: what runs the nodes a manifest gives a `remote`.
-/// Asking may block (the remote's node types are fetched over the network, once per
-/// endpoint): call it off the async reactor, as for the Python executor's types.
+/// Asking may block (the remote's node types are fetched over the network each time a
+/// manifest is checked): call it off the async reactor, as for the Python executor's types.
 pub trait RemoteConnector: Send + Sync {
     /// An executor whose types are the remote's (its pipelines too, with `spec.pipeline`);
     /// the error says why the remote cannot be used.

@@ -134,8 +134,8 @@ impl Runtime {
 
     /// Loads manifest text from someone untrusted: the policy is checked on the parsed
     /// manifest before any type is resolved, and with Python off only the native executor is
-    /// consulted; remote nodes are refused. May block (resolving an allowed Python type asks a Python process): call it
-    /// off the async reactor.
+    /// consulted; remote nodes are refused. May block (resolving an allowed Python type asks a
+    /// Python process): call it off the async reactor.
     pub fn load_untrusted(
         &self,
         text: &str,

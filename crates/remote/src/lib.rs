@@ -1,8 +1,8 @@
 //! The remote executor: a node, or a whole pipeline, that runs on another RemoteMedia server.
 //!
 //! A manifest gives a node a `remote` (endpoint, token variable, optionally a pipeline of the
-//! remote's); validation asks the remote for its node types and pipelines (once per endpoint)
-//! so that ports, media and params are checked here as for any node. Each session then opens
+//! remote's); validation asks the remote for its node types and pipelines, so that ports,
+//! media and params are checked here as for any node. Each session then opens
 //! its own `StreamPipeline` stream to the remote: the node's inputs go out as data frames, the
 //! remote's outputs come back as they are ready, and the end of the local stream closes the
 //! remote session. A connection is made per session, so a remote that restarted (or a load

@@ -22,10 +22,8 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest message accepted from a remote (long synthesized audio).
 const MAX_MESSAGE: usize = 64 << 20;
 
-pub(crate) type Client = PipelineServiceClient<Channel>;
-
 /// A client of the remote, connected within `connect_timeout_ms`.
-pub(crate) async fn client(spec: &RemoteSpec) -> Result<Client, String> {
+pub(crate) async fn client(spec: &RemoteSpec) -> Result<PipelineServiceClient<Channel>, String> {
     let timeout = Duration::from_millis(spec.connect_timeout_ms);
     let mut endpoint = Endpoint::from_shared(spec.endpoint.clone())
         .map_err(|e| format!("endpoint `{}` is not a URL: {e}", spec.endpoint))?

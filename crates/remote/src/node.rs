@@ -53,8 +53,8 @@ pub(crate) struct RemoteNode {
 
 impl RemoteNode {
     /// Connects (within `connect_timeout_ms`), opens the session and waits for the remote's
-    /// `ready` (within `open_timeout_ms`). A refusal (full, draining, no such pipeline) is retryable only
-    /// where the remote says trying again can help.
+    /// `ready` (within `open_timeout_ms`). A refusal (full, draining, no such pipeline) is
+    /// retryable only where the remote says trying again can help.
     pub(crate) async fn open(
         spec: &RemoteSpec,
         target: Target,
