@@ -537,27 +537,8 @@ async fn talking_over_the_agent_in_the_browser_stops_its_answer() {
         silence(5.0),
     ]
     .concat();
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16_000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut wav = hound::WavWriter::create(&mic, spec).unwrap();
-    for s in samples {
-        wav.write_sample((s * 32_767.0) as i16).unwrap();
-    }
-    wav.finalize().unwrap();
-
-    let mut config = config(10_000, false);
-    config
-        .pipelines
-        .insert("agent".into(), root().join("examples/voice_agent.yaml"));
-    let server = start(config).await;
-    let page = format!(
-        "http://{}/?pipeline=agent&autostart=1",
-        server.http_addr().unwrap()
-    );
+    write_mic(&mic, &samples);
+    let (server, page) = agent_server().await;
     let driver = Driver::start().await;
     let browser = driver
         .browser(Some(&mic), &page, &dir.join("profile"))
@@ -647,6 +628,98 @@ async fn the_page_explains_a_refused_microphone_and_a_server_that_is_down() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The voice agent's latency in the page: one caller asking four questions, each followed by
+/// 12 s of quiet to hear the answer, for two minutes. A benchmark, not a test: run it on a
+/// release build with `./bench/webrtc_latency.sh`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: ./bench/webrtc_latency.sh"]
+async fn latency_of_the_agent_for_one_caller() {
+    let _turn = BROWSERS.lock().await;
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("webrtc-la-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Questions with room for the answer after each: the caller waits to be answered.
+    let mut samples = silence(1.0);
+    for question in [
+        "Tell me about the moon.",
+        "What is the capital of France?",
+        "What is the sun made of?",
+        "Why is the sky blue?",
+    ] {
+        samples.extend(speak(question).await);
+        samples.extend(silence(12.0));
+    }
+    let mic = dir.join("questions.wav");
+    write_mic(&mic, &samples);
+    let (server, page) = agent_server().await;
+    let driver = Driver::start().await;
+    let caller = driver.browser(Some(&mic), &page, &dir.join("p")).await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let s = caller.state().await;
+    caller.quit().await;
+    println!(
+        "end of speech -> final caption:     {}",
+        stats(&s, "captionMs")
+    );
+    println!(
+        "end of speech -> first reply audio: {}",
+        stats(&s, "replyMs")
+    );
+    println!("captions: {}", captions(&s));
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Percentiles of one of the page's latency lists.
+fn stats(state: &Value, name: &str) -> String {
+    let mut v: Vec<u64> = state["latency"][name]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    v.sort_unstable();
+    assert!(!v.is_empty(), "no {name} measured: {state}");
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "n={} p50={} ms p90={} ms max={} ms",
+        v.len(),
+        at(0.5),
+        at(0.9),
+        at(1.0)
+    )
+}
+
+/// A 16 kHz WAV for Chromium's fake microphone (which plays it in a loop).
+fn write_mic(path: &Path, samples: &[f32]) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 16_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut wav = hound::WavWriter::create(path, spec).unwrap();
+    for s in samples {
+        wav.write_sample((s * 32_767.0) as i16).unwrap();
+    }
+    wav.finalize().unwrap();
+}
+
+/// A server with the voice agent (`examples/voice_agent.yaml`) as pipeline `agent`, and the
+/// page that calls it.
+async fn agent_server() -> (RunningServer, String) {
+    let mut config = config(10_000, false);
+    config
+        .pipelines
+        .insert("agent".into(), root().join("examples/voice_agent.yaml"));
+    let server = start(config).await;
+    let page = format!(
+        "http://{}/?pipeline=agent&autostart=1",
+        server.http_addr().unwrap()
+    );
+    (server, page)
+}
+
 /// The latency figures of BENCHMARKS.md: one caller speaking `beckett.wav` (short phrases with
 /// pauses) for 40 s, as the page measures them. A benchmark, not a test: run it on a release
 /// build with `./bench/webrtc_latency.sh`.
@@ -667,26 +740,14 @@ async fn latency_of_one_caller() {
     tokio::time::sleep(Duration::from_secs(40)).await;
     let s = caller.state().await;
     caller.quit().await;
-    let stats = |name: &str| {
-        let mut v: Vec<u64> = s["latency"][name]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_u64)
-            .collect();
-        v.sort_unstable();
-        assert!(!v.is_empty(), "no {name} measured: {s}");
-        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-        format!(
-            "n={} p50={} ms p90={} ms max={} ms",
-            v.len(),
-            at(0.5),
-            at(0.9),
-            at(1.0)
-        )
-    };
-    println!("end of speech -> final caption:     {}", stats("captionMs"));
-    println!("end of speech -> first reply audio: {}", stats("replyMs"));
+    println!(
+        "end of speech -> final caption:     {}",
+        stats(&s, "captionMs")
+    );
+    println!(
+        "end of speech -> first reply audio: {}",
+        stats(&s, "replyMs")
+    );
     println!("captions: {}", captions(&s));
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
