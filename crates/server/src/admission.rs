@@ -10,6 +10,7 @@ use remotemedia_core::{LoadError, ManifestPolicy, Pipeline, Runtime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{CapacityConfig, ClientManifests, LimitsConfig};
+use crate::cpu_budget::{Counted, CpuBudget, Forecast, process_cpu};
 
 /// The protocol this server speaks; clients with another major version are refused.
 pub const PROTOCOL: (u32, u32) = (1, 0);
@@ -83,6 +84,7 @@ pub struct Granted {
 pub struct Ticket {
     _slot: OwnedSemaphorePermit,
     _stream: Option<StreamCount>,
+    _cpu: Counted,
 }
 
 struct StreamCount {
@@ -113,6 +115,7 @@ pub struct Admission {
     streams: Arc<Mutex<BTreeMap<String, usize>>>,
     /// Set when the server drains before stopping: no new session is admitted.
     draining: std::sync::atomic::AtomicBool,
+    cpu: CpuBudget,
 }
 
 impl Admission {
@@ -129,6 +132,7 @@ impl Admission {
             sessions: Arc::new(Semaphore::new(limits.max_sessions)),
             limits,
             client_manifests,
+            cpu: CpuBudget::new(capacity.max_cpu, Box::new(process_cpu)),
             capacity,
             streams: Default::default(),
             draining: Default::default(),
@@ -182,6 +186,7 @@ impl Admission {
         Ok(Ticket {
             _slot: slot,
             _stream: stream,
+            _cpu: self.cpu.count(Instant::now()),
         })
     }
 
@@ -208,10 +213,14 @@ impl Admission {
         }))
     }
 
-    /// Why a new stream would slow everyone down: outputs leaving the pipelines later than
-    /// `capacity.max_lag_ms` after their input, or a shared model whose queue holds a
-    /// new request longer than `capacity.max_queue_delay_ms`.
+    /// Why a new stream would slow everyone down: the sessions open plus one more would use
+    /// more CPU than `capacity.max_cpu`, outputs leave the pipelines later than
+    /// `capacity.max_lag_ms` after their input, or a shared model's queue holds a new request
+    /// longer than `capacity.max_queue_delay_ms`.
     fn overloaded(&self) -> Option<String> {
+        if let Some(why) = self.cpu.over(Instant::now()) {
+            return Some(why);
+        }
         let max_lag = Duration::from_millis(self.capacity.max_lag_ms);
         let lag = self.runtime.metrics().lag();
         if !max_lag.is_zero() && lag > max_lag {
@@ -238,6 +247,11 @@ impl Admission {
                     target.as_millis()
                 )
             })
+    }
+
+    /// What the CPU budget predicts now (`None` without a budget or an estimate).
+    pub(crate) fn cpu_forecast(&self) -> Option<Forecast> {
+        self.cpu.forecast(Instant::now())
     }
 
     /// Why the server takes no new streams now, for `/readyz`: a model past its queue-delay

@@ -208,6 +208,10 @@ pub struct CapacityConfig {
     /// them, moving averages over every session. The machine is falling behind, whichever stage
     /// it is; 0 = never.
     pub max_lag_ms: u64,
+    /// Refuse a new stream when the sessions open, at the CPU each costs now, plus one more
+    /// would use more than this share of the machine's cores (0.9: 90 %). Predicts, where the
+    /// lag and queue guards wait to see the machine behind; 0 = never.
+    pub max_cpu: f64,
 }
 
 impl Default for CapacityConfig {
@@ -216,6 +220,7 @@ impl Default for CapacityConfig {
             max_streams: BTreeMap::new(),
             max_queue_delay_ms: 1_000,
             max_lag_ms: 500,
+            max_cpu: 0.9,
         }
     }
 }

@@ -14,6 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use remotemedia_core::metrics::{EXPORT_BOUNDS_S, HistogramSnapshot};
 
+use crate::cpu_budget::Forecast;
 use crate::shared::Shared;
 
 pub fn router(shared: Arc<Shared>) -> axum::Router {
@@ -157,6 +158,8 @@ fn counters_by<K: std::fmt::Display>(
 pub fn render(shared: &Shared) -> String {
     let snap = shared.runtime.metrics().snapshot();
     let stats = &shared.stats;
+    let cpu = shared.admission.cpu_forecast();
+    let millicores = |f: fn(&Forecast) -> f64| cpu.map_or(0, |c| (f(&c) * 1000.0).round() as u64);
     let (g, c) = ("gauge", "counter");
     #[rustfmt::skip]
     let plain = [
@@ -174,6 +177,8 @@ pub fn render(shared: &Shared) -> String {
         ("ready", g, "1 once the configured pipelines' models are loaded.", u64::from(shared.ready.load(Relaxed))),
         ("handshake_failures_total", c, "Connections dropped before they began: a TLS handshake that failed (no or a wrong client certificate, plain text on a TLS port) or nothing sent within 10 s.", stats.handshake_failures.load(Relaxed)),
         ("lag_ms", g, "How far behind real time sessions run: input lateness plus output time, moving averages (ms).", snap.lag_ms as u64),
+        ("cpu_millicores", g, "CPU this process used over the last 5 s, in thousandths of a core (0 without capacity.max_cpu or an estimate).", millicores(|c| c.used)),
+        ("cpu_per_session_millicores", g, "What one session costs in CPU as the capacity.max_cpu budget estimates it, thousandths of a core (0: no estimate yet).", millicores(|c| c.per_session)),
     ];
     let executors = shared
         .runtime

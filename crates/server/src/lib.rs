@@ -23,6 +23,7 @@ pub mod auth;
 mod calls;
 pub mod config;
 mod convert;
+mod cpu_budget;
 mod dub;
 pub mod http;
 mod openai;

@@ -1,6 +1,7 @@
-//! Capacity: a pipeline at its `max_streams`, or a shared model past its queue-delay target,
-//! refuses new streams at once with RESOURCE_EXHAUSTED, `/readyz` says "full" meanwhile, and
-//! both recover when the load goes.
+//! Capacity: a pipeline at its `max_streams`, a shared model past its queue-delay target,
+//! outputs lagging their inputs, or one more stream taking the CPU past its budget: new streams
+//! are refused at once with RESOURCE_EXHAUSTED, `/readyz` says "full" meanwhile, and both
+//! recover when the load goes.
 
 mod common;
 
@@ -178,5 +179,76 @@ async fn outputs_falling_behind_their_inputs_close_the_door_until_they_catch_up(
     let (admitted, _) = try_open(&server, "gain").await;
     assert!(admitted.is_ok());
     drop((busy, admitted));
+    assert_no_leaks(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_would_take_the_cpu_past_its_budget_is_refused() {
+    let _turn = TURNS.lock().await;
+    // A budget of a thousandth of the cores, which the busy process below is far past.
+    let server = serve(|c| {
+        c.capacity.max_cpu = 0.001;
+        c.capacity.max_lag_ms = 0;
+        c.capacity.max_queue_delay_ms = 0;
+    })
+    .await;
+    wait_ready(&server).await;
+    let http = server.http_addr().unwrap();
+    let (first, _) = try_open(&server, "gain").await;
+    let first = first.expect("nothing measured yet: admitted");
+    // The process works (the CPU counted is the whole process's) while the session grows to
+    // its full cost, 8 s after it opened.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spin = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let t = Instant::now();
+    let refused = loop {
+        let (second, took) = try_open(&server, "gain").await;
+        match second {
+            Err(e) => break (e, took),
+            Ok(_) => assert!(t.elapsed() < Duration::from_secs(30), "never refused"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    spin.join().unwrap();
+    let (err, took) = refused;
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("capacity.max_cpu"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("sessions open: 1,"),
+        "{}",
+        err.message()
+    );
+    assert!(took < Duration::from_millis(100), "refused after {took:?}");
+    let (code, body) = get(http, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("capacity.max_cpu"), "{body}");
+    let (_, metrics) = get(http, "/metrics").await;
+    let per_session = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("remotemedia_cpu_per_session_millicores "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(per_session.is_some_and(|m| m > 0), "{metrics}");
+    // With the session gone there is nothing to predict from: admitted again.
+    drop(first);
+    let t = Instant::now();
+    while get(http, "/readyz").await.0 != 200 {
+        assert!(t.elapsed() < Duration::from_secs(5), "still full");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (admitted, _) = try_open(&server, "gain").await;
+    assert!(admitted.is_ok());
+    drop(admitted);
     assert_no_leaks(&server).await;
 }
