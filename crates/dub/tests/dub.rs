@@ -173,32 +173,24 @@ Yes.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_voice_loads_once_whatever_the_cues_and_workers() {
-    // Reads of the voice's weights (`true`), or sessions over them.
-    let loads = |weights: bool| {
+    let loads = || {
         ModelPool::global()
             .snapshot()
             .models
             .values()
-            .filter(|m| m.name.contains("en_US-joe-medium"))
-            .filter(|m| m.name.ends_with("#weights") == weights)
-            .filter(|m| weights || m.config.contains("threads=1"))
+            .filter(|m| m.name.contains("en_US-joe-medium") && m.config.contains("threads=1"))
             .map(|m| m.counters.loads)
             .sum::<u64>()
     };
     // Whichever test of this process ran first loaded it: the count is for the process.
     run(SRT, &with_alice(4)).await;
-    // The voice's weights are read once (its encoder and vocoder halves, a file each); each
-    // scheduler thread (a core each) runs a session of its own over them, however many cues
-    // and workers.
+    // One copy per scheduler thread (a core each), however many cues and workers: its
+    // encoder and vocoder halves.
     let per_voice = remotemedia_dub::voices::instances() as u64;
-    assert_eq!((loads(true), loads(false)), (2, 2 * per_voice));
+    assert_eq!(loads(), 2 * per_voice);
     run(SRT, &with_alice(1)).await;
     run(&SRT.replace("Friday", "Monday"), &with_alice(2)).await;
-    assert_eq!(
-        (loads(true), loads(false)),
-        (2, 2 * per_voice),
-        "a later job loaded the voice again"
-    );
+    assert_eq!(loads(), 2 * per_voice, "a later job loaded the voice again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,14 +18,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ort::environment::Environment;
 use ort::session::Session;
-use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
-use ort::value::{DynValue, Tensor};
+use ort::session::builder::GraphOptimizationLevel;
 use remotemedia_core::pool::{LoadOptions, ModelKey, ModelPool, PoolError};
 use remotemedia_core::scheduler::{BatchModel, Scheduler};
 
 use crate::device::{self, Device, Placement};
 pub use crate::error::{ModelError, SETUP_COMMAND};
-use crate::onnx_graph;
 
 /// Environment variable that overrides where models are looked for.
 pub const MODELS_ENV: &str = "REMOTEMEDIA_MODELS";
@@ -155,8 +153,6 @@ pub fn environment() -> Result<Environment, ModelError> {
 pub struct SharedSession {
     path: PathBuf,
     session: Mutex<Session>,
-    /// Held so the pool keeps the weights while a session uses them.
-    _weights: Arc<Weights>,
 }
 
 impl SharedSession {
@@ -171,18 +167,12 @@ impl SharedSession {
         self.session.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Loads the model at `path` into a session of its own over `weights`.
-    fn open(
-        path: &Path,
-        threads: usize,
-        placement: Placement,
-        weights: Arc<Weights>,
-    ) -> Result<Self, ModelError> {
-        let session = load_session(&environment()?, path, threads, placement, &weights)?;
+    /// Loads the model at `path` into a session of its own.
+    fn open(path: &Path, threads: usize, placement: Placement) -> Result<Self, ModelError> {
+        let session = load_session(&environment()?, path, threads, placement)?;
         Ok(Self {
             path: path.to_path_buf(),
             session: Mutex::new(session),
-            _weights: weights,
         })
     }
 
@@ -262,12 +252,8 @@ fn pooled(
     // Deciding `auto` asks ONNX Runtime what it offers, so it is loaded first.
     environment()?;
     let placement = device::place(device)?;
-    let weights = shared_weights(path)?;
-    // The file size stands for the weights (those shared are counted once, with the weights);
-    // ONNX Runtime's working memory comes on top.
-    let memory = std::fs::metadata(path)
-        .map_or(0, |m| m.len())
-        .saturating_sub(weights.bytes);
+    // The file size stands for the weights; ONNX Runtime's working memory comes on top.
+    let memory = std::fs::metadata(path).map_or(0, |m| m.len());
     let mut options = LoadOptions::shared().with_memory_bytes(memory);
     options.pinned = pinned;
     let file = path.to_path_buf();
@@ -275,7 +261,7 @@ fn pooled(
         .get_or_load_blocking(
             key(path, threads, placement, instance),
             options,
-            move || SharedSession::open(&file, threads, placement, Arc::clone(&weights)),
+            move || SharedSession::open(&file, threads, placement),
         )
         .map_err(|e| pool_error(path, e))?;
     handle.shared().cloned().ok_or_else(|| ModelError::Load {
@@ -290,88 +276,7 @@ fn pooled(
 pub fn private_session(path: &Path, threads: usize) -> Result<Arc<SharedSession>, ModelError> {
     require_file(path)?;
     let placement = device::place(device::default_device())?;
-    SharedSession::open(path, threads.max(1), placement, Arc::default()).map(Arc::new)
-}
-
-/// The weights of an ONNX model file, read once per process and shared by every pooled session
-/// of the file: its float initializers as values ONNX Runtime uses in place (`AddInitializer`),
-/// and a container for the pre-packed forms its kernels make of them. So another copy of a
-/// model for a parallel thread ([`session_instance`]) costs its working memory, not the weights
-/// again. Files in ORT format (Moonshine's) are not read here: each of their sessions holds
-/// its own weights, as does a [`private_session`] (the default, empty value).
-#[derive(Default)]
-pub struct Weights {
-    tensors: Vec<(String, Arc<DynValue>)>,
-    /// Bytes of `tensors`.
-    bytes: u64,
-    prepacked: Option<PrepackedWeights>,
-}
-
-/// Float initializers with fewer values stay in each session: not worth sharing.
-const SHARED_MIN_VALUES: usize = 1024;
-
-impl Weights {
-    /// The shareable weights of the model at `path`; none when it is not an ONNX file, or one
-    /// this reader does not understand (ONNX Runtime then loads it alone and reports what is
-    /// wrong with it).
-    fn read(path: &Path) -> Self {
-        if !Self::is_onnx(path) {
-            return Self::default();
-        }
-        Self::try_read(path).unwrap_or_else(|reason| {
-            tracing::debug!(model = %path.display(), "weights not shared: {reason}");
-            Self::default()
-        })
-    }
-
-    fn try_read(path: &Path) -> Result<Self, String> {
-        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-        let mut weights = Self {
-            prepacked: Some(PrepackedWeights::new()),
-            ..Self::default()
-        };
-        for t in
-            onnx_graph::float_initializers(&bytes, SHARED_MIN_VALUES).map_err(|e| e.to_string())?
-        {
-            weights.bytes += 4 * t.values.len() as u64;
-            let value = Tensor::from_array((t.dims, t.values)).map_err(|e| e.to_string())?;
-            weights.tensors.push((t.name, Arc::new(value.into_dyn())));
-        }
-        Ok(weights)
-    }
-
-    /// Bytes of the tensors shared.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
-    fn is_onnx(path: &Path) -> bool {
-        path.extension().is_some_and(|e| e == "onnx")
-    }
-}
-
-/// The process's [`Weights`] of the model at `path`, read on first use; kept while any session
-/// over them is loaded.
-pub fn shared_weights(path: &Path) -> Result<Arc<Weights>, ModelError> {
-    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let key = ModelKey::new(format!("{}#weights", canonical.display()), "");
-    let memory = if Weights::is_onnx(path) {
-        std::fs::metadata(path).map_or(0, |m| m.len())
-    } else {
-        0
-    };
-    let file = path.to_path_buf();
-    let handle = ModelPool::global()
-        .get_or_load_blocking(
-            key,
-            LoadOptions::shared().with_memory_bytes(memory),
-            move || environment().map(|_| Weights::read(&file)),
-        )
-        .map_err(|e| pool_error(path, e))?;
-    handle.shared().cloned().ok_or_else(|| ModelError::Load {
-        path: path.to_path_buf(),
-        reason: "the model pool holds these weights as a leased model".to_string(),
-    })
+    SharedSession::open(path, threads.max(1), placement).map(Arc::new)
 }
 
 /// The process-wide scheduler serving the model at `path` (one per `config`, e.g. its rate and
@@ -421,42 +326,22 @@ fn load_session(
     path: &Path,
     threads: usize,
     placement: Placement,
-    weights: &Weights,
 ) -> Result<Session, ModelError> {
     let load_err = |reason: String| ModelError::Load {
         path: path.to_path_buf(),
         reason,
     };
     let err = |e: ort::Error<_>| load_err(e.to_string());
-    // ONNX Runtime's arena keeps a session's working memory reserved at its largest run. ONNX
-    // files run without it, so that memory goes back when a run ends (a copy of the Piper
-    // voice keeps ~115 MiB less after a sentence), and their runs (Piper's, Silero's) are as
-    // fast. Moonshine's ORT-format files keep it: its decoder's many small runs are ~9 %
-    // faster with it.
-    let arena = !Weights::is_onnx(path);
-    let cpu = ort::ep::CPU::default().with_arena_allocator(arena).build();
+    #[allow(unused_mut)]
+    let mut builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
     #[cfg(feature = "cuda")]
-    let providers = match placement {
-        Placement::Cuda => vec![ort::ep::CUDA::default().build().error_on_failure(), cpu],
-        Placement::Cpu => vec![cpu],
-    };
-    #[cfg(not(feature = "cuda"))]
-    let providers = {
-        let _ = placement;
-        [cpu]
-    };
-    let mut builder = Session::builder(env)
-        .map_err(|e| load_err(e.to_string()))?
-        .with_execution_providers(providers)
-        .map_err(err)?;
-    for (name, value) in &weights.tensors {
+    if placement == Placement::Cuda {
         builder = builder
-            .with_initializer(name, Arc::clone(value))
+            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
             .map_err(err)?;
     }
-    if let Some(prepacked) = &weights.prepacked {
-        builder = builder.with_prepacked_weights(prepacked).map_err(err)?;
-    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = placement;
     builder
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(err)?

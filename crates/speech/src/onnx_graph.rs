@@ -12,9 +12,6 @@
 //! `RandomNormalLike` from a generator that lives in the session and advances with every run,
 //! so the same input gives different audio from run to run and from instance to instance. Each
 //! such node is replaced by a slice of a noise table the caller passes in as a graph input.
-//!
-//! And it reads a model's weights ([`float_initializers`]), so that copies of the model in one
-//! process can share them ([`crate::models::Weights`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -301,93 +298,6 @@ impl<'a> Model<'a> {
     }
 }
 
-/// A float tensor stored in a model's graph (an initializer): its name, shape and values.
-pub struct FloatTensor {
-    pub name: String,
-    pub dims: Vec<i64>,
-    pub values: Vec<f32>,
-}
-
-const TENSOR_DIMS: u64 = 1;
-const TENSOR_DATA_TYPE: u64 = 2;
-const TENSOR_FLOAT_DATA: u64 = 4;
-const TENSOR_RAW_DATA: u64 = 9;
-const TENSOR_DATA_LOCATION: u64 = 14;
-/// `TensorProto.DataType.FLOAT`.
-const FLOAT: u64 = 1;
-
-/// The float initializers of the model's main graph holding at least `min_len` values stored
-/// in the file (raw or as `float_data`). Others (integers, external data, small ones) are left
-/// out.
-pub fn float_initializers(bytes: &[u8], min_len: usize) -> Result<Vec<FloatTensor>, SplitError> {
-    let graph = fields(bytes)?
-        .into_iter()
-        .find(|f| f.number == MODEL_GRAPH && f.wire == 2)
-        .ok_or_else(|| err("the model has no graph"))?;
-    let mut out = Vec::new();
-    for f in fields(graph.payload)? {
-        if f.number != GRAPH_INITIALIZER || f.wire != 2 {
-            continue;
-        }
-        if let Some(t) = float_tensor(f.payload)?.filter(|t| t.values.len() >= min_len) {
-            out.push(t);
-        }
-    }
-    Ok(out)
-}
-
-/// A `TensorProto` of floats with its data inline; `None` for any other.
-fn float_tensor(message: &[u8]) -> Result<Option<FloatTensor>, SplitError> {
-    let (mut name, mut dims, mut data_type) = (None, Vec::new(), 0);
-    let (mut raw, mut floats, mut external) = (None, Vec::new(), false);
-    for f in fields(message)? {
-        match (f.number, f.wire) {
-            (TENSOR_NAME, 2) => name = Some(text(&f)?.to_string()),
-            (TENSOR_DIMS, 0) => dims.push(varint(f.payload, &mut 0)? as i64),
-            (TENSOR_DIMS, 2) => {
-                let mut pos = 0;
-                while pos < f.payload.len() {
-                    dims.push(varint(f.payload, &mut pos)? as i64);
-                }
-            }
-            (TENSOR_DATA_TYPE, 0) => data_type = varint(f.payload, &mut 0)?,
-            (TENSOR_RAW_DATA, 2) => raw = Some(f.payload),
-            (TENSOR_FLOAT_DATA, 2) => floats.extend(le_floats(f.payload)),
-            (TENSOR_FLOAT_DATA, 5) => floats.extend(le_floats(f.payload)),
-            (TENSOR_DATA_LOCATION, 0) => external = varint(f.payload, &mut 0)? == 1,
-            _ => {}
-        }
-    }
-    let Some(name) = name.filter(|_| data_type == FLOAT && !external) else {
-        return Ok(None);
-    };
-    let values = match raw {
-        Some(bytes) if bytes.len() % 4 == 0 => le_floats(bytes).collect(),
-        Some(_) => {
-            return Err(err(format!(
-                "initializer {name:?}: raw data not whole floats"
-            )));
-        }
-        None => floats,
-    };
-    let expected = dims
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?));
-    if expected != Some(values.len()) {
-        return Err(err(format!(
-            "initializer {name:?}: {} values for dims {dims:?}",
-            values.len()
-        )));
-    }
-    Ok(Some(FloatTensor { name, dims, values }))
-}
-
-fn le_floats(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-}
-
 fn lookup<'a>(list: &[(&str, &'a [u8])], name: &str) -> Option<&'a [u8]> {
     list.iter().find(|(n, _)| *n == name).map(|(_, raw)| *raw)
 }
@@ -566,57 +476,6 @@ mod tests {
         assert_eq!(tail.output_names(), ["y"]);
         // The IR version travels with each part.
         assert_eq!(tail.rest.len(), 1);
-    }
-
-    /// A `TensorProto` named `name` of `data_type` with `dims`, its values as raw data.
-    fn tensor(name: &str, data_type: u64, dims: &[u64], raw: &[u8]) -> Vec<u8> {
-        let mut t = Vec::new();
-        let mut packed = Vec::new();
-        for &d in dims {
-            put_varint(&mut packed, d);
-        }
-        put_bytes(&mut t, TENSOR_DIMS, &packed);
-        put_varint(&mut t, TENSOR_DATA_TYPE << 3);
-        put_varint(&mut t, data_type);
-        put_bytes(&mut t, TENSOR_NAME, name.as_bytes());
-        put_bytes(&mut t, TENSOR_RAW_DATA, raw);
-        t
-    }
-
-    #[test]
-    fn float_initializers_are_read_with_their_shapes_and_others_left_out() {
-        let floats: Vec<u8> = (0..6)
-            .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
-            .collect();
-        let mut g = Vec::new();
-        for t in [
-            tensor("big", FLOAT, &[2, 3], &floats),
-            tensor("small", FLOAT, &[2], &floats[..8]),
-            tensor("ints", 7, &[3], &[0; 24]),
-        ] {
-            put_bytes(&mut g, GRAPH_INITIALIZER, &t);
-        }
-        let mut m = Vec::new();
-        put_bytes(&mut m, MODEL_GRAPH, &g);
-        let found = float_initializers(&m, 3).unwrap();
-        assert_eq!(found.len(), 1);
-        assert_eq!(
-            (found[0].name.as_str(), &found[0].dims[..]),
-            ("big", &[2, 3][..])
-        );
-        assert_eq!(found[0].values, [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]);
-        assert_eq!(float_initializers(&m, 1).unwrap().len(), 2);
-
-        let mut wrong = Vec::new();
-        put_bytes(
-            &mut wrong,
-            GRAPH_INITIALIZER,
-            &tensor("w", FLOAT, &[4], &floats),
-        );
-        let mut m = Vec::new();
-        put_bytes(&mut m, MODEL_GRAPH, &wrong);
-        let e = float_initializers(&m, 1).err().unwrap();
-        assert!(e.to_string().contains("6 values for dims [4]"), "{e}");
     }
 
     #[test]

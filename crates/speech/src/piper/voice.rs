@@ -350,50 +350,7 @@ fn check_signature(session: &Session, path: &Path) -> Result<(bool, usize), Mode
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::piper::split::{split_dir, split_model};
-    use remotemedia_core::pool::ModelPool;
-
-    /// Copies of a model for parallel threads are sessions over one read of its weights, and
-    /// decode exactly as a session that loaded the file alone.
-    #[test]
-    fn copies_of_a_model_share_one_read_of_its_weights() {
-        let (_, vocoder) = split_model(&PiperVoice::default_model())
-            .unwrap_or_else(|e| panic!("{e}; install the models with ./scripts/setup-models.sh"))
-            .expect("the voice is cut at its vocoder");
-        let copies: Vec<_> = (21..24)
-            .map(|i| models::session_instance(&vocoder, 1, i).unwrap())
-            .collect();
-        let alone = models::private_session(&vocoder, 1).unwrap();
-        let weights = ModelPool::global()
-            .snapshot()
-            .models
-            .into_values()
-            .find(|m| m.name.ends_with("vocoder.onnx#weights"))
-            .expect("the vocoder's weights are in the pool");
-        assert_eq!(weights.counters.loads, 1, "{weights:?}");
-        let shared = models::shared_weights(&vocoder).unwrap();
-        let file = std::fs::metadata(&vocoder).unwrap().len();
-        assert!(
-            shared.bytes() > file * 9 / 10,
-            "{} of {file} bytes shared",
-            shared.bytes()
-        );
-
-        let channels = 192;
-        let frames = 24;
-        let latent = Latent {
-            channels,
-            frames,
-            data: (0..channels * frames)
-                .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5)
-                .collect(),
-        };
-        let expected = vocode(&alone, &latent, 0, frames).unwrap();
-        assert!(expected.iter().any(|s| s.abs() > 1e-4), "silence decoded");
-        for copy in &copies {
-            assert_eq!(vocode(copy, &latent, 0, frames).unwrap(), expected);
-        }
-    }
+    use crate::piper::split::split_dir;
 
     #[test]
     fn a_voice_whose_cut_will_not_load_runs_whole() {
