@@ -5,8 +5,8 @@
 //! Cost per session = the process's CPU rate over the last few seconds ÷ the sessions open,
 //! each counted by how much of its cost can show yet: a session opened `t` ago counts
 //! `min(t / RAMP, 1)` (a stream's first utterance, and so its recognition, comes seconds after it
-//! opens). With fewer than one session's worth counted there is no estimate and nothing is
-//! refused.
+//! opens). With fewer than [`MIN_GROWN`] sessions' worth counted there is no estimate and
+//! nothing is refused on CPU (the lag guard still watches).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,6 +18,9 @@ const WINDOW: Duration = Duration::from_secs(5);
 const RAMP: Duration = Duration::from_secs(8);
 /// Samples closer together than this are not kept.
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+/// Grown sessions needed for an estimate: with fewer, one busy session (a long utterance, a
+/// dubbing job) would stand for all and close the door on an idle machine.
+const MIN_GROWN: f64 = 4.0;
 
 /// Where the process's CPU time comes from (the process itself; a script in tests).
 pub(crate) type CpuClock = Box<dyn Fn() -> Option<Duration> + Send + Sync>;
@@ -139,7 +142,7 @@ impl CpuBudget {
             .values()
             .map(|opened| (now.duration_since(*opened).as_secs_f64() / RAMP.as_secs_f64()).min(1.0))
             .sum();
-        if grown < 1.0 {
+        if grown < MIN_GROWN {
             return None;
         }
         let per_session = used / grown;
@@ -229,9 +232,11 @@ mod tests {
 
         let (b, cpu) = budget(0.5);
         b.forecast(t0);
+        let _grown: Vec<Counted> = (0..3).map(|_| b.count(t0)).collect();
         let _young = b.count(t0 + secs(9.0));
         *cpu.lock().unwrap() = secs(10.0);
-        // Busy, but the one session has shown an eighth of its cost: no estimate yet.
+        // Busy, but three grown sessions and one that has shown an eighth of its cost are too
+        // few to judge by: no estimate yet.
         assert_eq!(b.forecast(t0 + secs(10.0)), None);
         assert_eq!(b.over(t0 + secs(10.0)), None);
     }
