@@ -156,8 +156,8 @@ impl Admission {
     }
 
     /// Admits one more stream of the configured pipeline `name` (`None`: a client's own
-    /// manifest), or refuses it at once: over the pipeline's `max_streams`, a shared model
-    /// past its queue-delay target, or every session slot in use.
+    /// manifest), or refuses it at once: the server overloaded (CPU budget, lag, a model's
+    /// queue), over the pipeline's `max_streams`, or every session slot in use.
     pub fn admit(&self, name: Option<&str>) -> Result<Ticket, Refusal> {
         if self.is_draining() {
             return Err(Refusal::new(
@@ -254,8 +254,9 @@ impl Admission {
         self.cpu.forecast(Instant::now())
     }
 
-    /// Why the server takes no new streams now, for `/readyz`: a model past its queue-delay
-    /// target, every session slot in use, or every configured pipeline at its `max_streams`.
+    /// Why the server takes no new streams now, for `/readyz`: one more would pass the CPU
+    /// budget, the sessions run behind, a model is past its queue-delay target, every session
+    /// slot is in use, or every configured pipeline is at its `max_streams`.
     pub fn full(&self) -> Option<String> {
         if let Some(why) = self.overloaded() {
             return Some(why);

@@ -338,6 +338,13 @@ impl ServerConfig {
                 "limits.max_realtime_factor must be a number ≥ 0".into(),
             ));
         }
+        if !(0.0..=1.0).contains(&self.capacity.max_cpu) {
+            return Err(ConfigError(format!(
+                "capacity.max_cpu is {}: it is a share of the cores from 0 (no budget) to 1 \
+                 (0.9 is 90 %)",
+                self.capacity.max_cpu
+            )));
+        }
         Ok(())
     }
 }
@@ -404,6 +411,13 @@ mod tests {
         assert!(c.check().unwrap_err().to_string().contains("too short"));
         c.auth.tokens = vec!["a-long-enough-token-123".into()];
         c.check().unwrap();
+        c.capacity.max_cpu = 90.0;
+        let e = c.check().unwrap_err().to_string();
+        assert!(
+            e.contains("capacity.max_cpu is 90") && e.contains("0.9 is 90 %"),
+            "{e}"
+        );
+        c.capacity.max_cpu = 0.9;
         c.tls.key = Some("key.pem".into());
         assert!(
             c.check()
