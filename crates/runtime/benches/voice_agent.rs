@@ -1,5 +1,6 @@
 //! The voice agent (`examples/voice_agent.yaml`) against scripted callers speaking in real time:
-//! voice-to-voice (end of the user's speech → first answer audio out of the session) and
+//! voice-to-voice (the last sound of the user's speech → the first sound of the answer out of
+//! the session, as the browser page measures it) and
 //! barge-in (onset of speech over the answer → the `interrupted` event out of the session,
 //! after which the playout releases nothing more).
 //!
@@ -27,7 +28,12 @@ struct Say {
     samples: Vec<f32>,
     onset: Option<oneshot::Sender<Instant>>,
     end: oneshot::Sender<Instant>,
+    /// When the last frame with speech in it went out.
+    last_loud: Option<Instant>,
 }
+
+/// A sample level that counts as sound, not silence.
+const AUDIBLE: f32 = 0.02;
 
 /// The caller's microphone: 20 ms frames at real time, silence when there is nothing to say.
 async fn microphone(input: SessionInput, mut say: mpsc::UnboundedReceiver<Say>) {
@@ -48,15 +54,17 @@ async fn microphone(input: SessionInput, mut say: mpsc::UnboundedReceiver<Say>) 
                 let end = (at + FRAME).min(s.samples.len());
                 let chunk = s.samples[at..end].to_vec();
                 let now = Instant::now();
-                if chunk.iter().any(|x| x.abs() > 0.02)
-                    && let Some(onset) = s.onset.take()
-                {
-                    let _ = onset.send(now);
+                if chunk.iter().any(|x| x.abs() > AUDIBLE) {
+                    s.last_loud = Some(now);
+                    if let Some(onset) = s.onset.take() {
+                        let _ = onset.send(now);
+                    }
                 }
                 if end < s.samples.len() {
                     current = Some((s, end));
                 } else {
-                    let _ = s.end.send(now);
+                    // The end of speech, not of the clip and the silence that closes it.
+                    let _ = s.end.send(s.last_loud.unwrap_or(now));
                 }
                 chunk
             }
@@ -81,8 +89,12 @@ struct Measured {
     barge_in: Vec<Duration>,
 }
 
+/// Answer audio with sound in it (the voice's leading silence is not the answer yet).
 fn is_answer_audio(p: &Packet) -> bool {
-    &*p.source == "speaker" && p.data.as_audio().is_some()
+    &*p.source == "speaker"
+        && p.data
+            .as_audio()
+            .is_some_and(|a| a.samples().iter().any(|x| x.abs() > AUDIBLE))
 }
 
 fn is_interrupted(p: &Packet) -> bool {
@@ -126,6 +138,7 @@ fn say(
         samples: samples.to_vec(),
         onset: Some(onset),
         end,
+        last_loud: None,
     })
     .unwrap();
     (onset_rx, end_rx)
