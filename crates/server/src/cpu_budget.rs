@@ -7,6 +7,10 @@
 //! `min(t / RAMP, 1)` (a stream's first utterance, and so its recognition, comes seconds after it
 //! opens). With fewer than [`MIN_GROWN`] sessions' worth counted there is no estimate and
 //! nothing is refused on CPU (the lag guard still watches).
+//!
+//! The CPU time is sampled when asked (each admission, `/readyz`, `/metrics`), at most every
+//! 250 ms; after a long quiet spell the first rate spans it whole, until a load balancer's
+//! health checks (or the next admissions) bring the window back to 5 s.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -190,7 +194,7 @@ mod tests {
     fn one_more_session_is_refused_when_its_cost_would_pass_the_budget() {
         let t0 = Instant::now();
         let (b, cpu) = budget(1.05);
-        let open: Vec<Counted> = (0..10).map(|_| b.count(t0)).collect();
+        let mut open: Vec<Counted> = (0..10).map(|_| b.count(t0)).collect();
         // Ten grown sessions using one core together: 0.1 each.
         let at = t0 + RAMP;
         assert_eq!(b.forecast(at), None, "no rate yet");
@@ -204,9 +208,15 @@ mod tests {
         let why = b.over(at + secs(2.0)).unwrap();
         assert!(why.contains("sessions open: 10, using 1.00 cores"), "{why}");
         assert!(why.contains("1.10 of 1.05 (capacity.max_cpu)"), "{why}");
-        // One leaves: nine and one more fit.
-        drop(open.into_iter().next());
-        assert_eq!(b.over(at + secs(2.0)), None);
+        // One leaves and the rate falls with it: nine and one more fit.
+        open.pop();
+        for s in 1..=7 {
+            *cpu.lock().unwrap() = secs(2.0 + 0.9 * s as f64);
+            b.forecast(at + secs(2.0 + s as f64));
+        }
+        let f = b.forecast(at + secs(9.0)).unwrap();
+        assert!((f.used - 0.9).abs() < 1e-6, "{f:?}");
+        assert_eq!(b.over(at + secs(9.0)), None);
     }
 
     #[test]

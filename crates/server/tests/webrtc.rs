@@ -652,9 +652,17 @@ async fn latency_of_the_agent_for_one_caller() {
     let mic = dir.join("questions.wav");
     write_mic(&mic, &samples);
     let (server, page) = agent_server().await;
+    print_latency(&mic, &page, &dir, Duration::from_secs(120)).await;
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One browser calling `page` with `mic` as its microphone for `how_long`; prints what the page
+/// measured.
+async fn print_latency(mic: &Path, page: &str, dir: &Path, how_long: Duration) {
     let driver = Driver::start().await;
-    let caller = driver.browser(Some(&mic), &page, &dir.join("p")).await;
-    tokio::time::sleep(Duration::from_secs(120)).await;
+    let caller = driver.browser(Some(mic), page, &dir.join("p")).await;
+    tokio::time::sleep(how_long).await;
     let s = caller.state().await;
     caller.quit().await;
     println!(
@@ -666,8 +674,6 @@ async fn latency_of_the_agent_for_one_caller() {
         stats(&s, "replyMs")
     );
     println!("captions: {}", captions(&s));
-    server.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Percentiles of one of the page's latency lists.
@@ -734,21 +740,8 @@ async fn latency_of_one_caller() {
         "http://{}/?pipeline=speak-back&autostart=1",
         server.http_addr().unwrap()
     );
-    let driver = Driver::start().await;
     let beckett = root().join("models/samples/beckett.wav");
-    let caller = driver.browser(Some(&beckett), &page, &dir.join("p")).await;
-    tokio::time::sleep(Duration::from_secs(40)).await;
-    let s = caller.state().await;
-    caller.quit().await;
-    println!(
-        "end of speech -> final caption:     {}",
-        stats(&s, "captionMs")
-    );
-    println!(
-        "end of speech -> first reply audio: {}",
-        stats(&s, "replyMs")
-    );
-    println!("captions: {}", captions(&s));
+    print_latency(&beckett, &page, &dir, Duration::from_secs(40)).await;
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
