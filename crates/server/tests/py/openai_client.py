@@ -67,6 +67,8 @@ try:
     raise SystemExit("a 2 MiB request was accepted")
 except openai.APIStatusError as e:
     assert e.status_code == 413 and "larger than" in str(e), e
+    # The unread rest of the body ends the connection: the client must not reuse it.
+    assert e.response.headers.get("connection") == "close", e.response.headers
 long_text = "word " * 3000
 try:
     client.chat.completions.create(model="smollm2",
