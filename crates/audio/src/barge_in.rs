@@ -6,6 +6,9 @@
 //! a cancel, `min_silence_ms` of silence arms it again. Connected to the nodes that make and
 //! play the reply (the LLM, and the `Playout` so the audio stops without waiting for them), the
 //! cancel ends generation, drops queued speech and stops playback; see docs/voice-agent.md.
+//!
+//! A VAD's `speech_resume` (speech going on after a `speech_pause`) sends a cancel with reason
+//! `resumed`: the reply begun at the pause answered a turn that was not over.
 
 use std::time::Duration;
 
@@ -113,6 +116,12 @@ impl Node for BargeIn {
             }
             Some(VadEvent::SpeechStart { .. }) => self.interrupt(out),
             Some(VadEvent::SpeechEnd { .. }) => self.rearm(),
+            Some(VadEvent::SpeechResume { .. }) => {
+                out.push(RuntimeData::Control(Control::Cancel {
+                    reason: "resumed".into(),
+                }))
+            }
+            Some(VadEvent::SpeechPause { .. }) => {}
             // The VAD's audio, passing by.
             None if input.data.as_audio().is_some() => {}
             None => return Err(NodeError::unsupported(Self::NAME, &input.data)),
@@ -222,5 +231,20 @@ mod tests {
         let start = VadEvent::SpeechStart { time: 3.0 }.to_data();
         assert_eq!(h.push(start).await.unwrap().len(), 1);
         assert!(h.push(RuntimeData::text("x")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn speech_going_on_after_a_pause_cancels_what_was_begun_there() {
+        let mut h = NodeHarness::new::<BargeIn>(serde_json::json!({})).unwrap();
+        let pause = VadEvent::SpeechPause { time: 1.0 }.to_data();
+        assert!(h.push(pause).await.unwrap().is_empty());
+        let out = h
+            .push(VadEvent::SpeechResume { time: 1.2 }.to_data())
+            .await
+            .unwrap();
+        assert!(
+            matches!(&out[..], [RuntimeData::Control(Control::Cancel { reason })] if &**reason == "resumed"),
+            "{out:?}"
+        );
     }
 }

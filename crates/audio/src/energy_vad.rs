@@ -221,6 +221,7 @@ impl NodeType for EnergyVad {
             min_speech_ms: p.min_speech_ms,
             min_silence_ms: p.min_silence_ms,
             speech_pad_ms: p.speech_pad_ms,
+            pause_ms: 0,
         };
         Ok(Self {
             events: VadEvents::new(VadTracker::new(0.5, 0.5, &timing), p.emit_probability),

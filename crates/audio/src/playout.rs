@@ -14,6 +14,10 @@
 //! more sentence of the interrupted reply: sentences stamped with the interrupted reply's span
 //! (chat nodes stamp their sentences with the user turn they answer) are dropped with their
 //! audio.
+//!
+//! Turn-taking: the optional `turn` input takes a VAD's events. From a `speech_pause` until the
+//! turn ends the audio waits (a reply begun at the pause is ready but the user may go on);
+//! `speech_end` plays it, `speech_resume` drops it (reason `resumed`).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -27,6 +31,8 @@ use remotemedia_core::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio::time::Instant;
+
+use crate::vad::VadEvent;
 
 /// Settings of [`Playout`].
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
@@ -91,6 +97,8 @@ pub struct Playout {
     interrupted: Span,
     /// The sentence arriving belongs to the interrupted reply.
     dropping: bool,
+    /// The user paused: audio waits for the end of their turn.
+    held: bool,
 }
 
 impl Playout {
@@ -111,6 +119,9 @@ impl Playout {
 
     /// When the next frame may leave.
     fn due(&self) -> Option<Instant> {
+        if self.held {
+            return None;
+        }
         let p = self.period.as_ref()?;
         self.queue.front()?;
         Some(
@@ -139,6 +150,26 @@ impl Playout {
             if end >= q.frame.samples().len() {
                 self.queue.pop_front();
             }
+        }
+    }
+
+    /// A VAD event on the `turn` input.
+    fn turn(&mut self, event: Option<VadEvent>, now: Instant, out: &mut Outputs) {
+        match event {
+            Some(VadEvent::SpeechPause { .. }) => self.held = true,
+            Some(VadEvent::SpeechResume { .. }) if self.held => {
+                self.held = false;
+                self.interrupt(now, "resumed", out);
+            }
+            Some(VadEvent::SpeechEnd { .. }) if self.held => {
+                self.held = false;
+                // Nothing left while held: the timeline goes on from now.
+                if let Some(p) = self.period.as_mut() {
+                    p.start = now.checked_sub(p.released).unwrap_or(p.start);
+                }
+            }
+            // Other events, and the VAD's audio passing by.
+            _ => {}
         }
     }
 
@@ -196,11 +227,16 @@ fn heard_words(sentences: &[(String, Duration)], heard: Duration, total: Duratio
 impl Node for Playout {
     async fn process(
         &mut self,
-        _: usize,
+        port: usize,
         input: &Packet,
         out: &mut Outputs,
     ) -> Result<(), NodeError> {
         let now = Instant::now();
+        if port == 1 {
+            self.turn(VadEvent::from_data(&input.data), now, out);
+            self.release(now, out);
+            return Ok(());
+        }
         match &input.data {
             RuntimeData::Audio(_) if self.dropping => {}
             RuntimeData::Text(t) if t.span.is_some() && t.span == self.interrupted => {
@@ -270,6 +306,8 @@ impl NodeType for Playout {
     fn ports() -> Ports {
         Ports::new()
             .input("in", &[MediaType::Audio, MediaType::Text])
+            // A side input: optional, never the session's input, never blocks the VAD.
+            .feedback("turn", &[MediaType::Audio, MediaType::Json])
             .output("out", &[MediaType::Audio])
             .output("events", &[MediaType::Json])
             .output("spoken", &[MediaType::Text])
@@ -283,6 +321,7 @@ impl NodeType for Playout {
             period: None,
             interrupted: None,
             dropping: false,
+            held: false,
         })
     }
 }
@@ -414,5 +453,55 @@ mod tests {
         let mut out = h.push(audio(0.5)).await.unwrap();
         out.extend(h.poll_for(Duration::from_secs(1)).await.unwrap());
         assert_eq!(played(&out), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_begun_at_a_pause_waits_for_the_end_of_the_turn() {
+        let mut h = NodeHarness::new::<Playout>(serde_json::json!({"lead_ms": 0})).unwrap();
+        let turn = |ev: VadEvent| ev.to_data();
+        // The reply is ready before the turn is over: nothing plays.
+        h.push_to(1, turn(VadEvent::SpeechPause { time: 1.0 }))
+            .await
+            .unwrap();
+        h.push(RuntimeData::text("Yes.")).await.unwrap();
+        let mut out = h.push(audio(0.5)).await.unwrap();
+        out.extend(h.poll_for(Duration::from_millis(300)).await.unwrap());
+        assert_eq!(played(&out), Duration::ZERO);
+        // The turn ends: it plays from then, in real time.
+        let mut out = h
+            .push_to(1, turn(VadEvent::SpeechEnd { time: 1.3 }))
+            .await
+            .unwrap();
+        out.extend(h.poll_for(Duration::from_millis(210)).await.unwrap());
+        assert_eq!(played(&out), Duration::from_millis(220));
+        out.extend(h.poll_for(Duration::from_secs(1)).await.unwrap());
+        assert_eq!(played(&out), Duration::from_millis(500));
+        // The user goes on after a pause: the reply begun there is dropped, none of it heard.
+        h.push_to(1, turn(VadEvent::SpeechPause { time: 3.0 }))
+            .await
+            .unwrap();
+        h.push(RuntimeData::text("No.")).await.unwrap();
+        h.push(audio(0.5)).await.unwrap();
+        let out = emitted(
+            h.push_to(1, turn(VadEvent::SpeechResume { time: 3.2 }))
+                .await
+                .unwrap(),
+        );
+        let RuntimeData::Json(event) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(event["reason"], "resumed");
+        assert_eq!(event["dropped_ms"], 500);
+        assert_eq!(event["spoken"], "");
+        assert_eq!(out[1].as_text().map(|t| &*t.text), Some(""));
+        assert!(h.poll_for(Duration::from_secs(1)).await.unwrap().is_empty());
+        // Audio passing by on `turn` changes nothing.
+        assert!(
+            h.push_to(1, audio(0.02))
+                .await
+                .unwrap()
+                .iter()
+                .all(|d| matches!(d, RuntimeData::Control(_)))
+        );
     }
 }

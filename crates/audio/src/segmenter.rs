@@ -5,6 +5,11 @@
 //! VAD only decides "speech" after `min_speech_ms`, and pads the start) still gets the audio
 //! from that point, plus `pre_roll_ms` more. Each utterance is emitted with its start time as
 //! the packet timestamp; its end is the start plus the frame's duration.
+//!
+//! A `speech_pause` (a VAD with `pause_ms`) emits the utterance so far, so recognition and a
+//! reply can start before the turn is over. If the speech ends there, that was the utterance;
+//! if it resumes, the whole utterance is emitted again at its end, from the same start: a text
+//! made of it revises the one made at the pause (see docs/voice-agent.md).
 
 use std::time::Duration;
 
@@ -70,6 +75,8 @@ pub struct SpeechSegmenter {
     latest: u64,
     /// In partial mode, where the last partial ended.
     partial_end: u64,
+    /// The open utterance was emitted at a pause, and speech has not resumed.
+    paused: bool,
 }
 
 impl SpeechSegmenter {
@@ -174,9 +181,19 @@ impl Node for SpeechSegmenter {
                 self.open = Some(start.max(self.first));
                 self.partial_end = 0;
             }
+            Some(ev @ VadEvent::SpeechPause { .. }) => {
+                if let Some(start) = self.open
+                    && self.p.partial_every_ms == 0
+                {
+                    self.emit(start, self.index(ev.time()), out);
+                    self.paused = true;
+                }
+            }
+            Some(VadEvent::SpeechResume { .. }) => self.paused = false,
             Some(ev @ VadEvent::SpeechEnd { .. }) => {
                 if let Some(start) = self.open.take()
                     && self.p.partial_every_ms == 0
+                    && !std::mem::take(&mut self.paused)
                 {
                     let end = self.index(ev.time());
                     self.emit(start, end, out);
@@ -203,6 +220,7 @@ impl Node for SpeechSegmenter {
     async fn control(&mut self, control: &Control, _: &mut Outputs) -> Result<(), NodeError> {
         if matches!(control, Control::Cancel { .. }) {
             self.open = None;
+            self.paused = false;
             self.first = self.end();
             self.buf.clear();
         }
@@ -229,6 +247,7 @@ impl NodeType for SpeechSegmenter {
             open: None,
             latest: 0,
             partial_end: 0,
+            paused: false,
         })
     }
 }
@@ -287,6 +306,62 @@ mod tests {
         assert_eq!(out.len(), 1);
         // Samples 200..800: 100 ms pre-roll before the start at 300, up to the end at 800.
         assert_eq!(span(&out[0]), (200.0, 799.0, Duration::from_millis(10_200)));
+    }
+
+    #[tokio::test]
+    async fn a_pause_emits_the_utterance_so_far_and_a_resume_the_whole_one_at_its_end() {
+        // Paused and ended there: one utterance, at the pause.
+        let ended = [
+            (2, VadEvent::SpeechStart { time: 10.2 }),
+            (5, VadEvent::SpeechPause { time: 10.5 }),
+            (7, VadEvent::SpeechEnd { time: 10.5 }),
+        ];
+        let spans: Vec<_> = run(json!({"pre_roll_ms": 0}), 9, &ended)
+            .await
+            .iter()
+            .map(span)
+            .collect();
+        assert_eq!(spans, [(200.0, 499.0, Duration::from_millis(10_200))]);
+        // Paused, resumed, paused again and ended: the utterance so far at each pause, from
+        // the same start; nothing more at the end.
+        let resumed = [
+            (2, VadEvent::SpeechStart { time: 10.2 }),
+            (4, VadEvent::SpeechPause { time: 10.4 }),
+            (5, VadEvent::SpeechResume { time: 10.5 }),
+            (7, VadEvent::SpeechPause { time: 10.8 }),
+            (8, VadEvent::SpeechEnd { time: 10.8 }),
+        ];
+        let spans: Vec<_> = run(json!({"pre_roll_ms": 0}), 10, &resumed)
+            .await
+            .iter()
+            .map(span)
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                (200.0, 399.0, Duration::from_millis(10_200)),
+                (200.0, 799.0, Duration::from_millis(10_200)),
+            ]
+        );
+        // Resumed and ended without another pause: the whole utterance at the end.
+        let resumed = [
+            (2, VadEvent::SpeechStart { time: 10.2 }),
+            (4, VadEvent::SpeechPause { time: 10.4 }),
+            (5, VadEvent::SpeechResume { time: 10.5 }),
+            (8, VadEvent::SpeechEnd { time: 10.9 }),
+        ];
+        let spans: Vec<_> = run(json!({"pre_roll_ms": 0}), 10, &resumed)
+            .await
+            .iter()
+            .map(span)
+            .collect();
+        assert_eq!(
+            spans,
+            [
+                (200.0, 399.0, Duration::from_millis(10_200)),
+                (200.0, 899.0, Duration::from_millis(10_200)),
+            ]
+        );
     }
 
     #[tokio::test]

@@ -31,6 +31,15 @@ pub enum VadEvent {
     SpeechEnd {
         time: f64,
     },
+    /// Speech has paused for `pause_ms` (only when set): the turn may be over, so work on it
+    /// can start, but it is not over until `speech_end`. At most one per pause.
+    SpeechPause {
+        time: f64,
+    },
+    /// Speech went on after a `speech_pause`: the turn was not over.
+    SpeechResume {
+        time: f64,
+    },
     /// Per-frame speech probability, only when a node is asked to emit it.
     Probability {
         time: f64,
@@ -44,6 +53,8 @@ impl VadEvent {
         let t = match *self {
             VadEvent::SpeechStart { time }
             | VadEvent::SpeechEnd { time }
+            | VadEvent::SpeechPause { time }
+            | VadEvent::SpeechResume { time }
             | VadEvent::Probability { time, .. } => time,
         };
         Duration::from_secs_f64(t.max(0.0))
@@ -75,6 +86,10 @@ pub struct VadTiming {
     /// Widens each speech region by this much on both sides.
     #[schemars(range(max = 2_000))]
     pub speech_pad_ms: u32,
+    /// Silence after which a `speech_pause` is reported, before the end (0: never). A voice
+    /// agent starts answering at the pause and speaks at the end (see docs/voice-agent.md).
+    #[schemars(range(max = 10_000))]
+    pub pause_ms: u32,
 }
 
 impl Default for VadTiming {
@@ -84,6 +99,7 @@ impl Default for VadTiming {
             min_speech_ms: 250,
             min_silence_ms: 100,
             speech_pad_ms: 30,
+            pause_ms: 0,
         }
     }
 }
@@ -97,7 +113,11 @@ pub struct VadTracker {
     min_speech: Duration,
     min_silence: Duration,
     pad: Duration,
+    /// Zero, or shorter than `min_silence`.
+    pause: Duration,
     in_speech: bool,
+    /// A `speech_pause` was reported for the current silence.
+    paused: bool,
     /// Start of the run of speech frames not yet long enough to report.
     candidate: Option<Duration>,
     /// Start of the run of silence inside speech.
@@ -117,7 +137,11 @@ impl VadTracker {
             min_speech: ms(timing.min_speech_ms),
             min_silence: ms(timing.min_silence_ms),
             pad: ms(timing.speech_pad_ms),
+            pause: Some(ms(timing.pause_ms))
+                .filter(|&p| p < ms(timing.min_silence_ms))
+                .unwrap_or_default(),
             in_speech: false,
+            paused: false,
             candidate: None,
             silence_since: None,
             now: Duration::ZERO,
@@ -151,10 +175,22 @@ impl VadTracker {
         }
         if p >= self.threshold {
             self.silence_since = None;
+            if std::mem::take(&mut self.paused) {
+                return Some(VadEvent::SpeechResume {
+                    time: start.as_secs_f64(),
+                });
+            }
         } else if p < self.neg_threshold {
             let since = *self.silence_since.get_or_insert(start);
-            if end.saturating_sub(since) >= self.min_silence {
+            let silent = end.saturating_sub(since);
+            if silent >= self.min_silence {
                 return Some(self.end_at((since + self.pad).min(end)));
+            }
+            if !self.pause.is_zero() && silent >= self.pause && !self.paused {
+                self.paused = true;
+                return Some(VadEvent::SpeechPause {
+                    time: (since + self.pad).min(end).as_secs_f64(),
+                });
             }
         }
         None
@@ -171,6 +207,7 @@ impl VadTracker {
         self.in_speech = false;
         self.candidate = None;
         self.silence_since = None;
+        self.paused = false;
         self.last_end = Duration::ZERO;
         self.now = Duration::ZERO;
     }
@@ -178,6 +215,7 @@ impl VadTracker {
     fn end_at(&mut self, at: Duration) -> VadEvent {
         self.in_speech = false;
         self.silence_since = None;
+        self.paused = false;
         self.last_end = at;
         VadEvent::SpeechEnd {
             time: at.as_secs_f64(),
@@ -269,6 +307,7 @@ mod tests {
             min_speech_ms: 64,
             min_silence_ms: 96,
             speech_pad_ms: 30,
+            pause_ms: 0,
         };
         // 5 silent frames, 10 speech frames, 10 silent frames.
         let mut probs = vec![0.0; 5];
@@ -286,6 +325,7 @@ mod tests {
             min_speech_ms: 100,
             min_silence_ms: 100,
             speech_pad_ms: 0,
+            pause_ms: 0,
         };
         // A 2-frame blip (64 ms) is no speech; a 2-frame pause inside speech is no end.
         let mut probs = vec![0.0, 0.9, 0.9, 0.0, 0.0];
@@ -306,10 +346,54 @@ mod tests {
             min_speech_ms: 0,
             min_silence_ms: 0,
             speech_pad_ms: 0,
+            pause_ms: 0,
         };
         let ev = run(&[0.9, 0.4, 0.4, 0.2], timing);
         assert_eq!(ev.len(), 2);
         assert!((ev[1].time().as_secs_f64() - 0.096).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_pause_is_reported_once_before_the_end_and_a_resume_when_speech_goes_on() {
+        let timing = VadTiming {
+            min_speech_ms: 0,
+            min_silence_ms: 160,
+            speech_pad_ms: 30,
+            pause_ms: 64,
+        };
+        // Speech, a 3-frame pause, speech again, then 6 silent frames.
+        let mut probs = vec![0.9; 4];
+        probs.extend([0.1; 3]);
+        probs.extend([0.9; 2]);
+        probs.extend([0.1; 6]);
+        let ev = run(&probs, timing.clone());
+        let names: Vec<_> = ev
+            .iter()
+            .map(|e| match e {
+                VadEvent::SpeechStart { .. } => "start",
+                VadEvent::SpeechPause { .. } => "pause",
+                VadEvent::SpeechResume { .. } => "resume",
+                VadEvent::SpeechEnd { .. } => "end",
+                VadEvent::Probability { .. } => "probability",
+            })
+            .collect();
+        assert_eq!(names, ["start", "pause", "resume", "pause", "end"]);
+        // The pause is where the end would be: the silence's start plus the padding.
+        let at = |i: usize| ev[i].time().as_secs_f64();
+        assert!((at(1) - (0.128 + 0.030)).abs() < 1e-9);
+        assert!((at(2) - 0.224).abs() < 1e-9);
+        assert!((at(3) - (0.288 + 0.030)).abs() < 1e-9);
+        assert!((at(4) - at(3)).abs() < 1e-9);
+        // No pause that would come with or after the end.
+        let late = VadTiming {
+            pause_ms: 160,
+            ..timing
+        };
+        assert!(
+            !run(&probs, late)
+                .iter()
+                .any(|e| matches!(e, VadEvent::SpeechPause { .. }))
+        );
     }
 
     #[test]

@@ -274,9 +274,11 @@ impl Ports {
     }
 
     /// An input fed by a node downstream of this one (what a later stage reports back, e.g.
-    /// how much of a reply was heard). A connection into it closes no cycle: it never blocks
-    /// its sender (the oldest report is dropped when full), does not keep this node's input
-    /// open at end of stream, and carries no control. It is never a session input.
+    /// how much of a reply was heard), or a side input of events from elsewhere in the graph
+    /// (a VAD's, for a playout's turn-taking). A connection into it closes no cycle: it never
+    /// blocks its sender (the oldest report is dropped when full), does not keep this node's
+    /// input open at end of stream, and carries no control. It is never a session input, and
+    /// a connection into it always names it.
     pub fn feedback(mut self, name: &str, media: &[MediaType]) -> Self {
         self.inputs.push(PortSpec {
             feedback: true,

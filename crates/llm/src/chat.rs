@@ -6,6 +6,10 @@
 //! the conversation keeps what was generated until then. Text on the `spoken` feedback port (a
 //! `Playout` downstream that was interrupted) is what the listener heard of the last reply: the
 //! conversation keeps that instead of what was generated.
+//!
+//! A text whose span starts where the last turn's did revises that turn: the speech went on
+//! after the pause at which the turn was taken (a segmenter fed a VAD's `speech_pause`), so
+//! that turn and its reply leave the conversation and the new text is answered instead.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -77,6 +81,8 @@ pub struct ChatNode<B: Backend> {
     history: Vec<Message>,
     reply: Option<Reply>,
     waiting: VecDeque<(String, Span)>,
+    /// The span of the turn started last.
+    last_turn: Span,
 }
 
 impl<B: Backend> ChatNode<B> {
@@ -87,6 +93,7 @@ impl<B: Backend> ChatNode<B> {
             history: Vec::new(),
             reply: None,
             waiting: VecDeque::new(),
+            last_turn: None,
         }
     }
 
@@ -100,6 +107,7 @@ impl<B: Backend> ChatNode<B> {
         };
         let started = self.backend.start(&mut self.history, &text)?;
         self.history.push(Message::new("user", text));
+        self.last_turn = span;
         self.reply = Some(Reply {
             started,
             text: String::new(),
@@ -165,6 +173,27 @@ impl<B: Backend> ChatNode<B> {
         }
     }
 
+    /// `span` starts where an earlier text's did: that text is dropped, waiting or answered
+    /// (with its reply).
+    fn revise(&mut self, span: Span) {
+        let start = |s: &Span| s.map(|(from, _)| from);
+        if start(&span).is_none() {
+            return;
+        }
+        self.waiting.retain(|(_, s)| start(s) != start(&span));
+        if start(&self.last_turn) != start(&span) {
+            return;
+        }
+        self.last_turn = None;
+        self.end_reply();
+        if self.history.last().is_some_and(|m| m.role == "assistant") {
+            self.history.pop();
+        }
+        if self.history.last().is_some_and(|m| m.role == "user") {
+            self.history.pop();
+        }
+    }
+
     /// The running reply ends; the conversation keeps what it said.
     fn end_reply(&mut self) {
         if let Some(reply) = self.reply.take() {
@@ -194,6 +223,7 @@ impl<B: Backend> Node for ChatNode<B> {
         if !text.is_final || text.text.trim().is_empty() {
             return Ok(());
         }
+        self.revise(text.span);
         self.waiting
             .push_back((text.text.trim().to_string(), text.span));
         self.start_next()
@@ -306,6 +336,45 @@ mod tests {
                 ("user", "Tell me about the moon."),
                 ("assistant", "The moon is"),
                 ("user", "And the sun?")
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_text_from_the_same_start_revises_the_last_turn() {
+        let seen = Arc::default();
+        let node = ChatNode::new(Scripted(Arc::clone(&seen)), false);
+        let mut h = NodeHarness::from_node(node).with_ports(ports());
+        let said = |text: &str, from: u64, to: u64| {
+            let ms = Duration::from_millis;
+            RuntimeData::Text(TextFrame {
+                text: text.into(),
+                is_final: true,
+                span: Some((ms(from), ms(to))),
+            })
+        };
+        // Taken at a pause and answered; then the speech went on.
+        h.push(said("Tell me about", 1_000, 2_000)).await.unwrap();
+        h.flush().await.unwrap();
+        h.push(said("Tell me about the moon.", 1_000, 3_000))
+            .await
+            .unwrap();
+        h.flush().await.unwrap();
+        h.push(said("And the sun?", 4_000, 5_000)).await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            roles(&seen[1]),
+            [],
+            "the revised turn and its reply are gone"
+        );
+        assert_eq!(
+            roles(&seen[2]),
+            [
+                ("user", "Tell me about the moon."),
+                (
+                    "assistant",
+                    "The moon is bright tonight. It circles the earth every month."
+                )
             ]
         );
     }

@@ -87,6 +87,32 @@ async fn microphone(input: SessionInput, mut say: mpsc::UnboundedReceiver<Say>) 
 struct Measured {
     voice_to_voice: Vec<Duration>,
     barge_in: Vec<Duration>,
+    /// Where voice-to-voice goes: end of speech → the question's text, → the answer's first
+    /// sentence, → its first audio.
+    to_question: Vec<Duration>,
+    to_sentence: Vec<Duration>,
+    to_audio: Vec<Duration>,
+}
+
+/// When an answer's stages left the session.
+struct Answer {
+    question: Instant,
+    sentence: Instant,
+    audio: Instant,
+    /// When the answer playing before it was interrupted (if it was still playing).
+    interrupted: Option<Instant>,
+}
+
+impl Measured {
+    fn add(&mut self, end: Instant, a: &Answer) {
+        self.voice_to_voice.push(a.audio - end);
+        self.to_question
+            .push(a.question.saturating_duration_since(end));
+        self.to_sentence
+            .push(a.sentence.saturating_duration_since(a.question));
+        self.to_audio
+            .push(a.audio.saturating_duration_since(a.sentence));
+    }
 }
 
 /// Answer audio with sound in it (the voice's leading silence is not the answer yet).
@@ -112,17 +138,38 @@ async fn next(out: &mut Outputs) -> (Instant, Packet) {
         .expect("the session is open")
 }
 
-/// When the first answer audio after `after` left the session, and when the answer playing
-/// before it was interrupted (if it was still playing).
-async fn answer_after(out: &mut Outputs, after: Instant) -> (Instant, Option<Instant>) {
-    let mut interrupted = None;
+/// The answer to the question that ended at `after`.
+async fn answer_after(out: &mut Outputs, after: Instant) -> Answer {
+    let (mut interrupted, mut question, mut sentence) = (None, None, None);
     loop {
         let (t, p) = next(out).await;
         if is_interrupted(&p) {
             interrupted = Some(t);
         }
-        if t >= after && is_answer_audio(&p) {
-            return (t, interrupted);
+        if t < after {
+            continue;
+        }
+        match &*p.source {
+            "question" => question = question.or(Some(t)),
+            "reply" => {
+                if std::env::var_os("SHOW").is_some() {
+                    eprintln!(
+                        "{:?} {:?}",
+                        t - after,
+                        p.data.as_text().map(|x| x.text.clone())
+                    );
+                }
+                sentence = sentence.or(Some(t))
+            }
+            _ if is_answer_audio(&p) => {
+                return Answer {
+                    question: question.unwrap_or(t),
+                    sentence: sentence.unwrap_or(t),
+                    audio: t,
+                    interrupted,
+                };
+            }
+            _ => {}
         }
     }
 }
@@ -172,15 +219,15 @@ async fn caller(
     for _ in 0..rounds {
         let (_, end) = say(&mic, moon);
         let end = end.await.unwrap();
-        let (first, _) = answer_after(&mut out, end).await;
-        m.voice_to_voice.push(first - end);
+        let a = answer_after(&mut out, end).await;
+        m.add(end, &a);
         tokio::time::sleep(Duration::from_secs(1)).await;
         // Over the answer, if it is still playing (a short one may have ended).
         let (onset, end) = say(&mic, sun);
         let (onset, end) = (onset.await.unwrap(), end.await.unwrap());
-        let (first, interrupted) = answer_after(&mut out, end).await;
-        m.voice_to_voice.push(first - end);
-        if let Some(stopped) = interrupted {
+        let a = answer_after(&mut out, end).await;
+        m.add(end, &a);
+        if let Some(stopped) = a.interrupted {
             m.barge_in.push(stopped.saturating_duration_since(onset));
         }
         // The second answer plays out.
@@ -242,6 +289,18 @@ fn main() {
         report(
             "  voice-to-voice (end of speech -> first answer audio)",
             all.iter().flat_map(|m| m.voice_to_voice.clone()).collect(),
+        );
+        report(
+            "    end of speech -> question's text",
+            all.iter().flat_map(|m| m.to_question.clone()).collect(),
+        );
+        report(
+            "    question's text -> first sentence of the answer",
+            all.iter().flat_map(|m| m.to_sentence.clone()).collect(),
+        );
+        report(
+            "    first sentence -> first answer audio",
+            all.iter().flat_map(|m| m.to_audio.clone()).collect(),
         );
         report(
             "  barge-in (speech onset -> answer stopped)",

@@ -1,5 +1,6 @@
 //! The voice agent (`examples/voice_agent.yaml`) interrupted: a scripted stream in which the user
-//! asks a question, then speaks over the spoken answer with another.
+//! asks a question, then speaks over the spoken answer with another; and a question with a pause
+//! in it, answered whole.
 //!
 //! Needs `./scripts/setup-models.sh` (Silero, Moonshine, Piper, SmolLM2); fails without them.
 
@@ -190,8 +191,102 @@ async fn feed(input: &SessionInput, at: &mut usize, samples: &[f32]) {
     }
 }
 
+/// An interruption by the user speaking over the answer.
 fn is_interrupted(p: &Packet) -> bool {
-    matches!(&p.data, RuntimeData::Json(v) if v["event"] == "interrupted")
+    matches!(&p.data, RuntimeData::Json(v) if v["event"] == "interrupted" && v["reason"] == "barge-in")
+}
+
+/// Speech without the voice's leading and trailing silence.
+fn trimmed(samples: Vec<f32>) -> Vec<f32> {
+    let loud = |x: &f32| x.abs() > 0.02;
+    let from = samples.iter().position(loud).unwrap_or(0);
+    let to = samples.iter().rposition(loud).map_or(0, |i| i + 1);
+    samples[from..to.max(from)].to_vec()
+}
+
+/// A question with a pause in it (longer than the VAD's `pause_ms`, shorter than its
+/// `min_silence_ms`): the agent takes the turn at the pause, and when the question goes on it
+/// drops that turn and answers the whole question; nothing of the dropped answer is played.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_that_goes_on_after_a_pause_is_answered_whole() {
+    let rt = remotemedia_runtime::runtime();
+    let samples = [
+        silence(0.5),
+        trimmed(speak("Tell me about").await),
+        silence(0.4),
+        trimmed(speak("the moon.").await),
+        silence(3.0),
+    ]
+    .concat();
+    let p = rt.load(&agent_manifest(), "voice_agent.yaml").unwrap();
+    let (input, mut output) = rt.open(&p).await.unwrap().split();
+    // In real time, as from a microphone: the playout waits for the end of a turn in wall time.
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for (i, chunk) in samples.chunks(320).enumerate() {
+            tick.tick().await;
+            let ts = Duration::from_millis(20 * i as u64);
+            let frame = RuntimeData::audio(chunk.to_vec(), RATE, 1);
+            input.send_at(frame, ts).await.unwrap();
+        }
+    });
+    let mut heard = Heard {
+        packets: Vec::new(),
+    };
+    let read = async {
+        while let Some(r) = output.recv().await {
+            heard
+                .packets
+                .push((Instant::now(), r.unwrap_or_else(|f| panic!("{f}"))));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(90), read)
+        .await
+        .expect("the session ends within 90 s");
+
+    let questions: Vec<(Instant, String, Option<(Duration, Duration)>)> = heard
+        .packets
+        .iter()
+        .filter(|(_, p)| &*p.source == "question")
+        .filter_map(|(t, p)| {
+            p.data
+                .as_text()
+                .map(|x| (*t, x.text.to_lowercase(), x.span))
+        })
+        .collect();
+    let summary = heard.summary();
+    assert_eq!(
+        questions.len(),
+        2,
+        "taken at the pause, then whole:\n{summary}"
+    );
+    let ((_, early, early_span), (asked_at, whole, whole_span)) = (&questions[0], &questions[1]);
+    assert!(
+        !early.contains("moon") && whole.contains("moon"),
+        "{summary}"
+    );
+    assert_eq!(
+        early_span.map(|s| s.0),
+        whole_span.map(|s| s.0),
+        "one turn, from one start"
+    );
+    // The answer is to the whole question, and only it is heard.
+    let answer: Vec<&(Instant, Packet)> = heard
+        .packets
+        .iter()
+        .filter(|(_, p)| &*p.source == "reply")
+        .filter(|(_, p)| p.data.as_text().is_some_and(|t| t.span == *whole_span))
+        .collect();
+    assert!(
+        !answer.is_empty(),
+        "no answer to the whole question:\n{summary}"
+    );
+    assert_eq!(
+        heard.audio_before(*asked_at),
+        0.0,
+        "an answer to the unfinished question was played:\n{summary}"
+    );
+    assert!(heard.audio_before(Instant::now()) > 0.5, "{summary}");
 }
 
 fn json(p: &Packet) -> serde_json::Value {
