@@ -100,7 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             segments.push([s, time]);
                         }
                     }
-                    VadEvent::Probability { .. } => {}
+                    _ => {}
                 }
             }
         }
