@@ -6,6 +6,8 @@
 //!
 //!   cargo bench -p remotemedia-runtime --bench voice_agent -- [SESSIONS] [ROUNDS]
 //!
+//! `AGENT_MANIFEST=path` measures another agent manifest with the same node ids.
+//!
 //! Each caller asks "Tell me about the moon.", lets the answer play for a second, asks "What is
 //! the sun made of?" over it, and lets that answer play out; `ROUNDS` times. Microphone audio
 //! goes in as 20 ms frames at real time (silence between questions), so the VAD, the models and
@@ -123,8 +125,9 @@ fn is_answer_audio(p: &Packet) -> bool {
             .is_some_and(|a| a.samples().iter().any(|x| x.abs() > AUDIBLE))
 }
 
+/// The answer stopped by the caller speaking over it.
 fn is_interrupted(p: &Packet) -> bool {
-    matches!(&p.data, RuntimeData::Json(v) if v["event"] == "interrupted")
+    matches!(&p.data, RuntimeData::Json(v) if v["event"] == "interrupted" && v["reason"] == "barge-in")
 }
 
 /// The outputs as they leave the session, with when.
@@ -151,16 +154,7 @@ async fn answer_after(out: &mut Outputs, after: Instant) -> Answer {
         }
         match &*p.source {
             "question" => question = question.or(Some(t)),
-            "reply" => {
-                if std::env::var_os("SHOW").is_some() {
-                    eprintln!(
-                        "{:?} {:?}",
-                        t - after,
-                        p.data.as_text().map(|x| x.text.clone())
-                    );
-                }
-                sentence = sentence.or(Some(t))
-            }
+            "reply" => sentence = sentence.or(Some(t)),
             _ if is_answer_audio(&p) => {
                 return Answer {
                     question: question.unwrap_or(t),
@@ -197,11 +191,14 @@ async fn caller(
     moon: &[f32],
     sun: &[f32],
 ) -> Measured {
-    let manifest = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../examples/voice_agent.yaml"
-    ))
-    .unwrap();
+    let path = std::env::var("AGENT_MANIFEST").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/voice_agent.yaml"
+        )
+        .into()
+    });
+    let manifest = std::fs::read_to_string(path).unwrap();
     let p = rt.load(&manifest, "voice_agent.yaml").unwrap();
     let (input, mut output) = rt.open(&p).await.unwrap().split();
     let (tx, mut out) = mpsc::unbounded_channel();
