@@ -161,15 +161,19 @@ impl Playout {
                 self.held = false;
                 self.interrupt(now, "resumed", out);
             }
-            Some(VadEvent::SpeechEnd { .. }) if self.held => {
-                self.held = false;
-                // Nothing left while held: the timeline goes on from now.
-                if let Some(p) = self.period.as_mut() {
-                    p.start = now.checked_sub(p.released).unwrap_or(p.start);
-                }
-            }
+            Some(VadEvent::SpeechEnd { .. }) => self.unhold(now),
             // Other events, and the VAD's audio passing by.
             _ => {}
+        }
+    }
+
+    /// The user's turn is over: what was held plays from `now`.
+    fn unhold(&mut self, now: Instant) {
+        if std::mem::take(&mut self.held)
+            && let Some(p) = self.period.as_mut()
+        {
+            // Nothing left while held: the timeline goes on from now.
+            p.start = now.checked_sub(p.released).unwrap_or(p.start);
         }
     }
 
@@ -269,6 +273,8 @@ impl Node for Playout {
     }
 
     async fn flush(&mut self, out: &mut Outputs) -> Result<(), NodeError> {
+        // The end of the stream ends the user's turn.
+        self.unhold(Instant::now());
         while let Some(due) = self.due() {
             tokio::time::sleep_until(due).await;
             self.release(Instant::now(), out);
@@ -495,6 +501,15 @@ mod tests {
         assert_eq!(event["spoken"], "");
         assert_eq!(out[1].as_text().map(|t| &*t.text), Some(""));
         assert!(h.poll_for(Duration::from_secs(1)).await.unwrap().is_empty());
+        // The end of the stream ends a turn held at a pause.
+        h.push_to(1, turn(VadEvent::SpeechPause { time: 5.0 }))
+            .await
+            .unwrap();
+        h.push(audio(0.5)).await.unwrap();
+        assert_eq!(
+            played(&h.flush().await.unwrap()),
+            Duration::from_millis(500)
+        );
         // Audio passing by on `turn` changes nothing.
         assert!(
             h.push_to(1, audio(0.02))

@@ -310,58 +310,40 @@ mod tests {
 
     #[tokio::test]
     async fn a_pause_emits_the_utterance_so_far_and_a_resume_the_whole_one_at_its_end() {
+        async fn cut(events: &[(usize, VadEvent)]) -> Vec<(f32, f32, Duration)> {
+            let out = run(json!({"pre_roll_ms": 0}), 10, events).await;
+            out.iter().map(span).collect()
+        }
+        let start = (2, VadEvent::SpeechStart { time: 10.2 });
+        let utterance = |last: f32| (200.0, last, Duration::from_millis(10_200));
         // Paused and ended there: one utterance, at the pause.
         let ended = [
-            (2, VadEvent::SpeechStart { time: 10.2 }),
+            start,
             (5, VadEvent::SpeechPause { time: 10.5 }),
             (7, VadEvent::SpeechEnd { time: 10.5 }),
         ];
-        let spans: Vec<_> = run(json!({"pre_roll_ms": 0}), 9, &ended)
-            .await
-            .iter()
-            .map(span)
-            .collect();
-        assert_eq!(spans, [(200.0, 499.0, Duration::from_millis(10_200))]);
+        assert_eq!(cut(&ended).await, [utterance(499.0)]);
         // Paused, resumed, paused again and ended: the utterance so far at each pause, from
         // the same start; nothing more at the end.
-        let resumed = [
-            (2, VadEvent::SpeechStart { time: 10.2 }),
+        let paused_again = [
+            start,
             (4, VadEvent::SpeechPause { time: 10.4 }),
             (5, VadEvent::SpeechResume { time: 10.5 }),
             (7, VadEvent::SpeechPause { time: 10.8 }),
             (8, VadEvent::SpeechEnd { time: 10.8 }),
         ];
-        let spans: Vec<_> = run(json!({"pre_roll_ms": 0}), 10, &resumed)
-            .await
-            .iter()
-            .map(span)
-            .collect();
         assert_eq!(
-            spans,
-            [
-                (200.0, 399.0, Duration::from_millis(10_200)),
-                (200.0, 799.0, Duration::from_millis(10_200)),
-            ]
+            cut(&paused_again).await,
+            [utterance(399.0), utterance(799.0)]
         );
         // Resumed and ended without another pause: the whole utterance at the end.
         let resumed = [
-            (2, VadEvent::SpeechStart { time: 10.2 }),
+            start,
             (4, VadEvent::SpeechPause { time: 10.4 }),
             (5, VadEvent::SpeechResume { time: 10.5 }),
             (8, VadEvent::SpeechEnd { time: 10.9 }),
         ];
-        let spans: Vec<_> = run(json!({"pre_roll_ms": 0}), 10, &resumed)
-            .await
-            .iter()
-            .map(span)
-            .collect();
-        assert_eq!(
-            spans,
-            [
-                (200.0, 399.0, Duration::from_millis(10_200)),
-                (200.0, 899.0, Duration::from_millis(10_200)),
-            ]
-        );
+        assert_eq!(cut(&resumed).await, [utterance(399.0), utterance(899.0)]);
     }
 
     #[tokio::test]
