@@ -245,7 +245,7 @@ async fn a_question_that_goes_on_after_a_pause_is_answered_whole() {
         .await
         .expect("the session ends within 90 s");
 
-    let questions: Vec<(Instant, String, Option<(Duration, Duration)>)> = heard
+    let questions: Vec<(Instant, String, _)> = heard
         .packets
         .iter()
         .filter(|(_, p)| &*p.source == "question")
