@@ -237,8 +237,8 @@ impl Node for Playout {
     ) -> Result<(), NodeError> {
         let now = Instant::now();
         if port == 1 {
+            // What the end of a turn lets go leaves from `poll_output`, like all paced audio.
             self.turn(VadEvent::from_data(&input.data), now, out);
-            self.release(now, out);
             return Ok(());
         }
         match &input.data {

@@ -176,12 +176,12 @@ impl<B: Backend> ChatNode<B> {
     /// `span` starts where an earlier text's did: that text is dropped, waiting or answered
     /// (with its reply).
     fn revise(&mut self, span: Span) {
-        let start = |s: &Span| s.map(|(from, _)| from);
-        if start(&span).is_none() {
+        let Some((from, _)) = span else {
             return;
-        }
-        self.waiting.retain(|(_, s)| start(s) != start(&span));
-        if start(&self.last_turn) != start(&span) {
+        };
+        let same_start = |s: &Span| s.is_some_and(|(f, _)| f == from);
+        self.waiting.retain(|(_, s)| !same_start(s));
+        if !same_start(&self.last_turn) {
             return;
         }
         self.last_turn = None;

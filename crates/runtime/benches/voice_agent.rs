@@ -236,7 +236,9 @@ async fn caller(
     m
 }
 
-fn report(name: &str, mut v: Vec<Duration>) {
+/// One measure of every caller: its count, median, 95th percentile and maximum.
+fn report(all: &[Measured], name: &str, measure: fn(&Measured) -> &Vec<Duration>) {
+    let mut v: Vec<Duration> = all.iter().flat_map(measure).copied().collect();
     v.sort();
     let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize].as_millis();
     println!(
@@ -284,24 +286,23 @@ fn main() {
         let all = callers.join_all().await;
         println!("voice agent, {sessions} session(s) x {rounds} round(s):");
         report(
+            &all,
             "  voice-to-voice (end of speech -> first answer audio)",
-            all.iter().flat_map(|m| m.voice_to_voice.clone()).collect(),
+            |m| &m.voice_to_voice,
         );
+        report(&all, "    end of speech -> question's text", |m| {
+            &m.to_question
+        });
         report(
-            "    end of speech -> question's text",
-            all.iter().flat_map(|m| m.to_question.clone()).collect(),
-        );
-        report(
+            &all,
             "    question's text -> first sentence of the answer",
-            all.iter().flat_map(|m| m.to_sentence.clone()).collect(),
+            |m| &m.to_sentence,
         );
-        report(
-            "    first sentence -> first answer audio",
-            all.iter().flat_map(|m| m.to_audio.clone()).collect(),
-        );
-        report(
-            "  barge-in (speech onset -> answer stopped)",
-            all.iter().flat_map(|m| m.barge_in.clone()).collect(),
-        );
+        report(&all, "    first sentence -> first answer audio", |m| {
+            &m.to_audio
+        });
+        report(&all, "  barge-in (speech onset -> answer stopped)", |m| {
+            &m.barge_in
+        });
     });
 }
