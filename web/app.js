@@ -20,7 +20,7 @@ const state = (window.remotemedia = {
   captions: [], // {text, final, start, end, at, latencyMs}
   replies: [], // {text, at}
   interruptions: [], // the agent's `interrupted` events (barge-in): {heard_ms, dropped_ms, spoken, at}
-  latency: { captionMs: [], replyMs: [] },
+  latency: { captionMs: [], replyTextMs: [], replyMs: [] },
   micLevelMax: 0,
   replyLevelMax: 0,
   replyAudioMs: 0, // how long the reply track was audible
@@ -31,7 +31,7 @@ const state = (window.remotemedia = {
   errors: [],
 });
 
-let call = null; // the live call: {pc, dc, stream, ctx, timer, location}
+let call = null; // the live call: {pc, dc, stream, ctx, timer, location, pipeline}
 
 function setStatus(text) {
   state.status = text;
@@ -120,7 +120,9 @@ async function start() {
   pc.ontrack = (e) => onReplyTrack(e.streams[0] || new MediaStream([e.track]));
   pc.onconnectionstatechange = () => {
     const s = pc.connectionState;
-    if (s === "connected") setStatus("live");
+    // The data channel's `ready` may come before the connection reports itself connected:
+    // keep the pipeline's name it gave.
+    if (s === "connected") setStatus(call?.pipeline ? `live — ${call.pipeline}` : "live");
     if (s === "failed") {
       showError("The connection to the server failed (ICE could not connect).");
       stop();
@@ -281,12 +283,14 @@ function onMessage(msg) {
   const now = performance.now();
   if (msg.type === "ready") {
     state.session = msg.session;
+    if (call) call.pipeline = msg.pipeline;
     setStatus(`live — ${msg.pipeline}`);
   } else if (msg.type === "text" && msg.node.startsWith("reply")) {
     // The reply's audio follows its text: its next onset is the first reply audio.
     if (lastSpeechEnd !== null && !state.replies.some((r) => r.at > lastSpeechEnd)) {
       replyPending = true;
       replyArmedAt = now;
+      record("replyTextMs", now - lastSpeechEnd);
     }
     state.replies.push({ text: msg.text, at: now });
     addLine($("replies"), msg.text, stamp(msg.start, msg.end));

@@ -676,6 +676,10 @@ async fn print_latency(mic: &Path, page: &str, dir: &Path, how_long: Duration) {
         stats(&s, "captionMs")
     );
     println!(
+        "end of speech -> first reply text:  {}",
+        stats(&s, "replyTextMs")
+    );
+    println!(
         "end of speech -> first reply audio: {}",
         stats(&s, "replyMs")
     );
