@@ -27,6 +27,7 @@ const state = (window.remotemedia = {
   audioContext: null, // the Web Audio context's state ("suspended" measures nothing)
   micPackets: 0, // RTP packets sent from the microphone and received on the reply track,
   replyPackets: 0, // from the peer connection's own statistics
+  replyBufferMs: 0, // the mean time reply audio spent in the browser's jitter buffer
   speechEnds: 0,
   errors: [],
 });
@@ -154,7 +155,12 @@ async function start() {
     for (const r of (await pc.getStats()).values()) {
       if (r.kind !== "audio") continue;
       if (r.type === "outbound-rtp") state.micPackets = r.packetsSent;
-      if (r.type === "inbound-rtp") state.replyPackets = r.packetsReceived;
+      if (r.type === "inbound-rtp") {
+        state.replyPackets = r.packetsReceived;
+        // How long the browser's jitter buffer held the reply audio, on average.
+        if (r.jitterBufferEmittedCount)
+          state.replyBufferMs = Math.round((1000 * r.jitterBufferDelay) / r.jitterBufferEmittedCount);
+      }
     }
   }, 500);
   $("toggle").textContent = "Stop";

@@ -17,13 +17,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
 use super::opus::Encoder;
+use super::reply::{Frame, RATE, ReplyTrack};
 use crate::shared::Shared;
 
-/// WebRTC audio runs at 48 kHz; the call speaks mono.
-const RATE: u32 = 48_000;
-/// One Opus frame: 20 ms.
-const FRAME: usize = 960;
-const FRAME_TIME: Duration = Duration::from_millis(20);
 /// Decoded microphone audio waiting for the pipeline; beyond it frames are dropped (counted)
 /// rather than stalling the connection: 10 s.
 const FEED_QUEUE: usize = 500;
@@ -43,9 +39,7 @@ pub struct Call {
     /// Messages for the data channel before it opens.
     unsent: VecDeque<String>,
     /// Reply audio (48 kHz mono) waiting to be sent, one frame per 20 ms.
-    reply: VecDeque<f32>,
-    next_frame: Option<tokio::time::Instant>,
-    rtp_time: u64,
+    reply: ReplyTrack,
     /// RTP time of the first microphone packet: media time 0 of the session.
     first_rtp: Option<u64>,
     dropped: u64,
@@ -70,9 +64,7 @@ impl Call {
             audio: None,
             channel: None,
             unsent: VecDeque::new(),
-            reply: VecDeque::new(),
-            next_frame: None,
-            rtp_time: 0,
+            reply: ReplyTrack::default(),
             first_rtp: None,
             dropped: 0,
         }
@@ -116,7 +108,7 @@ impl Call {
                 }
             };
             let wake = tokio::time::Instant::from_std(timeout);
-            let wake = self.next_frame.map_or(wake, |f| f.min(wake));
+            let wake = self.reply.next_due().map_or(wake, |f| f.min(wake));
             tokio::select! {
                 _ = hung_up.wait_for(|v| *v) => break "hung up",
                 _ = shutdown.wait_for(|v| *v) => break "server shutdown",
@@ -285,19 +277,15 @@ impl Call {
             RuntimeData::Audio(a) if a.sample_rate == RATE => {
                 let ch = usize::from(a.channels.max(1));
                 let scale = 1.0 / ch as f32;
-                self.reply.extend(
+                self.reply.push(
                     a.samples()
                         .chunks_exact(ch)
                         .map(|f| f.iter().sum::<f32>() * scale),
+                    tokio::time::Instant::now(),
                 );
-                self.next_frame
-                    .get_or_insert_with(tokio::time::Instant::now);
             }
             // Barge-in: the reply audio not yet sent is dropped at once.
-            RuntimeData::Control(Control::Cancel { .. }) => {
-                self.reply.clear();
-                self.next_frame = None;
-            }
+            RuntimeData::Control(Control::Cancel { .. }) => self.reply.clear(),
             RuntimeData::Audio(a) => self.send_json(&serde_json::json!({
                 "type": "error", "node": &*p.source, "fatal": false,
                 "message": format!("audio at {} Hz cannot be sent: WebRTC replies must be 48000 Hz \
@@ -311,22 +299,13 @@ impl Call {
     /// browser gets it in real time however bursty the pipeline's output is.
     fn send_reply_frames(&mut self) {
         let now = tokio::time::Instant::now();
-        while let Some(due) = self.next_frame
-            && due <= now
-        {
-            if self.reply.is_empty() {
-                self.next_frame = None;
-                return;
-            }
-            self.next_frame = Some(due + FRAME_TIME);
-            self.send_reply_frame();
+        while let Some(frame) = self.reply.due_frame(now) {
+            self.send_reply_frame(frame);
         }
     }
 
-    /// Encodes and sends the next 20 ms of reply audio.
-    fn send_reply_frame(&mut self) {
-        let mut pcm: Vec<f32> = self.reply.drain(..FRAME.min(self.reply.len())).collect();
-        pcm.resize(FRAME, 0.0);
+    /// Encodes and sends one frame of reply audio.
+    fn send_reply_frame(&mut self, frame: Frame) {
         let (Some(mid), Some(pt)) = (self.audio, self.opus_pt()) else {
             tracing::debug!(call = %self.id, audio = ?self.audio, "no audio media to send the reply on");
             return;
@@ -342,17 +321,19 @@ impl Call {
             },
         };
         let mut buf = [0u8; 1500];
-        let packet = match encoder.encode(&pcm, &mut buf) {
+        let packet = match encoder.encode(&frame.pcm, &mut buf) {
             Ok(p) => p.to_vec(),
             Err(e) => {
                 tracing::warn!(call = %self.id, "{e}");
                 return;
             }
         };
-        let time = MediaTime::new(self.rtp_time, Frequency::FORTY_EIGHT_KHZ);
-        self.rtp_time += FRAME as u64;
+        let time = MediaTime::new(frame.rtp_time, Frequency::FORTY_EIGHT_KHZ);
         if let Some(writer) = self.rtc.writer(mid)
-            && let Err(e) = writer.write(pt, Instant::now(), time, packet)
+            && let Err(e) =
+                writer
+                    .start_of_talkspurt(frame.talkspurt)
+                    .write(pt, Instant::now(), time, packet)
         {
             tracing::debug!(call = %self.id, "reply audio not sent: {e}");
         }

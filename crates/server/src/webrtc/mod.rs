@@ -17,6 +17,7 @@
 
 mod call;
 mod opus;
+mod reply;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
