@@ -95,6 +95,9 @@ impl Default for PiperTtsParams {
     }
 }
 
+/// Sample level below which a sentence has not started yet (-40 dBFS).
+const LEADING_SILENCE: f32 = 0.01;
+
 /// Speaks text with a Piper voice: one mono audio output per sentence, at the voice's rate
 /// (22 050 Hz for the default voice), each stamped with the input's timestamp plus the audio
 /// already emitted for that input.
@@ -160,9 +163,13 @@ impl Engine {
             if i > 0 && silence > 0 {
                 let _ = tx.send(Ok(vec![0.0; silence]));
             }
+            let mut first = true;
             let spoken = self
                 .voice
-                .synthesize_streaming(&s.ids, self.scales, |piece| {
+                .synthesize_streaming(&s.ids, self.scales, |mut piece| {
+                    if std::mem::take(&mut first) {
+                        self.trim_start(&mut piece);
+                    }
                     let _ = tx.send(Ok(piece));
                 });
             if let Err(e) = spoken {
@@ -171,14 +178,28 @@ impl Engine {
         }
     }
 
+    /// Drops the near silence a Piper voice puts before each sentence (50–75 ms for the joe
+    /// voice), but 10 ms, so an answer is heard as soon as its first audio arrives (pauses
+    /// between sentences are `sentence_silence_ms`). Only the start of `audio` is searched: a
+    /// sentence's first streamed piece holds its leading silence.
+    fn trim_start(&self, audio: &mut Vec<f32>) {
+        let margin = self.voice.config().sample_rate as usize / 100;
+        let sound = audio.iter().position(|x| x.abs() > LEADING_SILENCE);
+        audio.drain(..sound.unwrap_or(audio.len()).saturating_sub(margin));
+    }
+
     /// One model run per sentence.
     fn speak(&self, text: &str) -> Result<Spoken, TtsError> {
         let prepared = self.voice.prepare(text)?;
         let audio = prepared
             .sentences
             .iter()
-            .map(|s| self.voice.synthesize(&s.ids, self.scales))
-            .collect::<Result<_, _>>()?;
+            .map(|s| {
+                let mut audio = self.voice.synthesize(&s.ids, self.scales)?;
+                self.trim_start(&mut audio);
+                Ok(audio)
+            })
+            .collect::<Result<_, TtsError>>()?;
         Ok(Spoken {
             audio,
             sample_rate: self.voice.config().sample_rate,
