@@ -110,13 +110,25 @@ async fn each_sentence_starts_10_ms_before_its_first_sound() {
     let onset = |a: &[f32]| a.iter().position(|x| x.abs() > 0.01).unwrap();
     let v = voice();
     let raw = v.prepare("Paris is the capital of France.").unwrap();
-    let raw = v.synthesize(&raw.sentences[0].ids, v.default_scales()).unwrap();
-    assert!(onset(&raw) > 882, "the voice's own lead: {} samples", onset(&raw));
+    let raw = v
+        .synthesize(&raw.sentences[0].ids, v.default_scales())
+        .unwrap();
+    assert!(
+        onset(&raw) > 882,
+        "the voice's own lead: {} samples",
+        onset(&raw)
+    );
     for stream in [false, true] {
         let mut node = piper(json!({"stream": stream})).await;
         let text = RuntimeData::text("Paris is the capital of France. It is in Europe.");
         let mut out = node.push(text).await.unwrap();
-        out.extend(node.flush_outputs().await.unwrap().into_iter().map(|o| o.data));
+        out.extend(
+            node.flush_outputs()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|o| o.data),
+        );
         let audio: Vec<f32> = out
             .iter()
             .flat_map(|d| d.as_audio().unwrap().samples().to_vec())
