@@ -658,20 +658,14 @@ async fn latency_of_the_agent_for_one_caller() {
     let mic = dir.join("questions.wav");
     write_mic(&mic, &samples);
     let (server, page) = agent_server().await;
-    print_latency(&server, &mic, &page, &dir, Duration::from_secs(120)).await;
+    print_latency(&mic, &page, &dir, Duration::from_secs(120)).await;
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// One browser calling `page` with `mic` as its microphone for `how_long`; prints what the page
-/// measured, and the server's time per call of each node type.
-async fn print_latency(
-    server: &RunningServer,
-    mic: &Path,
-    page: &str,
-    dir: &Path,
-    how_long: Duration,
-) {
+/// measured.
+async fn print_latency(mic: &Path, page: &str, dir: &Path, how_long: Duration) {
     let driver = Driver::start().await;
     let caller = driver.browser(Some(mic), page, &dir.join("p")).await;
     tokio::time::sleep(how_long).await;
@@ -694,27 +688,6 @@ async fn print_latency(
         "reply audio in the jitter buffer: {} ms on average",
         s["replyBufferMs"]
     );
-    let metrics = server.metrics_text();
-    let value = |prefix: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    };
-    for line in metrics.lines() {
-        let Some(labels) = line
-            .strip_prefix("remotemedia_node_latency_seconds_count")
-            .and_then(|l| l.split_whitespace().next())
-        else {
-            continue;
-        };
-        let count = value(&format!("remotemedia_node_latency_seconds_count{labels} "));
-        let sum = value(&format!("remotemedia_node_latency_seconds_sum{labels} "));
-        println!(
-            "{labels}: {count} calls, {:.1} ms per call",
-            1000.0 * sum / count.max(1.0)
-        );
-    }
 }
 
 /// Percentiles of one of the page's latency lists.
@@ -782,7 +755,7 @@ async fn latency_of_one_caller() {
         server.http_addr().unwrap()
     );
     let beckett = root().join("models/samples/beckett.wav");
-    print_latency(&server, &beckett, &page, &dir, Duration::from_secs(40)).await;
+    print_latency(&beckett, &page, &dir, Duration::from_secs(40)).await;
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
