@@ -4,11 +4,18 @@
 //! cache) that keeps its conversation between turns, so a turn decodes only what is new since
 //! the last one. The turns of all sessions that are generating run together: each step decodes
 //! one batch holding the next token of every generating turn and the prompt of new ones
-//! (continuous batching), so eight sessions cost far less than eight times one.
+//! (continuous batching). On a CPU a step costs about as much per turn in it as a turn alone
+//! (the model is small enough to be compute-bound), so the steps favour the turns that are
+//! still writing their first sentence, which someone is waiting to hear: a turn that has one
+//! ready to be spoken joins only every [`AHEAD_EVERY`]th step while another is still writing
+//! its first, which keeps it well ahead of speech.
 //!
 //! A session that has no slot when its turn comes takes a free one, or the one idle the
 //! longest (whose owner re-reads its history on its next turn). A turn that finds every slot
-//! generating waits for one.
+//! generating waits for one. A new conversation does not read again what another slot holds
+//! of its start (the system prompt): that slot's cache is copied into its own. A session may
+//! read its start before its first question ([`Engine::prefill`]), so the first answer
+//! begins as soon as later ones do.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -25,6 +32,7 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use remotemedia_speech::tts::split_sentences;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Why the engine could not load a model or run a turn.
@@ -119,8 +127,17 @@ pub struct Turn {
     session: u64,
     tokens: Vec<LlamaToken>,
     sampling: Sampling,
-    events: UnboundedSender<Event>,
+    /// `None` for a prefill: the prompt is read into the cache, nothing is generated.
+    events: Option<UnboundedSender<Event>>,
     cancel: Arc<AtomicBool>,
+}
+
+impl Turn {
+    fn send(&self, event: Event) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
+        }
+    }
 }
 
 enum Msg {
@@ -197,7 +214,8 @@ impl Engine {
         self.next_session.fetch_add(1, Relaxed)
     }
 
-    /// The session ended: its conversation leaves the cache.
+    /// The session ended: its slot is free for another conversation. What it holds stays in
+    /// the cache until then, as a start a later conversation may share (a system prompt).
     pub fn close(&self, session: u64) {
         let _ = self.tx.send(Msg::Close(session));
     }
@@ -241,11 +259,45 @@ impl Engine {
                 session,
                 tokens,
                 sampling,
-                events,
+                events: Some(events),
                 cancel: Arc::clone(&cancel),
             }))
             .map_err(|_| LlmError::Stopped)?;
         Ok(cancel)
+    }
+
+    /// Reads `messages` (say, the system prompt) into the cache of `session` now, ahead of
+    /// its first turn, whose prompt starts with them; nothing is generated. Copied from
+    /// another slot when one holds them already.
+    pub fn prefill(&self, session: u64, messages: &[Message]) -> Result<(), LlmError> {
+        let chat = messages
+            .iter()
+            .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| LlmError::Template(e.to_string()))?;
+        let prompt = self
+            .model
+            .apply_chat_template(&self.template, &chat, false)
+            .map_err(|e| LlmError::Template(e.to_string()))?;
+        let tokens = self.tokenize(&prompt);
+        if tokens.is_empty() || tokens.len() >= self.config.slot_tokens as usize {
+            return Ok(());
+        }
+        self.tx
+            .send(Msg::Turn(Turn {
+                session,
+                tokens,
+                sampling: Sampling {
+                    temperature: 0.0,
+                    top_p: 1.0,
+                    seed: 0,
+                    max_tokens: 0,
+                    stop: Vec::new(),
+                },
+                events: None,
+                cancel: Arc::new(AtomicBool::new(false)),
+            }))
+            .map_err(|_| LlmError::Stopped)
     }
 }
 
@@ -276,7 +328,14 @@ struct Running {
     /// Index of this turn's logits in the last batch.
     logits: Option<i32>,
     cached: usize,
+    /// A whole sentence of the reply is out: the listener has something to hear.
+    ahead: bool,
 }
+
+/// While some turn is still writing its first sentence, turns that are `ahead` join one step
+/// in this many: ~20 tokens/s each at 8 turns on 2 cores, several times the ~3 tokens/s of
+/// speech, and the turns still writing run alone in the other steps.
+const AHEAD_EVERY: u64 = 4;
 
 fn run(
     model: &LlamaModel,
@@ -326,7 +385,7 @@ fn run(
                     if let Some(i) = slots.iter().position(|s| s.owner == Some(session))
                         && !slots[i].busy
                     {
-                        free(&mut ctx, &mut slots, i);
+                        slots[i].owner = None;
                     }
                     waiting.retain(|t| t.session != session);
                 }
@@ -346,7 +405,7 @@ fn run(
         while i < waiting.len() {
             if cancelled(&waiting[i]) {
                 let turn = waiting.remove(i).expect("index in range");
-                let _ = turn.events.send(Event::End(End {
+                turn.send(Event::End(End {
                     finish: Finish::Cancelled,
                     prompt_tokens: turn.tokens.len(),
                     cached_tokens: 0,
@@ -354,7 +413,14 @@ fn run(
                 }));
             } else if let Some(slot) = take_slot(&mut slots, waiting[i].session) {
                 let turn = waiting.remove(i).expect("index in range");
-                running.push(begin(&mut ctx, &mut slots[slot], slot, turn));
+                share_prefix(&mut ctx, &mut slots, slot, &turn.tokens);
+                let mut r = begin(&mut ctx, &mut slots[slot], slot, turn);
+                if r.pending.is_empty() {
+                    // A prefill the cache held already.
+                    finish(&mut r, &mut slots, Finish::Stop);
+                } else {
+                    running.push(r);
+                }
             } else {
                 i += 1;
             }
@@ -367,15 +433,19 @@ fn run(
         batch.clear();
         let mut room = 512usize;
         running.sort_by_key(|r| r.pending.len());
+        let pause_ahead = !step.is_multiple_of(AHEAD_EVERY) && running.iter().any(|r| !r.ahead);
         for r in &mut running {
             r.logits = None;
+            if pause_ahead && r.ahead {
+                continue;
+            }
             let take = r.pending.len().min(room);
             if take == 0 {
                 continue;
             }
             let slot = &mut slots[r.slot];
             slot.used = step;
-            let last = take == r.pending.len();
+            let last = take == r.pending.len() && r.turn.events.is_some();
             for (k, token) in r.pending.drain(..take).enumerate() {
                 let pos = slot.tokens.len() as i32;
                 let logits = last && k + 1 == take;
@@ -404,6 +474,11 @@ fn run(
         let limit = config.slot_tokens as usize;
         running.retain_mut(|r| {
             let Some(at) = r.logits else {
+                if r.pending.is_empty() {
+                    // A prefill, read.
+                    finish(r, &mut slots, Finish::Stop);
+                    return false;
+                }
                 return true;
             };
             let token = r.sampler.sample(&ctx, at);
@@ -427,6 +502,7 @@ fn run(
                 return false;
             }
             send_safe(r);
+            r.ahead = r.ahead || split_sentences(&r.text).len() > 1;
             if r.generated >= r.turn.sampling.max_tokens || slots[r.slot].tokens.len() + 1 >= limit
             {
                 finish(r, &mut slots, Finish::Length);
@@ -439,7 +515,7 @@ fn run(
 }
 
 fn cancelled(turn: &Turn) -> bool {
-    turn.cancel.load(Relaxed) || turn.events.is_closed()
+    turn.cancel.load(Relaxed) || turn.events.as_ref().is_some_and(|e| e.is_closed())
 }
 
 /// The slot of `session`, a free one, or the one idle the longest; `None` if all are busy.
@@ -483,6 +559,36 @@ fn hook_exit() {
     });
 }
 
+/// Shortest prefix worth copying a whole slot's cache for (a copy costs a few ms; reading a
+/// token ~5 ms on two cores).
+const SHARED_PREFIX_MIN: usize = 16;
+
+/// Copies into slot `i` the cache of another slot that holds a longer start of `tokens` than
+/// `i` does: a new conversation then starts after the system prompt another one already read.
+/// (Each sequence is its own stream of the cache, which llama.cpp copies whole, in order, at
+/// the next decode; `begin` then cuts the copy back to the shared start.)
+fn share_prefix(ctx: &mut LlamaContext<'_>, slots: &mut [Slot], i: usize, tokens: &[LlamaToken]) {
+    let common = |s: &Slot| {
+        s.tokens
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count()
+    };
+    let own = common(&slots[i]);
+    let best = (0..slots.len())
+        .filter(|&j| j != i)
+        .map(|j| (j, common(&slots[j])))
+        .max_by_key(|&(_, n)| n);
+    let Some((j, n)) = best.filter(|&(_, n)| n >= own + SHARED_PREFIX_MIN) else {
+        return;
+    };
+    if ctx.kv_cache_seq_cp(j as i32, i as i32, None, None).is_ok() {
+        tracing::debug!(from = j, to = i, tokens = n, "shared a cached prompt start");
+        slots[i].tokens = slots[j].tokens.clone();
+    }
+}
+
 /// Starts a turn in its slot: what the cache already holds of the prompt stays, the rest is
 /// decoded. (The cache of a token depends only on the tokens before it, so a prefix stays valid
 /// whoever's conversation left it there: a slot taken from another session keeps, say, the
@@ -495,8 +601,10 @@ fn begin(ctx: &mut LlamaContext<'_>, slot: &mut Slot, index: usize, turn: Turn) 
         .zip(&turn.tokens)
         .take_while(|(a, b)| a == b)
         .count();
-    // At least one token is decoded, for the logits of the first reply token.
-    keep = keep.min(turn.tokens.len().saturating_sub(1));
+    // A reply needs at least one token decoded, for the logits of its first token.
+    if turn.events.is_some() {
+        keep = keep.min(turn.tokens.len().saturating_sub(1));
+    }
     if ctx.kv_cache_seq_rm(seq, Some(keep as u32), None).is_err() {
         keep = 0;
         let _ = ctx.clear_kv_cache_seq(Some(index as u32), None, None);
@@ -524,16 +632,14 @@ fn begin(ctx: &mut LlamaContext<'_>, slot: &mut Slot, index: usize, turn: Turn) 
         sent: 0,
         logits: None,
         cached: keep,
+        ahead: false,
     }
 }
 
 /// Ends a turn: the rest of its text, then the end event; the slot is free for the next turn.
 fn finish(r: &mut Running, slots: &mut [Slot], how: Finish) {
     if r.sent < r.text.len() {
-        let _ = r
-            .turn
-            .events
-            .send(Event::Text(r.text[r.sent..].to_string()));
+        r.turn.send(Event::Text(r.text[r.sent..].to_string()));
         r.sent = r.text.len();
     }
     tracing::debug!(
@@ -544,7 +650,7 @@ fn finish(r: &mut Running, slots: &mut [Slot], how: Finish) {
         finish = ?how,
         "llm turn ended"
     );
-    let _ = r.turn.events.send(Event::End(End {
+    r.turn.send(Event::End(End {
         finish: how,
         prompt_tokens: r.turn.tokens.len(),
         cached_tokens: r.cached,
@@ -580,10 +686,7 @@ fn send_safe(r: &mut Running) {
         .unwrap_or(0);
     let upto = text.len() - held;
     if upto > r.sent {
-        let _ = r
-            .turn
-            .events
-            .send(Event::Text(text[r.sent..upto].to_string()));
+        r.turn.send(Event::Text(text[r.sent..upto].to_string()));
         r.sent = upto;
     }
 }

@@ -178,6 +178,14 @@ impl NodeType for LlmNode {
     fn new(params: LlmParams, _: &NodeContext) -> Result<Self, NodeError> {
         let engine = shared_engine(&params).map_err(|e| NodeError::from_error("LLM", &e))?;
         let session = engine.session();
+        // The system prompt is read now (or copied from a conversation that has it), while
+        // the caller is still speaking, so the first answer starts as fast as later ones.
+        if !params.system_prompt.is_empty() {
+            let system = [Message::new("system", params.system_prompt.clone())];
+            engine
+                .prefill(session, &system)
+                .map_err(|e| NodeError::fatal(format!("LLM: {e}")))?;
+        }
         let stream_tokens = params.stream_tokens;
         Ok(ChatNode::new(
             Local {

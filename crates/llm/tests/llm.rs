@@ -6,6 +6,7 @@ use remotemedia_core::testing::NodeHarness;
 use remotemedia_core::{Control, RuntimeData};
 use remotemedia_llm::{End, Engine, EngineConfig, Event, Finish, LlmNode, Message, Sampling};
 use remotemedia_speech::models;
+use remotemedia_speech::tts::split_sentences;
 use tokio::sync::mpsc;
 
 fn engine(slots: u32) -> Engine {
@@ -84,15 +85,126 @@ async fn a_later_turn_reads_only_what_is_new() {
     assert_eq!(end1.cached_tokens, 0);
     messages.push(Message::new("assistant", first));
     messages.push(Message::new("user", "And the grass?"));
-    let (_, end2) = reply(&engine, session, &messages, greedy(24)).await;
+    let (second, end2) = reply(&engine, session, &messages, greedy(24)).await;
     // The whole first prompt (and most of the reply) came from the cache.
     assert!(
         end2.cached_tokens >= end1.prompt_tokens && end2.cached_tokens < end2.prompt_tokens,
         "{end1:?} {end2:?}"
     );
-    // Another session starts from nothing.
-    let (_, other) = reply(&engine, engine.session(), &messages, greedy(4)).await;
-    assert_eq!(other.cached_tokens, 0);
+    // Another session starts from what the first one's slot holds of its prompt (copied into
+    // its own slot), and that cache is right: the same prompt gets the same greedy reply.
+    let (again, other) = reply(&engine, engine.session(), &messages, greedy(24)).await;
+    assert!(other.cached_tokens >= end1.prompt_tokens, "{other:?}");
+    assert_eq!(again, second);
+    // A prompt that shares only this short system prompt (under 16 tokens: not worth copying
+    // a slot for) keeps no more than the slot it took already held.
+    let (_, fresh) = reply(&engine, engine.session(), &chat("Hi."), greedy(2)).await;
+    assert!(fresh.cached_tokens < 16, "{fresh:?}");
+}
+
+const LONG_SYSTEM: &str = "You are a friendly voice assistant in a museum of natural history. \
+    Answer visitors' questions briefly, in one or two short sentences, and never use lists.";
+
+fn museum(question: &str) -> Vec<Message> {
+    vec![
+        Message::new("system", LONG_SYSTEM),
+        Message::new("user", question),
+    ]
+}
+
+#[tokio::test]
+async fn a_prefilled_session_reads_only_its_question_and_answers_the_same() {
+    let reference = engine(1);
+    let q = museum("Where do the dinosaurs live?");
+    let (expected, cold) = reply(&reference, reference.session(), &q, greedy(24)).await;
+    assert_eq!(cold.cached_tokens, 0);
+    let engine = engine(2);
+    let session = engine.session();
+    engine
+        .prefill(session, &[Message::new("system", LONG_SYSTEM)])
+        .unwrap();
+    let (text, warm) = reply(&engine, session, &q, greedy(24)).await;
+    assert!(warm.cached_tokens > 30, "{warm:?}");
+    assert!(warm.prompt_tokens - warm.cached_tokens <= 16, "{warm:?}");
+    assert_eq!(text, expected);
+    // A second session's prefill is a copy of the first one's cache, not a read.
+    let other = engine.session();
+    engine
+        .prefill(other, &[Message::new("system", LONG_SYSTEM)])
+        .unwrap();
+    let (text, end) = reply(&engine, other, &q, greedy(24)).await;
+    assert!(end.cached_tokens >= warm.cached_tokens, "{end:?}");
+    assert_eq!(text, expected);
+}
+
+/// Conversations of many sessions at once, in fewer slots than sessions, sharing their
+/// starts (copied between slots while others generate), one turn cancelled midway: every
+/// reply is the one the same conversation gets alone in a fresh engine.
+#[tokio::test]
+async fn shared_starts_under_load_give_the_replies_of_conversations_read_alone() {
+    let questions = [
+        ("Where do the dinosaurs live?", "How big were they?"),
+        ("What is a fossil?", "How old is the oldest one?"),
+        ("Do you have whales here?", "What do they eat?"),
+        ("When do you close today?", "Is there a cafe?"),
+        ("What is the biggest animal?", "Is it still alive?"),
+    ];
+    let conversation = |(first, second): (&str, &str), answer: &str| {
+        let mut m = museum(first);
+        m.push(Message::new("assistant", answer));
+        m.push(Message::new("user", second));
+        m
+    };
+    let reference = engine(1);
+    let mut expected = Vec::new();
+    for &(first, second) in &questions {
+        let session = reference.session();
+        let (a, _) = reply(&reference, session, &museum(first), greedy(20)).await;
+        let (b, _) = reply(
+            &reference,
+            session,
+            &conversation((first, second), &a),
+            greedy(20),
+        )
+        .await;
+        expected.push((a, b));
+    }
+    let engine = std::sync::Arc::new(engine(3));
+    // A turn cancelled after its first piece, holding a slot while the others start.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let tokens = engine.tokenize(&engine.prompt(&museum("Count to fifty.")).unwrap());
+    let cancel = engine
+        .turn(engine.session(), tokens, greedy(200), tx)
+        .unwrap();
+    let mut tasks = Vec::new();
+    for (i, &(first, second)) in questions.iter().enumerate() {
+        let engine = std::sync::Arc::clone(&engine);
+        tasks.push(tokio::spawn(async move {
+            let session = engine.session();
+            if i % 2 == 0 {
+                engine
+                    .prefill(session, &[Message::new("system", LONG_SYSTEM)])
+                    .unwrap();
+            }
+            let (a, end) = reply(&engine, session, &museum(first), greedy(20)).await;
+            // A prefilled session's first turn finds its system prompt in the cache.
+            assert!(i % 2 == 1 || end.cached_tokens > 30, "{end:?}");
+            let (b, _) = reply(
+                &engine,
+                session,
+                &conversation((first, second), &a),
+                greedy(20),
+            )
+            .await;
+            engine.close(session);
+            (a, b)
+        }));
+    }
+    assert!(matches!(rx.recv().await, Some(Event::Text(_))));
+    cancel.store(true, Relaxed);
+    for (task, expected) in tasks.into_iter().zip(&expected) {
+        assert_eq!(&task.await.unwrap(), expected);
+    }
 }
 
 #[tokio::test]
@@ -140,6 +252,51 @@ async fn a_cancelled_turn_frees_its_slot_at_once() {
     let first_end = first_end.unwrap();
     assert_eq!(first_end.finish, Finish::Cancelled);
     assert!(first_end.completion_tokens < 500, "{first_end:?}");
+}
+
+/// Pieces of text until the reply holds a whole sentence and the start of the next.
+async fn until_a_sentence(rx: &mut mpsc::UnboundedReceiver<Event>) -> (String, usize) {
+    let (mut text, mut pieces) = (String::new(), 0);
+    while split_sentences(&text).len() < 2 {
+        match rx.recv().await {
+            Some(Event::Text(piece)) => {
+                text.push_str(&piece);
+                pieces += 1;
+            }
+            other => panic!("the reply ended before a second sentence: {text:?} {other:?}"),
+        }
+    }
+    (text, pieces)
+}
+
+#[tokio::test]
+async fn a_turn_writing_its_first_sentence_goes_before_one_already_heard() {
+    let engine = engine(2);
+    let turn = |question: &str| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let tokens = engine.tokenize(&engine.prompt(&chat(question)).unwrap());
+        engine
+            .turn(engine.session(), tokens, greedy(300), tx)
+            .unwrap();
+        rx
+    };
+    let mut story = turn("Tell me a long story about a dragon and a knight.");
+    until_a_sentence(&mut story).await;
+    // The story has a sentence to be spoken; a new question comes.
+    let mut question = turn("Why is the sky blue? Explain it in detail.");
+    while story.try_recv().is_ok() {}
+    let (first, pieces) = until_a_sentence(&mut question).await;
+    let mut story_pieces = 0;
+    while let Ok(Event::Text(_)) = story.try_recv() {
+        story_pieces += 1;
+    }
+    // Alone in three steps of four, the question's first sentence came while the story wrote
+    // a quarter as many pieces (with no priority both would grow alike).
+    assert!(pieces >= 8, "{first:?}");
+    assert!(
+        story_pieces * 2 < pieces,
+        "{story_pieces} story pieces, {pieces} for {first:?}"
+    );
 }
 
 #[tokio::test]
