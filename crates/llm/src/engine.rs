@@ -223,13 +223,18 @@ impl Engine {
     /// The prompt of `messages` by the model's chat template, ending where the assistant's
     /// reply begins.
     pub fn prompt(&self, messages: &[Message]) -> Result<String, LlmError> {
+        self.render(messages, true)
+    }
+
+    /// `messages` by the chat template, opening the assistant's reply if `reply`.
+    fn render(&self, messages: &[Message], reply: bool) -> Result<String, LlmError> {
         let chat = messages
             .iter()
             .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| LlmError::Template(e.to_string()))?;
         self.model
-            .apply_chat_template(&self.template, &chat, true)
+            .apply_chat_template(&self.template, &chat, reply)
             .map_err(|e| LlmError::Template(e.to_string()))
     }
 
@@ -270,16 +275,7 @@ impl Engine {
     /// its first turn, whose prompt starts with them; nothing is generated. Copied from
     /// another slot when one holds them already.
     pub fn prefill(&self, session: u64, messages: &[Message]) -> Result<(), LlmError> {
-        let chat = messages
-            .iter()
-            .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| LlmError::Template(e.to_string()))?;
-        let prompt = self
-            .model
-            .apply_chat_template(&self.template, &chat, false)
-            .map_err(|e| LlmError::Template(e.to_string()))?;
-        let tokens = self.tokenize(&prompt);
+        let tokens = self.tokenize(&self.render(messages, false)?);
         if tokens.is_empty() || tokens.len() >= self.config.slot_tokens as usize {
             return Ok(());
         }
