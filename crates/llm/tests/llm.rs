@@ -137,6 +137,20 @@ async fn a_prefilled_session_reads_only_its_question_and_answers_the_same() {
     assert_eq!(text, expected);
 }
 
+/// Two questions of one museum conversation, greedy: both answers, and how the first turn ended.
+async fn two_turns(
+    engine: &Engine,
+    session: u64,
+    (first, second): (&str, &str),
+) -> ((String, String), End) {
+    let mut messages = museum(first);
+    let (a, end) = reply(engine, session, &messages, greedy(20)).await;
+    messages.push(Message::new("assistant", a.clone()));
+    messages.push(Message::new("user", second));
+    let (b, _) = reply(engine, session, &messages, greedy(20)).await;
+    ((a, b), end)
+}
+
 /// Conversations of many sessions at once, in fewer slots than sessions, sharing their
 /// starts (copied between slots while others generate), one turn cancelled midway: every
 /// reply is the one the same conversation gets alone in a fresh engine.
@@ -149,25 +163,11 @@ async fn shared_starts_under_load_give_the_replies_of_conversations_read_alone()
         ("When do you close today?", "Is there a cafe?"),
         ("What is the biggest animal?", "Is it still alive?"),
     ];
-    let conversation = |(first, second): (&str, &str), answer: &str| {
-        let mut m = museum(first);
-        m.push(Message::new("assistant", answer));
-        m.push(Message::new("user", second));
-        m
-    };
     let reference = engine(1);
     let mut expected = Vec::new();
-    for &(first, second) in &questions {
-        let session = reference.session();
-        let (a, _) = reply(&reference, session, &museum(first), greedy(20)).await;
-        let (b, _) = reply(
-            &reference,
-            session,
-            &conversation((first, second), &a),
-            greedy(20),
-        )
-        .await;
-        expected.push((a, b));
+    for &questions in &questions {
+        let (answers, _) = two_turns(&reference, reference.session(), questions).await;
+        expected.push(answers);
     }
     let engine = std::sync::Arc::new(engine(3));
     // A turn cancelled after its first piece, holding a slot while the others start.
@@ -186,18 +186,11 @@ async fn shared_starts_under_load_give_the_replies_of_conversations_read_alone()
                     .prefill(session, &[Message::new("system", LONG_SYSTEM)])
                     .unwrap();
             }
-            let (a, end) = reply(&engine, session, &museum(first), greedy(20)).await;
+            let (answers, end) = two_turns(&engine, session, (first, second)).await;
             // A prefilled session's first turn finds its system prompt in the cache.
             assert!(i % 2 == 1 || end.cached_tokens > 30, "{end:?}");
-            let (b, _) = reply(
-                &engine,
-                session,
-                &conversation((first, second), &a),
-                greedy(20),
-            )
-            .await;
             engine.close(session);
-            (a, b)
+            answers
         }));
     }
     assert!(matches!(rx.recv().await, Some(Event::Text(_))));
